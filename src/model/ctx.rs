@@ -1,0 +1,130 @@
+//! Forward-pass context: train/eval mode and the dropout random stream.
+//!
+//! candle's CPU RNG cannot be seeded, so mica draws every dropout mask from its own
+//! counter-based generator: element `i` of the `s`-th dropout call of a step keeps its
+//! value iff `hash(seed, s, i)` falls above the drop rate. A fused kernel can therefore
+//! regenerate exactly the same mask (spec/kernels.md), and a seed fixes every draw.
+
+use anyhow::Result;
+use candle_core::Tensor;
+use std::cell::Cell;
+
+/// SplitMix64 finaliser: a strong 64-bit mix, used as a counter-based RNG.
+#[inline]
+pub fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Uniform value in [0, 1) for element `index` of stream `stream` under `seed`.
+#[inline]
+pub fn uniform01(seed: u64, stream: u64, index: u64) -> f32 {
+    let h = mix64(mix64(seed ^ mix64(stream)) ^ index);
+    (h >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
+}
+
+/// Keep indicator `z` of a dropout with rate `p` (keep iff `u >= p`).
+#[inline]
+pub fn keep(seed: u64, stream: u64, index: u64, p: f32) -> bool {
+    uniform01(seed, stream, index) >= p
+}
+
+/// Mode and randomness of one forward pass.
+#[derive(Debug)]
+pub struct Ctx {
+    /// Training mode (dropout active) or evaluation.
+    pub train: bool,
+    /// Seed of this pass's dropout draws.
+    pub seed: u64,
+    stream: Cell<u64>,
+}
+
+impl Ctx {
+    /// Evaluation mode: no dropout.
+    pub fn eval() -> Self {
+        Ctx {
+            train: false,
+            seed: 0,
+            stream: Cell::new(0),
+        }
+    }
+
+    /// Training mode with dropout draws derived from `seed`.
+    pub fn train(seed: u64) -> Self {
+        Ctx {
+            train: true,
+            seed,
+            stream: Cell::new(0),
+        }
+    }
+
+    /// A fresh stream id for the next random draw of this pass.
+    pub fn next_stream(&self) -> u64 {
+        let s = self.stream.get();
+        self.stream.set(s + 1);
+        s
+    }
+
+    /// True when a dropout of rate `p` does anything in this pass.
+    pub fn dropout_active(&self, p: f32) -> bool {
+        self.train && p > 0.0
+    }
+
+    /// Inverted dropout (PyTorch's `F.dropout`): zero with probability `p`, scale the
+    /// kept values by `1/(1-p)`. Identity in eval mode or for `p == 0`.
+    pub fn dropout(&self, x: &Tensor, p: f32) -> Result<Tensor> {
+        if !self.dropout_active(p) {
+            return Ok(x.clone());
+        }
+        let mask = self.dropout_mask(x.dims(), p, x.device())?;
+        Ok(x.mul(&mask)?)
+    }
+
+    /// The multiplicative mask (`0` or `1/(1-p)`) of the next dropout draw of `shape`.
+    pub fn dropout_mask(
+        &self,
+        shape: &[usize],
+        p: f32,
+        device: &candle_core::Device,
+    ) -> Result<Tensor> {
+        let stream = self.next_stream();
+        let n: usize = shape.iter().product();
+        let scale = if p >= 1.0 { 0.0 } else { 1.0 / (1.0 - p) };
+        let values: Vec<f32> = (0..n as u64)
+            .map(|i| {
+                if keep(self.seed, stream, i, p) {
+                    scale
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Ok(Tensor::from_vec(values, shape, device)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_rate_matches_p() {
+        let p = 0.3;
+        let kept = (0..100_000u64).filter(|&i| keep(7, 3, i, p)).count();
+        let rate = kept as f64 / 100_000.0;
+        assert!((rate - 0.7).abs() < 0.01, "keep rate {rate}");
+    }
+
+    #[test]
+    fn streams_and_seeds_differ_and_repeat() {
+        let a: Vec<bool> = (0..64).map(|i| keep(1, 0, i, 0.5)).collect();
+        let b: Vec<bool> = (0..64).map(|i| keep(1, 1, i, 0.5)).collect();
+        let c: Vec<bool> = (0..64).map(|i| keep(2, 0, i, 0.5)).collect();
+        let a2: Vec<bool> = (0..64).map(|i| keep(1, 0, i, 0.5)).collect();
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a, a2);
+    }
+}

@@ -1,0 +1,321 @@
+//! MulT's transformer encoder (fairseq style, pre-LayerNorm), batch-first `[B, T, E]`.
+//!
+//! Used for all nine MulT encoders and for MICA's blocks. A crossmodal layer normalises
+//! queries, keys AND values with the same `LN0` (spec/mult.md "Encoder").
+
+use super::attention::{attend, AttentionKernel, AttnCall};
+use super::ctx::Ctx;
+use super::layers::{linear, positional_embedding, relu, LayerNorm, Linear};
+use super::params::{Init, ParamSource};
+use anyhow::{ensure, Result};
+use candle_core::Tensor;
+
+/// Dropout rates of one encoder (spec/mult.md).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EncoderDropouts {
+    /// On the attention probabilities (depends on the SOURCE modality).
+    pub attn: f32,
+    /// After `relu(fc1(x))`.
+    pub relu: f32,
+    /// On each residual branch.
+    pub res: f32,
+    /// On the scaled + positioned input embedding.
+    pub embed: f32,
+}
+
+/// What one attention block exposes for the alignment losses (MMD, PEA).
+#[derive(Debug, Clone)]
+pub struct AttnTrace {
+    /// Unscaled queries `LN0(z_t) W_Q + b_Q`, `[B, T_q, E]`.
+    pub q: Tensor,
+    /// Keys `LN0(z_s) W_K + b_K`, `[B, T_k, E]`.
+    pub k: Tensor,
+    /// Probabilities `[B, h, T_q, T_k]` (before dropout), when requested.
+    pub probs: Option<Tensor>,
+}
+
+/// Multi-head attention with the packed `in_proj` (rows Q, K, V) and `out_proj`.
+#[derive(Debug, Clone)]
+pub struct MultiheadAttention {
+    /// `[3E, E]`.
+    pub in_proj_weight: Tensor,
+    /// `[3E]`.
+    pub in_proj_bias: Tensor,
+    /// `E -> E`.
+    pub out_proj: Linear,
+    /// Number of heads.
+    pub num_heads: usize,
+    /// Embedding width E.
+    pub embed_dim: usize,
+}
+
+impl MultiheadAttention {
+    /// Builds `{name}.in_proj_weight|in_proj_bias|out_proj.*` (Xavier weights, zero biases).
+    pub fn new(
+        p: &mut dyn ParamSource,
+        name: &str,
+        embed_dim: usize,
+        num_heads: usize,
+    ) -> Result<Self> {
+        ensure!(
+            num_heads > 0 && embed_dim % num_heads == 0,
+            "embed dim {embed_dim} is not divisible by the number of heads {num_heads}"
+        );
+        let e = embed_dim;
+        let in_proj_weight = p.param(
+            &format!("{name}.in_proj_weight"),
+            &[3 * e, e],
+            Init::XavierUniform,
+        )?;
+        let in_proj_bias = p.param(&format!("{name}.in_proj_bias"), &[3 * e], Init::Const(0.0))?;
+        let out_proj = Linear::xavier(p, &format!("{name}.out_proj"), e, e)?;
+        Ok(MultiheadAttention {
+            in_proj_weight,
+            in_proj_bias,
+            out_proj,
+            num_heads,
+            embed_dim,
+        })
+    }
+
+    /// Width of one head.
+    pub fn head_dim(&self) -> usize {
+        self.embed_dim / self.num_heads
+    }
+
+    /// Projection `which` (0 = Q, 1 = K, 2 = V) of `x` `[B, T, E]`.
+    pub fn project(&self, x: &Tensor, which: usize) -> Result<Tensor> {
+        let e = self.embed_dim;
+        let w = self.in_proj_weight.narrow(0, which * e, e)?;
+        let b = self.in_proj_bias.narrow(0, which * e, e)?;
+        linear(x, &w, Some(&b))
+    }
+
+    /// `[B, T, E] -> [B, h, T, hd]`.
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        Ok(x.reshape((b, t, self.num_heads, self.head_dim()))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    }
+
+    /// Attention of queries `x_q` over keys `x_k` / values `x_v` (all `[B, T, E]`).
+    /// Returns the output `[B, T_q, E]` and, when `trace`, the projections and probabilities.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        ctx: &Ctx,
+        kernel: AttentionKernel,
+        x_q: &Tensor,
+        x_k: &Tensor,
+        x_v: &Tensor,
+        causal_offset: bool,
+        dropout: f32,
+        trace: bool,
+    ) -> Result<(Tensor, Option<AttnTrace>)> {
+        let (b, tq, e) = x_q.dims3()?;
+        let q = self.project(x_q, 0)?;
+        let k = self.project(x_k, 1)?;
+        let v = self.project(x_v, 2)?;
+        let scaling = (self.head_dim() as f64).powf(-0.5);
+        let qh = self.split_heads(&(&q * scaling)?)?;
+        let kh = self.split_heads(&k)?;
+        let vh = self.split_heads(&v)?;
+        let res = attend(
+            ctx,
+            kernel,
+            AttnCall {
+                q: &qh,
+                k: &kh,
+                v: &vh,
+                causal_offset,
+                dropout,
+                want_probs: trace,
+            },
+        )?;
+        let out = res.out.transpose(1, 2)?.contiguous()?.reshape((b, tq, e))?;
+        let out = self.out_proj.forward(&out)?;
+        let tr = trace.then(|| AttnTrace {
+            q,
+            k,
+            probs: res.probs,
+        });
+        Ok((out, tr))
+    }
+}
+
+/// One pre-LN encoder layer: `x + drop(MHA(LN0 x, LN0 k, LN0 v))`, then
+/// `x + drop(fc2(drop(relu(fc1(LN1 x)))))`.
+#[derive(Debug, Clone)]
+pub struct EncoderLayer {
+    /// The attention.
+    pub self_attn: MultiheadAttention,
+    /// `E -> 4E`.
+    pub fc1: Linear,
+    /// `4E -> E`.
+    pub fc2: Linear,
+    /// `LN0` (shared by queries, keys and values) and `LN1`.
+    pub layer_norms: [LayerNorm; 2],
+}
+
+impl EncoderLayer {
+    /// Builds `{name}.self_attn|fc1|fc2|layer_norms.{0,1}`.
+    pub fn new(
+        p: &mut dyn ParamSource,
+        name: &str,
+        embed_dim: usize,
+        num_heads: usize,
+    ) -> Result<Self> {
+        let self_attn =
+            MultiheadAttention::new(p, &format!("{name}.self_attn"), embed_dim, num_heads)?;
+        let fc1 = Linear::xavier(p, &format!("{name}.fc1"), embed_dim, 4 * embed_dim)?;
+        let fc2 = Linear::xavier(p, &format!("{name}.fc2"), 4 * embed_dim, embed_dim)?;
+        let ln0 = LayerNorm::new(p, &format!("{name}.layer_norms.0"), embed_dim)?;
+        let ln1 = LayerNorm::new(p, &format!("{name}.layer_norms.1"), embed_dim)?;
+        Ok(EncoderLayer {
+            self_attn,
+            fc1,
+            fc2,
+            layer_norms: [ln0, ln1],
+        })
+    }
+
+    /// Runs the layer. `kv` = `(keys, values)` source embeddings for a crossmodal layer,
+    /// `None` for self-attention.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        ctx: &Ctx,
+        kernel: AttentionKernel,
+        x: &Tensor,
+        kv: Option<(&Tensor, &Tensor)>,
+        causal_offset: bool,
+        drop: &EncoderDropouts,
+        trace: bool,
+    ) -> Result<(Tensor, Option<AttnTrace>)> {
+        let ln0 = &self.layer_norms[0];
+        let residual = x;
+        let xq = ln0.forward(x)?;
+        let (attn, tr) = match kv {
+            None => self.self_attn.forward(
+                ctx,
+                kernel,
+                &xq,
+                &xq,
+                &xq,
+                causal_offset,
+                drop.attn,
+                trace,
+            )?,
+            Some((k, v)) => {
+                let k = ln0.forward(k)?;
+                let v = ln0.forward(v)?;
+                self.self_attn
+                    .forward(ctx, kernel, &xq, &k, &v, causal_offset, drop.attn, trace)?
+            }
+        };
+        let x = (residual + ctx.dropout(&attn, drop.res)?)?;
+        let residual = &x;
+        let h = self.layer_norms[1].forward(&x)?;
+        let h = ctx.dropout(&relu(&self.fc1.forward(&h)?)?, drop.relu)?;
+        let h = self.fc2.forward(&h)?;
+        let x = (residual + ctx.dropout(&h, drop.res)?)?;
+        Ok((x, tr))
+    }
+}
+
+/// Output of an encoder run.
+#[derive(Debug, Clone)]
+pub struct EncoderOutput {
+    /// Final output (after the last LayerNorm) `[B, T, E]`.
+    pub out: Tensor,
+    /// Output of each layer (before the final LayerNorm).
+    pub layer_outputs: Vec<Tensor>,
+    /// Per layer, the attention trace when requested.
+    pub traces: Vec<AttnTrace>,
+}
+
+/// A stack of encoder layers with input embedding and a final LayerNorm.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    /// Width E.
+    pub embed_dim: usize,
+    /// The layers.
+    pub layers: Vec<EncoderLayer>,
+    /// Final LayerNorm.
+    pub layer_norm: LayerNorm,
+    /// Dropout rates.
+    pub drop: EncoderDropouts,
+    /// Causal-offset mask on/off.
+    pub attn_mask: bool,
+}
+
+impl Encoder {
+    /// Builds `{name}.layers.{i}.*` and `{name}.layer_norm.*`.
+    pub fn new(
+        p: &mut dyn ParamSource,
+        name: &str,
+        embed_dim: usize,
+        num_heads: usize,
+        n_layers: usize,
+        drop: EncoderDropouts,
+        attn_mask: bool,
+    ) -> Result<Self> {
+        let layers = (0..n_layers)
+            .map(|i| EncoderLayer::new(p, &format!("{name}.layers.{i}"), embed_dim, num_heads))
+            .collect::<Result<_>>()?;
+        let layer_norm = LayerNorm::new(p, &format!("{name}.layer_norm"), embed_dim)?;
+        Ok(Encoder {
+            embed_dim,
+            layers,
+            layer_norm,
+            drop,
+            attn_mask,
+        })
+    }
+
+    /// Input embedding: `dropout(sqrt(E) * x + PE(x))` (each call is its own dropout draw).
+    pub fn embed(&self, ctx: &Ctx, x: &Tensor) -> Result<Tensor> {
+        embed(ctx, x, self.embed_dim, self.drop.embed)
+    }
+
+    /// Runs the encoder on `x` `[B, T, E]`; `source` `[B, T_s, E]` makes it crossmodal
+    /// (keys and values are embedded from it, each with its own dropout draw).
+    pub fn forward(
+        &self,
+        ctx: &Ctx,
+        kernel: AttentionKernel,
+        x: &Tensor,
+        source: Option<&Tensor>,
+        trace: bool,
+    ) -> Result<EncoderOutput> {
+        let mut h = self.embed(ctx, x)?;
+        let kv = match source {
+            Some(s) => Some((self.embed(ctx, s)?, self.embed(ctx, s)?)),
+            None => None,
+        };
+        let mut layer_outputs = Vec::with_capacity(self.layers.len());
+        let mut traces = Vec::new();
+        for layer in &self.layers {
+            let kvr = kv.as_ref().map(|(k, v)| (k, v));
+            let (out, tr) =
+                layer.forward(ctx, kernel, &h, kvr, self.attn_mask, &self.drop, trace)?;
+            h = out;
+            layer_outputs.push(h.clone());
+            traces.extend(tr);
+        }
+        let out = self.layer_norm.forward(&h)?;
+        Ok(EncoderOutput {
+            out,
+            layer_outputs,
+            traces,
+        })
+    }
+}
+
+/// `dropout(sqrt(E) * x + PE(x), p)` with the padding rule of [`positional_embedding`].
+pub fn embed(ctx: &Ctx, x: &Tensor, embed_dim: usize, p: f32) -> Result<Tensor> {
+    let pe = positional_embedding(x)?;
+    let scaled = (x * (embed_dim as f64).sqrt())?;
+    ctx.dropout(&(scaled + pe)?, p)
+}

@@ -1,0 +1,231 @@
+//! Basic layers written with composed candle ops, so every one has a backward.
+//!
+//! candle's fused `layer_norm` / `softmax_last_dim` have no backward (gradients would
+//! silently stop): mica never uses them.
+
+use super::params::{Init, ParamSource};
+use anyhow::Result;
+use candle_core::{Device, Tensor, D};
+
+/// `y = x W^T + b` over the last axis (PyTorch `nn.Linear`).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `[out, in]`.
+    pub weight: Tensor,
+    /// `[out]`, if any.
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// A Linear with PyTorch's default init (weights and bias `U(±1/sqrt(in))`).
+    pub fn torch_default(
+        p: &mut dyn ParamSource,
+        name: &str,
+        din: usize,
+        dout: usize,
+    ) -> Result<Self> {
+        let weight = p.param(
+            &format!("{name}.weight"),
+            &[dout, din],
+            Init::FanInUniform(din),
+        )?;
+        let bias = p.param(&format!("{name}.bias"), &[dout], Init::FanInUniform(din))?;
+        Ok(Linear {
+            weight,
+            bias: Some(bias),
+        })
+    }
+
+    /// A Linear with Xavier-uniform weights and a zero bias (fairseq's `Linear`).
+    pub fn xavier(p: &mut dyn ParamSource, name: &str, din: usize, dout: usize) -> Result<Self> {
+        let weight = p.param(&format!("{name}.weight"), &[dout, din], Init::XavierUniform)?;
+        let bias = p.param(&format!("{name}.bias"), &[dout], Init::Const(0.0))?;
+        Ok(Linear {
+            weight,
+            bias: Some(bias),
+        })
+    }
+
+    /// Applies the layer to `[..., in]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+/// `x W^T + b` for `x` of any rank (flattened to 2-D for one matmul).
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let din = *dims.last().expect("linear on a scalar");
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let y = x.reshape((rows, din))?.matmul(&weight.t()?)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out_dims = dims;
+    *out_dims.last_mut().unwrap() = weight.dim(0)?;
+    Ok(y.reshape(out_dims)?)
+}
+
+/// LayerNorm over the last axis (biased variance, affine), composed ops only.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    /// Scale `[E]`.
+    pub weight: Tensor,
+    /// Shift `[E]`.
+    pub bias: Tensor,
+    /// Variance epsilon (PyTorch default 1e-5).
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// A LayerNorm with weight 1, bias 0.
+    pub fn new(p: &mut dyn ParamSource, name: &str, dim: usize) -> Result<Self> {
+        let weight = p.param(&format!("{name}.weight"), &[dim], Init::Const(1.0))?;
+        let bias = p.param(&format!("{name}.bias"), &[dim], Init::Const(0.0))?;
+        Ok(LayerNorm {
+            weight,
+            bias,
+            eps: 1e-5,
+        })
+    }
+
+    /// Normalises `[..., E]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// Temporal Conv1d without bias and padding 0 (MulT's front end), as unfold + matmul.
+/// Input and output batch-first: `[B, T, D_in] -> [B, T - k + 1, d]`.
+#[derive(Debug, Clone)]
+pub struct Conv1d {
+    /// PyTorch layout `[d_out, d_in, k]`.
+    pub weight: Tensor,
+    /// Kernel size.
+    pub kernel: usize,
+}
+
+impl Conv1d {
+    /// A Conv1d with PyTorch's default init (`U(±1/sqrt(d_in * k))`).
+    pub fn new(
+        p: &mut dyn ParamSource,
+        name: &str,
+        din: usize,
+        dout: usize,
+        kernel: usize,
+    ) -> Result<Self> {
+        let weight = p.param(
+            &format!("{name}.weight"),
+            &[dout, din, kernel],
+            Init::FanInUniform(din * kernel),
+        )?;
+        Ok(Conv1d { weight, kernel })
+    }
+
+    /// Applies the convolution to `[B, T, D_in]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (_b, t, din) = x.dims3()?;
+        let k = self.kernel;
+        anyhow::ensure!(
+            t >= k,
+            "sequence of length {t} is shorter than the conv kernel {k}"
+        );
+        let dout = self.weight.dim(0)?;
+        if k == 1 {
+            let w = self.weight.reshape((dout, din))?;
+            return linear(x, &w, None);
+        }
+        let tout = t - k + 1;
+        // Unfold: [B, T', k * D_in] with tap-major order, matching weight [d, k, D_in].
+        let taps: Vec<Tensor> = (0..k)
+            .map(|j| x.narrow(1, j, tout))
+            .collect::<candle_core::Result<_>>()?;
+        let unfolded = Tensor::cat(&taps, 2)?;
+        let w = self
+            .weight
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((dout, k * din))?;
+        linear(&unfolded, &w, None)
+    }
+}
+
+/// ReLU whose gradient is 0 at exactly 0, as PyTorch's (candle's own `relu` passes the
+/// gradient at 0, which differs on the exactly-zero rows that padding produces).
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    let mask = x.gt(0.0)?.to_dtype(x.dtype())?;
+    Ok(x.mul(&mask)?)
+}
+
+/// Numerically stable softmax over the last axis, composed ops (has a backward). The
+/// max is detached: softmax is shift-invariant, so no gradient belongs to it.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?)
+}
+
+/// Sinusoidal table `[n_rows, dim]` of fairseq / tensor2tensor (computed in f32 as the
+/// official code does): row `p = [sin(p f_0..), cos(p f_0..)]`, `f_k = exp(-k ln(1e4)/(h-1))`,
+/// an extra zero column for odd `dim`, row 0 (padding) all zero.
+pub fn sinusoidal_table(n_rows: usize, dim: usize) -> Vec<f32> {
+    let half = dim / 2;
+    let step = if half > 1 {
+        (10000f64).ln() / (half as f64 - 1.0)
+    } else {
+        0.0
+    };
+    let step = step as f32;
+    let freqs: Vec<f32> = (0..half).map(|k| (k as f32 * -step).exp()).collect();
+    let mut table = vec![0f32; n_rows * dim];
+    for p in 1..n_rows {
+        let row = &mut table[p * dim..(p + 1) * dim];
+        for (k, f) in freqs.iter().enumerate() {
+            let a = p as f32 * f;
+            row[k] = a.sin();
+            row[half + k] = a.cos();
+        }
+    }
+    table
+}
+
+/// Positional embedding of a batch-first projected input `x` `[B, T, E]`: a step is padding
+/// iff its FIRST channel is exactly 0.0 (gets the zero vector); step `t` otherwise gets
+/// table row `t + 1` (spec/mult.md). Returns a constant `[B, T, E]` tensor.
+pub fn positional_embedding(x: &Tensor) -> Result<Tensor> {
+    let (b, t, e) = x.dims3()?;
+    let first: Vec<f32> = x.narrow(2, 0, 1)?.flatten_all()?.to_vec1()?;
+    let table = sinusoidal_table(t + 1, e);
+    let mut out = vec![0f32; b * t * e];
+    for i in 0..b {
+        for s in 0..t {
+            if first[i * t + s] != 0.0 {
+                let dst = (i * t + s) * e;
+                out[dst..dst + e].copy_from_slice(&table[(s + 1) * e..(s + 2) * e]);
+            }
+        }
+    }
+    Ok(Tensor::from_vec(out, (b, t, e), x.device())?)
+}
+
+/// Additive causal-offset mask `[T_q, T_k]`: `-inf` where `j > i + |T_k - T_q|` (MulT's
+/// `buffered_future_mask`), so the last query sees every key.
+pub fn causal_offset_mask(tq: usize, tk: usize, device: &Device) -> Result<Tensor> {
+    let off = tq.abs_diff(tk);
+    let v: Vec<f32> = (0..tq)
+        .flat_map(|i| (0..tk).map(move |j| if j > i + off { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(v, (tq, tk), device)?)
+}
+
+/// True where the causal-offset mask allows query `i` to see key `j`.
+#[inline]
+pub fn causal_offset_allows(i: usize, j: usize, tq: usize, tk: usize) -> bool {
+    j <= i + tq.abs_diff(tk)
+}

@@ -1,0 +1,3 @@
+//! Training: optimiser, schedule, loop and checkpoints.
+pub mod loss;
+pub mod optim;
