@@ -5,5 +5,47 @@ pub mod ctx;
 pub mod encoder;
 pub mod import;
 pub mod layers;
+pub mod mica;
 pub mod mult;
 pub mod params;
+
+use anyhow::Result;
+use config::{Arch, ModelConfig};
+use ctx::Ctx;
+use mult::{ForwardOpts, ForwardOutput, Inputs};
+use params::ParamSource;
+
+/// Any mica model, behind one `forward`.
+#[derive(Debug, Clone)]
+pub enum Model {
+    /// The official MulT.
+    Mult(mult::Mult),
+    /// The MICA backbone.
+    Mica(mica::Mica),
+}
+
+impl Model {
+    /// Builds the architecture `cfg.arch` from a parameter source.
+    pub fn new(p: &mut dyn ParamSource, cfg: &ModelConfig) -> Result<Self> {
+        Ok(match cfg.arch {
+            Arch::Mult => Model::Mult(mult::Mult::new(p, cfg)?),
+            Arch::Mica => Model::Mica(mica::Mica::new(p, cfg)?),
+        })
+    }
+
+    /// Runs the model.
+    pub fn forward(&self, ctx: &Ctx, x: &Inputs, opts: ForwardOpts) -> Result<ForwardOutput> {
+        match self {
+            Model::Mult(m) => m.forward(ctx, x, opts),
+            Model::Mica(m) => m.forward(ctx, x, opts),
+        }
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Model::Mult(m) => &m.cfg,
+            Model::Mica(m) => &m.cfg,
+        }
+    }
+}

@@ -61,6 +61,9 @@ pub struct ForwardOutput {
     pub last_hs: Tensor,
     /// Crossmodal block traces (when requested).
     pub blocks: Vec<BlockTrace>,
+    /// Per modality (L, A, V), `[B * T]` flags of the real (non-padding) time steps at
+    /// the model's resolution (after the conv): MulT's rule, first channel != 0.
+    pub valid: [Vec<bool>; 3],
     /// Module outputs by official name (when requested). Encoders and layers are
     /// batch-first here (`[B, T, C]`); the conv outputs are `[B, T, d]`.
     pub intermediates: BTreeMap<String, Tensor>,
@@ -275,10 +278,12 @@ impl Mult {
             inter.insert("proj2".into(), p2);
             inter.insert("out_layer".into(), output.clone());
         }
+        let valid = valid_masks(&z)?;
         Ok(ForwardOutput {
             output,
             last_hs,
             blocks,
+            valid,
             intermediates: inter,
         })
     }
@@ -289,6 +294,16 @@ fn record(inter: &mut BTreeMap<String, Tensor>, name: &str, out: &Tensor, layers
     for (i, l) in layers.iter().enumerate() {
         inter.insert(format!("{name}.layers.{i}"), l.clone());
     }
+}
+
+/// Per modality, `[B * T]` flags of the real time steps: first channel of the projected
+/// input != 0 (the positional embedding's padding rule).
+pub fn valid_masks(proj: &[Tensor; 3]) -> Result<[Vec<bool>; 3]> {
+    let one = |t: &Tensor| -> Result<Vec<bool>> {
+        let first: Vec<f32> = t.narrow(2, 0, 1)?.flatten_all()?.to_vec1()?;
+        Ok(first.into_iter().map(|x| x != 0.0).collect())
+    };
+    Ok([one(&proj[0])?, one(&proj[1])?, one(&proj[2])?])
 }
 
 /// Encoder dropouts of a model config with the given attention dropout.

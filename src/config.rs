@@ -1,0 +1,449 @@
+//! mica's one typed configuration (serde): model, alignment losses, training, data.
+//! Presets reproduce the paper's Table 1; every field is reachable from the CLI
+//! (`--set section.key=value` for the less common ones) and from a TOML file.
+
+use crate::model::attention::AttentionKernel;
+use crate::model::config::{Arch, GateBias, KvSource, ModelConfig, Partial};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The task decides the loss, the output width and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// CMU-MOSI sentiment regression (L1, output 1).
+    Mosi,
+    /// CMU-MOSEI sentiment regression (L1, output 1).
+    Mosei,
+    /// IEMOCAP four binary emotions (2-way CE each, output 8).
+    Iemocap,
+}
+
+impl Task {
+    /// Output width of the model.
+    pub fn output_dim(self) -> usize {
+        match self {
+            Task::Iemocap => 8,
+            _ => 1,
+        }
+    }
+}
+
+/// Which model + loss combination to train (paper Table 5 and baselines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Variant {
+    /// The official MulT architecture (alignment losses off unless alpha/beta are set).
+    Mult,
+    /// MICA backbone without alignment (alpha = beta = 0).
+    Backbone,
+    /// Backbone + MMD marginal alignment (beta = 0).
+    Mmd,
+    /// Backbone + MMD + propagated element-level alignment (the full method).
+    Mica,
+    /// MICA without propagation of the PEA masks.
+    MicaNopropagate,
+}
+
+impl Variant {
+    /// The architecture the variant uses.
+    pub fn arch(self) -> Arch {
+        match self {
+            Variant::Mult => Arch::Mult,
+            _ => Arch::Mica,
+        }
+    }
+    /// All variants of the ablation (Table 5 + MulT).
+    pub const ABLATION: [Variant; 5] = [
+        Variant::Mult,
+        Variant::Backbone,
+        Variant::Mmd,
+        Variant::Mica,
+        Variant::MicaNopropagate,
+    ];
+    /// The CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Mult => "mult",
+            Variant::Backbone => "backbone",
+            Variant::Mmd => "mmd",
+            Variant::Mica => "mica",
+            Variant::MicaNopropagate => "mica-nopropagate",
+        }
+    }
+}
+
+/// Estimator of the MMD between keys and queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MmdEstimator {
+    /// Biased V-statistic on at most `mmd_max_samples` seeded samples per side.
+    #[default]
+    Sampled,
+    /// Linear-time estimator (Gretton et al. 2012, pairs of consecutive samples).
+    Linear,
+}
+
+/// How L_e is reduced within a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LeReduction {
+    /// Mean over the selected pairs of a block (default: independent of batch size).
+    #[default]
+    Mean,
+    /// The paper's literal sum over samples, heads and pairs.
+    Sum,
+}
+
+/// The alignment losses (spec/mica.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlignConfig {
+    /// Weight of the MMD loss L_m.
+    pub alpha: f64,
+    /// Weight of the element-level loss L_e.
+    pub beta: f64,
+    /// Share of attention entries selected by PEA per sample and head.
+    pub tau: f64,
+    /// Union of the PEA masks across the layers of a block.
+    pub propagate: bool,
+    /// Reduction of L_e within a block.
+    pub le_reduction: LeReduction,
+    /// Samples per side per block for the sampled MMD.
+    pub mmd_max_samples: usize,
+    /// MMD estimator.
+    pub mmd_estimator: MmdEstimator,
+}
+
+impl Default for AlignConfig {
+    fn default() -> Self {
+        AlignConfig {
+            alpha: 0.0,
+            beta: 0.0,
+            tau: 0.25,
+            propagate: true,
+            le_reduction: LeReduction::Mean,
+            mmd_max_samples: 1024,
+            mmd_estimator: MmdEstimator::Sampled,
+        }
+    }
+}
+
+/// Training protocol (spec/training.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Epochs.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Global gradient-norm clip.
+    pub clip: f64,
+    /// ReduceLROnPlateau patience (MulT's `when`).
+    pub when: usize,
+    /// LR decay factor of the scheduler.
+    pub lr_factor: f64,
+    /// Seed of init, shuffling, dropout and MMD sampling.
+    pub seed: u64,
+    /// Worker threads (0 = all cores).
+    pub threads: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 40,
+            batch_size: 24,
+            lr: 1e-3,
+            clip: 0.8,
+            when: 20,
+            lr_factor: 0.1,
+            seed: 1111,
+            threads: 0,
+        }
+    }
+}
+
+/// Everything a run needs, saved with every run and checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Variant (architecture + losses).
+    pub variant: Variant,
+    /// Task (loss, metrics).
+    pub task: Task,
+    /// Model hyper-parameters.
+    pub model: ModelConfig,
+    /// Alignment losses.
+    #[serde(default)]
+    pub align: AlignConfig,
+    /// Training protocol.
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+/// MulT's model defaults (spec/mult.md) for the given input shapes.
+pub fn mult_model_defaults(
+    orig_dims: [usize; 3],
+    lens: [usize; 3],
+    output_dim: usize,
+) -> ModelConfig {
+    ModelConfig {
+        arch: Arch::Mult,
+        orig_d_l: orig_dims[0],
+        orig_d_a: orig_dims[1],
+        orig_d_v: orig_dims[2],
+        l_len: lens[0],
+        a_len: lens[1],
+        v_len: lens[2],
+        d: 30,
+        num_heads: 5,
+        layers: 5,
+        kernel_l: 1,
+        kernel_a: 1,
+        kernel_v: 1,
+        attn_dropout: 0.1,
+        attn_dropout_a: 0.0,
+        attn_dropout_v: 0.0,
+        relu_dropout: 0.1,
+        res_dropout: 0.1,
+        out_dropout: 0.0,
+        embed_dropout: 0.25,
+        attn_mask: true,
+        output_dim,
+        partial: Partial::All,
+        kv_source: KvSource::Layerwise,
+        gate_bias: GateBias::PerPosition,
+        attention: AttentionKernel::default(),
+    }
+}
+
+/// A hyper-parameter preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// Paper Table 1, CMU-MOSI.
+    Mosi,
+    /// Paper Table 1, CMU-MOSEI.
+    Mosei,
+    /// Paper Table 1, IEMOCAP.
+    Iemocap,
+    /// A small, fast configuration for the built-in `synth-small` benchmark.
+    SynthSmall,
+}
+
+impl Config {
+    /// The config of `preset` for data of the given shapes, with `variant` applied.
+    /// Values the paper does not give come from MulT's defaults (spec/mica.md "Presets").
+    pub fn preset(
+        preset: Preset,
+        variant: Variant,
+        task: Task,
+        orig_dims: [usize; 3],
+        lens: [usize; 3],
+    ) -> Config {
+        let mut model = mult_model_defaults(orig_dims, lens, task.output_dim());
+        let mut train = TrainConfig::default();
+        let mut align = AlignConfig::default();
+        model.d = 40;
+        // (batch, epochs, lr, heads, tau, alpha, beta, kernels L/A/V, layers)
+        let (batch, epochs, lr, heads, tau, alpha, beta, k, layers) = match preset {
+            Preset::Mosei => (64, 120, 5e-4, 10, 0.3, 0.8, 0.5, [3, 3, 3], 6),
+            Preset::Mosi => (64, 120, 1e-3, 8, 0.25, 0.8, 0.5, [3, 3, 3], 4),
+            // Table 1 gives kernels L/V/A = 3/3/5: audio 5.
+            Preset::Iemocap => (32, 80, 1e-3, 10, 0.25, 0.7, 0.5, [3, 5, 3], 4),
+            Preset::SynthSmall => (32, 12, 2e-3, 4, 0.25, 0.8, 0.5, [1, 1, 1], 2),
+        };
+        if preset == Preset::SynthSmall {
+            model.d = 16;
+            model.embed_dropout = 0.1;
+        }
+        train.batch_size = batch;
+        train.epochs = epochs;
+        train.lr = lr;
+        model.num_heads = heads;
+        model.kernel_l = k[0];
+        model.kernel_a = k[1];
+        model.kernel_v = k[2];
+        model.layers = layers;
+        align.tau = tau;
+        align.alpha = alpha;
+        align.beta = beta;
+        let mut cfg = Config {
+            variant,
+            task,
+            model,
+            align,
+            train,
+        };
+        cfg.apply_variant();
+        cfg
+    }
+
+    /// Sets the architecture and switches the alignment losses the variant excludes off.
+    pub fn apply_variant(&mut self) {
+        self.model.arch = self.variant.arch();
+        match self.variant {
+            Variant::Mult => {
+                self.model.kv_source = KvSource::Lowlevel;
+                self.align.alpha = 0.0;
+                self.align.beta = 0.0;
+            }
+            Variant::Backbone => {
+                self.align.alpha = 0.0;
+                self.align.beta = 0.0;
+            }
+            Variant::Mmd => self.align.beta = 0.0,
+            Variant::Mica => self.align.propagate = true,
+            Variant::MicaNopropagate => self.align.propagate = false,
+        }
+    }
+
+    /// Checks every value; errors name the option.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        if self.model.output_dim != self.task.output_dim() {
+            bail!(
+                "task {:?} needs output_dim {}, the model has {}",
+                self.task,
+                self.task.output_dim(),
+                self.model.output_dim
+            );
+        }
+        let a = &self.align;
+        anyhow::ensure!(
+            a.alpha >= 0.0 && a.alpha.is_finite(),
+            "option `alpha` must be >= 0, got {}",
+            a.alpha
+        );
+        anyhow::ensure!(
+            a.beta >= 0.0 && a.beta.is_finite(),
+            "option `beta` must be >= 0, got {}",
+            a.beta
+        );
+        anyhow::ensure!(
+            a.tau > 0.0 && a.tau <= 1.0,
+            "option `tau` must be in (0, 1], got {}",
+            a.tau
+        );
+        anyhow::ensure!(
+            a.mmd_max_samples >= 2,
+            "option `mmd_max_samples` must be at least 2"
+        );
+        let t = &self.train;
+        anyhow::ensure!(t.batch_size >= 1, "option `batch_size` must be at least 1");
+        anyhow::ensure!(
+            t.lr > 0.0 && t.lr.is_finite(),
+            "option `lr` must be positive, got {}",
+            t.lr
+        );
+        anyhow::ensure!(
+            t.clip > 0.0,
+            "option `clip` must be positive, got {}",
+            t.clip
+        );
+        anyhow::ensure!(
+            t.lr_factor > 0.0 && t.lr_factor < 1.0,
+            "option `lr_factor` must be in (0, 1)"
+        );
+        Ok(())
+    }
+
+    /// Reads a config from JSON (checkpoints, runs) or TOML (user files), by extension.
+    pub fn from_file(path: &std::path::Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let cfg: Config = if path.extension().is_some_and(|e| e == "toml") {
+            toml::from_str(&text).with_context(|| format!("{}: bad config", path.display()))?
+        } else {
+            serde_json::from_str(&text)
+                .with_context(|| format!("{}: bad config", path.display()))?
+        };
+        cfg.validate()
+            .with_context(|| format!("{}: invalid config", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Applies one `section.key=value` override (value parsed as JSON, else as a string).
+    pub fn set(&mut self, assignment: &str) -> Result<()> {
+        let (path, value) = assignment
+            .split_once('=')
+            .with_context(|| format!("--set `{assignment}`: expected section.key=value"))?;
+        let mut json = serde_json::to_value(&*self)?;
+        let mut slot = &mut json;
+        for part in path.split('.') {
+            slot = slot
+                .get_mut(part)
+                .with_context(|| format!("--set `{assignment}`: unknown option `{path}`"))?;
+        }
+        let parsed: serde_json::Value = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        *slot = parsed;
+        *self = serde_json::from_value(json)
+            .with_context(|| format!("--set `{assignment}`: bad value"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_follow_table_1() {
+        let c = Config::preset(
+            Preset::Iemocap,
+            Variant::Mica,
+            Task::Iemocap,
+            [300, 74, 35],
+            [20, 400, 500],
+        );
+        assert_eq!(
+            (
+                c.train.batch_size,
+                c.train.epochs,
+                c.model.num_heads,
+                c.model.layers
+            ),
+            (32, 80, 10, 4)
+        );
+        assert_eq!(
+            (c.model.kernel_l, c.model.kernel_a, c.model.kernel_v),
+            (3, 5, 3)
+        );
+        assert_eq!((c.align.alpha, c.align.beta, c.align.tau), (0.7, 0.5, 0.25));
+        assert_eq!(c.model.output_dim, 8);
+        c.validate().unwrap();
+        let m = Config::preset(
+            Preset::Mosei,
+            Variant::Backbone,
+            Task::Mosei,
+            [300, 74, 35],
+            [50, 500, 500],
+        );
+        assert_eq!(
+            (m.train.lr, m.model.layers, m.align.alpha, m.align.beta),
+            (5e-4, 6, 0.0, 0.0)
+        );
+    }
+
+    #[test]
+    fn set_overrides_and_rejects_unknown_keys() {
+        let mut c = Config::preset(
+            Preset::Mosi,
+            Variant::Mica,
+            Task::Mosi,
+            [300, 5, 20],
+            [50, 375, 500],
+        );
+        c.set("align.tau=0.1").unwrap();
+        c.set("model.kv_source=lowlevel").unwrap();
+        assert_eq!(c.align.tau, 0.1);
+        assert_eq!(c.model.kv_source, KvSource::Lowlevel);
+        let e = c.set("model.nope=3").unwrap_err().to_string();
+        assert!(e.contains("unknown option `model.nope`"), "{e}");
+        assert!(c.set("align.tau=abc").is_err());
+    }
+}
