@@ -38,7 +38,13 @@ impl Modality {
                 t - leading
             })
             .collect();
-        Modality { data, n, t, d, lengths }
+        Modality {
+            data,
+            n,
+            t,
+            d,
+            lengths,
+        }
     }
 
     /// The `[t, d]` slice of sample `i`.
