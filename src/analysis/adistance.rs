@@ -342,3 +342,90 @@ fn error_rate(x: &[f64], y: &[f64], w: &[f64]) -> f64 {
         .count();
     wrong as f64 / y.len() as f64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+
+    fn gaussian(n: usize, dim: usize, shift: f32, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n * dim)
+            .map(|k| {
+                // Box-Muller: one standard normal per value.
+                let (u, v): (f64, f64) = (rng.gen_range(1e-12..1.0), rng.gen());
+                let z = (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos();
+                z as f32 + if k % dim == 0 { shift } else { 0.0 }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn identical_samples_give_about_zero() {
+        let a = gaussian(600, 8, 0.0, 1);
+        let r = proxy_a_distance(&a, &a, 8, &ADistanceConfig::default()).unwrap();
+        assert_eq!((r.n_train, r.n_test), (600, 600));
+        // Chance level: err ~ 0.5 (sd of A about 0.06 here).
+        assert!(r.a_distance.abs() < 0.3, "{r:?}");
+    }
+
+    #[test]
+    fn same_distribution_gives_about_zero() {
+        let a = gaussian(500, 8, 0.0, 2);
+        let b = gaussian(500, 8, 0.0, 3);
+        let r = proxy_a_distance(&a, &b, 8, &ADistanceConfig::default()).unwrap();
+        assert!(r.a_distance.abs() < 0.3, "{r:?}");
+    }
+
+    #[test]
+    fn separated_samples_give_about_two() {
+        let a = gaussian(300, 8, 0.0, 4);
+        let b = gaussian(300, 8, 20.0, 5);
+        let r = proxy_a_distance(&a, &b, 8, &ADistanceConfig::default()).unwrap();
+        assert_eq!(r.test_error, 0.0);
+        assert_eq!(r.a_distance, 2.0);
+    }
+
+    #[test]
+    fn partially_overlapping_is_between_and_deterministic() {
+        // Unit-variance shift of 2 along one axis: Bayes error Phi(-1) = 0.159,
+        // A = 2 (1 - 2 * 0.159) = 1.37.
+        let a = gaussian(1000, 4, 0.0, 6);
+        let b = gaussian(1000, 4, 2.0, 7);
+        let cfg = ADistanceConfig {
+            seed: 9,
+            ..Default::default()
+        };
+        let r = proxy_a_distance(&a, &b, 4, &cfg).unwrap();
+        assert!((r.a_distance - 1.37).abs() < 0.15, "{r:?}");
+        assert_eq!(r, proxy_a_distance(&a, &b, 4, &cfg).unwrap());
+        let other = ADistanceConfig { seed: 10, ..cfg };
+        assert_ne!(
+            r.test_error,
+            proxy_a_distance(&a, &b, 4, &other).unwrap().test_error
+        );
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let cfg = ADistanceConfig::default();
+        assert!(matches!(
+            proxy_a_distance(&[0.0; 7], &[0.0; 8], 2, &cfg),
+            Err(ADistanceError::Shape { len: 7, dim: 2 })
+        ));
+        assert!(matches!(
+            proxy_a_distance(&[0.0; 2], &[0.0; 8], 2, &cfg),
+            Err(ADistanceError::TooFew(1, 4))
+        ));
+    }
+
+    #[test]
+    fn ten_thousand_vectors_of_dim_40_are_fast() {
+        let a = gaussian(5000, 40, 0.3, 11);
+        let b = gaussian(5000, 40, 0.0, 12);
+        let t = std::time::Instant::now();
+        let r = proxy_a_distance(&a, &b, 40, &ADistanceConfig::default()).unwrap();
+        assert!(r.iterations < 100);
+        assert!(t.elapsed().as_secs_f64() < 20.0, "{:?}", t.elapsed());
+    }
+}

@@ -177,3 +177,84 @@ pub fn cooccurrence_from_intervals(target: &[f32], source: &[f32]) -> Vec<bool> 
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 3 targets x 4 sources; target i co-occurs with sources {i, i+1}; source 3 is padding
+    /// for nothing but target 2's set {2, 3}; all valid.
+    fn truth() -> Vec<bool> {
+        let mut t = vec![false; 12];
+        for i in 0..3 {
+            t[i * 4 + i] = true;
+            t[i * 4 + i + 1] = true;
+        }
+        t
+    }
+
+    #[test]
+    fn map_equal_to_truth_scores_one() {
+        let tr = truth();
+        // Row-normalised truth as the attention map: ties only among true cells.
+        let map: Vec<f32> = tr.iter().map(|&b| if b { 0.5 } else { 0.0 }).collect();
+        let r = correlation_accuracy(&map, 3, 4, &[true; 3], &[true; 4], &tr).unwrap();
+        assert_eq!(r.count, 3);
+        assert_eq!(r.accuracy(), 1.0);
+        assert_eq!(r.chance_level(), 0.5); // each row: 2 of 4 sources
+    }
+
+    #[test]
+    fn uniform_map_scores_chance_level() {
+        let tr = truth();
+        let valid_src = [true, true, true, false];
+        let uniform = vec![0.25f32; 12];
+        let r = correlation_accuracy(&uniform, 3, 4, &[true; 3], &valid_src, &tr).unwrap();
+        // Valid sources {0,1,2}: rows have 2, 2, 1 true valid sources -> chance
+        // (2/3 + 2/3 + 1/3) / 3 = 5/9; the uniform map's tie fractions are the same.
+        assert!((r.chance_level() - 5.0 / 9.0).abs() < 1e-15);
+        assert!((r.accuracy() - r.chance_level()).abs() < 1e-15);
+        let c = chance_level(3, 4, &[true; 3], &valid_src, &tr).unwrap();
+        assert!((c - 5.0 / 9.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn argmax_outside_truth_misses_and_padding_is_ignored() {
+        let tr = truth();
+        let mut map = vec![0.0f32; 12];
+        map[3] = 1.0; // row 0 -> source 3 (not in {0,1}): miss
+        map[4 + 1] = 1.0; // row 1 -> source 1: hit
+        map[8] = 0.9; // row 2 -> source 0 (miss) unless padded
+        map[8 + 3] = 2.0; // source 3 is the max of row 2 but invalid below
+        let valid_src = [true, true, true, false];
+        let r = correlation_accuracy(&map, 3, 4, &[true, true, false], &valid_src, &tr).unwrap();
+        // Row 0: max over valid {0,1,2} is a three-way tie at 0 -> 2/3 in set {0,1}.
+        // Row 1: hit. Row 2: padding target, not counted.
+        assert_eq!(r.count, 2);
+        assert!((r.hits - (2.0 / 3.0 + 1.0)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn empty_truth_rows_are_skipped_and_counts_accumulate() {
+        let tr = vec![true, false, false, false]; // 2x2: row 1 has no partner
+        let map = [0.9f32, 0.1, 0.5, 0.5];
+        let mut total = CorrAcc::default();
+        total += correlation_accuracy(&map, 2, 2, &[true; 2], &[true; 2], &tr).unwrap();
+        total += correlation_accuracy(&map, 2, 2, &[true; 2], &[true; 2], &tr).unwrap();
+        assert_eq!((total.count, total.skipped), (2, 2));
+        assert_eq!(total.accuracy(), 1.0);
+        assert_eq!(total.chance_level(), 0.5);
+        assert!(correlation_accuracy(&map, 2, 3, &[true; 2], &[true; 3], &tr).is_err());
+    }
+
+    #[test]
+    fn intervals_and_heads() {
+        // Targets [0,1), [1,2), padding; sources [0.5,1.5), [1.5,3).
+        let target = [0.0, 1.0, 1.0, 2.0, f32::NAN, f32::NAN];
+        let source = [0.5, 1.5, 1.5, 3.0];
+        let m = cooccurrence_from_intervals(&target, &source);
+        assert_eq!(m, vec![true, false, true, true, false, false]);
+        let heads = [1.0f32, 0.0, 0.0, 1.0, 3.0, 2.0, 2.0, 1.0];
+        assert_eq!(mean_over_heads(&heads, 2, 2, 2), vec![2.0, 1.0, 1.0, 1.0]);
+    }
+}

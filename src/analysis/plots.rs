@@ -189,7 +189,8 @@ pub struct HeatmapPanel<'a> {
 }
 
 /// Heatmap of a `[rows, cols]` matrix (row 0 at the top, viridis colours scaled from the
-/// matrix minimum to its maximum, a colour bar on the right), with the cells where
+/// matrix minimum to its maximum, or from 0 to the value for a constant matrix; non-finite
+/// cells grey; a colour bar on the right), with the cells where
 /// `outline` is true framed in red. Writes a PNG.
 #[allow(clippy::too_many_arguments)]
 pub fn heatmap(
@@ -273,8 +274,14 @@ fn draw_heatmap(area: &DrawingArea<BitMapBackend, Shift>, p: &HeatmapPanel) -> R
     let finite = p.matrix.iter().copied().filter(|v| v.is_finite());
     let lo = finite.clone().fold(f32::INFINITY, f32::min);
     let hi = finite.fold(f32::NEG_INFINITY, f32::max);
-    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
-    let hi = if hi > lo { hi } else { lo + 1.0 };
+    let (lo, hi) = if !lo.is_finite() || (lo == hi && lo == 0.0) {
+        (0.0, 1.0)
+    } else if lo == hi {
+        // A constant map (e.g. uniform attention): scale from 0 to the value.
+        (lo.min(0.0), lo.max(0.0))
+    } else {
+        (lo, hi)
+    };
     let (map_area, bar_area) = area.split_horizontally(area.dim_in_pixel().0.saturating_sub(90));
     let (rows, cols) = (p.rows as f64, p.cols as f64);
     let mut chart = ChartBuilder::on(&map_area)
@@ -356,4 +363,123 @@ fn draw_colour_bar(area: &DrawingArea<BitMapBackend, Shift>, lo: f32, hi: f32) -
     }))
     .map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes a PNG fully (checks signature, chunks, CRCs and pixel data) and returns its
+    /// size, plus whether the image holds more than one colour.
+    fn decode(path: &Path) -> (u32, u32, bool) {
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        let px = &buf[..info.buffer_size()];
+        let varied = px.chunks(3).any(|c| c != &px[..3]);
+        (info.width, info.height, varied)
+    }
+
+    /// Share of dark (text / axis) pixels in a horizontal band, to check text renders.
+    fn dark_share(path: &Path, y0: u32, y1: u32) -> f64 {
+        let decoder = png::Decoder::new(std::io::Cursor::new(std::fs::read(path).unwrap()));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        let w = info.width as usize;
+        let ch = info.line_size / w;
+        let mut dark = 0usize;
+        for y in y0 as usize..y1 as usize {
+            for x in 0..w {
+                let p = &buf[y * info.line_size + x * ch..][..3];
+                dark += (p.iter().map(|&v| v as u32).sum::<u32>() < 200) as usize;
+            }
+        }
+        dark as f64 / ((y1 - y0) as usize * w) as f64
+    }
+
+    #[test]
+    fn line_plots_write_valid_pngs_with_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loss.png");
+        let train: Vec<(f64, f64)> = (0..20)
+            .map(|e| (e as f64, 1.0 / (e as f64 + 1.0)))
+            .collect();
+        let mut valid: Vec<(f64, f64)> = train.iter().map(|&(x, y)| (x, y + 0.1)).collect();
+        valid[3].1 = f64::NAN; // left out, not fatal
+        line_plot(
+            &path,
+            "Loss",
+            "epoch",
+            "L1",
+            &[("train", train), ("valid", valid)],
+        )
+        .unwrap();
+        assert_eq!(decode(&path), (900, 600, true));
+        // The caption band at the top holds dark glyph pixels.
+        assert!(dark_share(&path, 5, 40) > 0.005);
+
+        let sweep = dir.path().join("sweep.png");
+        let pts = vec![(0.1, 0.80, 0.01), (0.3, 0.82, 0.02), (0.5, 0.81, 0.015)];
+        line_plot_with_errors(
+            &sweep,
+            "alpha",
+            "alpha",
+            "Acc2",
+            &[("mica".to_string(), pts)],
+        )
+        .unwrap();
+        assert_eq!(decode(&sweep), (900, 600, true));
+
+        let empty = dir.path().join("empty.png");
+        line_plot::<&str>(&empty, "nothing", "x", "y", &[]).unwrap();
+        assert_eq!(decode(&empty).0, 900);
+    }
+
+    #[test]
+    fn heatmaps_write_valid_pngs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rows, cols) = (6, 10);
+        let m: Vec<f32> = (0..rows * cols)
+            .map(|k| ((k * 7) % 11) as f32 / 10.0)
+            .collect();
+        let outline: Vec<bool> = (0..rows * cols).map(|k| k % cols == k / cols).collect();
+        let one = dir.path().join("attn.png");
+        heatmap(
+            &one,
+            "attention",
+            &m,
+            rows,
+            cols,
+            Some(&outline),
+            "text",
+            "audio",
+        )
+        .unwrap();
+        assert_eq!(decode(&one), (700, 600, true));
+        let two = dir.path().join("pair.png");
+        let left = HeatmapPanel {
+            title: "MICA",
+            matrix: &m,
+            rows,
+            cols,
+            outline: Some(&outline),
+            row_label: "text",
+            col_label: "audio",
+        };
+        let right = HeatmapPanel {
+            title: "backbone",
+            outline: None,
+            ..left
+        };
+        side_by_side(&two, "sample 0, layer 3", &left, &right).unwrap();
+        assert_eq!(decode(&two), (1400, 600, true));
+        assert!(heatmap(&one, "bad", &m[..5], rows, cols, None, "r", "c").is_err());
+        let constant = vec![0.5f32; 4];
+        heatmap(&one, "flat", &constant, 2, 2, None, "r", "c").unwrap();
+        assert_eq!(decode(&one).0, 700);
+    }
 }

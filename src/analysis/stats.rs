@@ -192,3 +192,87 @@ pub fn paired_t_test(a: &[f64], b: &[f64]) -> TTest {
         mean_diff: dm,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::f64::consts::PI;
+
+    #[test]
+    fn paired_t_test_matches_closed_forms() {
+        // d = a - b = [1, 2, 3, 4]: mean 2.5, var(ddof 1) = 5/3, se = sqrt(5/12),
+        // t = 2.5 / sqrt(5/12) = sqrt(15), df = 3. Student-t with 3 df:
+        // F(t) = 1/2 + (1/pi) (t/(sqrt3 (1 + t^2/3)) + atan(t/sqrt3)); with t^2/3 = 5:
+        // p = 2 (1 - F) = 1 - (2/pi) (sqrt5/6 + atan(sqrt5)) = 0.0304662916621...
+        // (scipy.stats.ttest_rel([2,4,6,8],[1,2,3,4]): t 3.872983346207417,
+        //  p 0.030466291662170977).
+        let r = paired_t_test(&[2.0, 4.0, 6.0, 8.0], &[1.0, 2.0, 3.0, 4.0]);
+        assert!((r.t - 15f64.sqrt()).abs() < 1e-14);
+        assert_eq!(r.df, 3.0);
+        let p = 1.0 - 2.0 / PI * (5f64.sqrt() / 6.0 + 5f64.sqrt().atan());
+        assert!((r.p_value - p).abs() < 1e-13, "{} vs {p}", r.p_value);
+        assert!((r.p_value - 0.030466291662170977).abs() < 1e-13);
+        assert_eq!(r.mean_diff, 2.5);
+
+        // d = [1, 3]: t = 2 / (sqrt2 / sqrt2) = 2, df = 1 (Cauchy):
+        // p = 1 - (2/pi) atan(2) = 0.29516723530086653 (scipy: 0.2951672353008665).
+        let r = paired_t_test(&[3.0, 5.0], &[2.0, 2.0]);
+        assert!((r.t - 2.0).abs() < 1e-15);
+        assert!((r.p_value - (1.0 - 2.0 / PI * 2f64.atan())).abs() < 1e-14);
+    }
+
+    #[test]
+    fn paired_t_test_matches_scipy_on_seed_like_data() {
+        // scipy.stats.ttest_rel(a, b) -> t 3.282700017209169, p 0.030423416648821675.
+        let a = [0.812, 0.805, 0.821, 0.799, 0.815];
+        let b = [0.801, 0.798, 0.809, 0.800, 0.806];
+        let r = paired_t_test(&a, &b);
+        assert!((r.t - 3.282700017209169).abs() < 1e-11);
+        assert!((r.p_value - 0.030423416648821675).abs() < 1e-12);
+        // Antisymmetric in the arguments, same p.
+        let s = paired_t_test(&b, &a);
+        assert!((s.t + r.t).abs() < 1e-12 && (s.p_value - r.p_value).abs() < 1e-15);
+    }
+
+    #[test]
+    fn degenerate_t_tests() {
+        let r = paired_t_test(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0]);
+        assert!(r.t.is_nan() && r.p_value.is_nan());
+        let r = paired_t_test(&[2.0, 3.0, 4.0], &[1.0, 2.0, 3.0]);
+        assert_eq!(r.t, f64::INFINITY);
+        assert_eq!(r.p_value, 0.0);
+        assert!(paired_t_test(&[1.0], &[2.0]).p_value.is_nan());
+        assert!(paired_t_test(&[1.0, 2.0], &[2.0]).p_value.is_nan());
+    }
+
+    #[test]
+    fn special_functions_match_references() {
+        // ln Γ(n) = ln((n-1)!), ln Γ(1/2) = ln(sqrt(pi)).
+        assert!((ln_gamma(5.0) - 24f64.ln()).abs() < 1e-14);
+        assert!((ln_gamma(0.5) - PI.sqrt().ln()).abs() < 1e-14);
+        // scipy.special.gammaln(0.3) = 1.0957979948180756, gammaln(171.5) = 709.1431630309283
+        assert!((ln_gamma(0.3) - 1.0957979948180756).abs() < 1e-13);
+        assert!((ln_gamma(171.5) - 709.1431630309283).abs() < 1e-10);
+        // I_x(a, 1) = x^a and I_x(1, b) = 1 - (1 - x)^b.
+        assert!((inc_beta(3.5, 1.0, 0.3) - 0.3f64.powf(3.5)).abs() < 1e-14);
+        assert!((inc_beta(1.0, 4.0, 0.3) - (1.0 - 0.7f64.powi(4))).abs() < 1e-14);
+        // scipy.special.betainc(2.5, 0.5, 0.3) = 0.018927124071945658,
+        // betainc(10, 20, 0.4) = 0.7853183897628262.
+        assert!((inc_beta(2.5, 0.5, 0.3) - 0.018927124071945658).abs() < 1e-14);
+        assert!((inc_beta(10.0, 20.0, 0.4) - 0.7853183897628262).abs() < 1e-13);
+        assert!(inc_beta(1.0, 1.0, 1.5).is_nan());
+        // scipy.stats.t.cdf(-2.3, 7.5) = 0.026286448052184542, t.sf(40, 3) = 1.7190340394579253e-05.
+        assert!((student_t_cdf(-2.3, 7.5) - 0.026286448052184542).abs() < 1e-14);
+        assert!((student_t_sf(40.0, 3.0) / 1.7190340394579253e-05 - 1.0).abs() < 1e-10);
+        assert_eq!(student_t_cdf(0.0, 5.0), 0.5);
+    }
+
+    #[test]
+    fn mean_and_std_helpers() {
+        let x = [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0];
+        assert_eq!(mean(&x), 5.0);
+        assert_eq!(std_pop(&x), 2.0);
+        assert!((std_sample(&x) - (32.0f64 / 7.0).sqrt()).abs() < 1e-15);
+        assert!(std_sample(&[1.0]).is_nan());
+    }
+}

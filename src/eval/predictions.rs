@@ -9,9 +9,9 @@
 use super::metrics::Task;
 use std::path::Path;
 
-/// A problem in a prediction file: `file:line: message`.
-#[derive(Debug, thiserror::Error, PartialEq)]
-#[error("{file}:{line}: {message}")]
+/// A problem in a prediction file, shown as `file:line: message` (`file: message` when
+/// the file could not be read).
+#[derive(Debug, PartialEq)]
 pub struct CsvError {
     /// The file as given.
     pub file: String,
@@ -20,6 +20,18 @@ pub struct CsvError {
     /// What is wrong.
     pub message: String,
 }
+
+impl std::fmt::Display for CsvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}:{}: {}", self.file, self.line, self.message)
+        }
+    }
+}
+
+impl std::error::Error for CsvError {}
 
 /// Column names a task needs, in the order their values are returned:
 /// predictions first, then labels.
