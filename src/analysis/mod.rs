@@ -13,7 +13,9 @@ pub use corr_acc::{
     chance_level, cooccurrence_from_intervals, correlation_accuracy, mean_over_heads, CorrAcc,
     CorrAccError,
 };
-pub use plots::{heatmap, line_plot, line_plot_with_errors, side_by_side, HeatmapPanel};
+pub use plots::{
+    heatmap, line_plot, line_plot_with_errors, side_by_side, ErrorPoint, HeatmapPanel,
+};
 pub use stats::{
     inc_beta, ln_gamma, mean, paired_t_test, std_pop, std_sample, student_t_cdf, TTest,
 };

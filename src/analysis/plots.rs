@@ -28,6 +28,9 @@ pub fn ensure_font() {
     });
 }
 
+/// A point with an error bar: (x, mean, half-width).
+pub type ErrorPoint = (f64, f64, f64);
+
 fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("{e}")
 }
@@ -69,7 +72,7 @@ pub fn line_plot<S: AsRef<str>>(
     y_label: &str,
     series: &[(S, Vec<(f64, f64)>)],
 ) -> Result<()> {
-    let with_err: Vec<(&str, Vec<(f64, f64, f64)>)> = series
+    let with_err: Vec<(&str, Vec<ErrorPoint>)> = series
         .iter()
         .map(|(n, pts)| (n.as_ref(), pts.iter().map(|&(x, y)| (x, y, 0.0)).collect()))
         .collect();
@@ -83,9 +86,9 @@ pub fn line_plot_with_errors<S: AsRef<str>>(
     title: &str,
     x_label: &str,
     y_label: &str,
-    series: &[(S, Vec<(f64, f64, f64)>)],
+    series: &[(S, Vec<ErrorPoint>)],
 ) -> Result<()> {
-    let s: Vec<(&str, Vec<(f64, f64, f64)>)> = series
+    let s: Vec<(&str, Vec<ErrorPoint>)> = series
         .iter()
         .map(|(n, pts)| (n.as_ref(), pts.clone()))
         .collect();
@@ -97,11 +100,11 @@ fn draw_lines(
     title: &str,
     x_label: &str,
     y_label: &str,
-    series: &[(&str, Vec<(f64, f64, f64)>)],
+    series: &[(&str, Vec<ErrorPoint>)],
     error_bars: bool,
 ) -> Result<()> {
     ensure_font();
-    let finite: Vec<Vec<(f64, f64, f64)>> = series
+    let finite: Vec<Vec<ErrorPoint>> = series
         .iter()
         .map(|(_, pts)| {
             pts.iter()

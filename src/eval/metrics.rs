@@ -558,7 +558,7 @@ pub fn sentiment_mmsa(preds: &[f64], labels: &[f64]) -> Result<MmsaSentiment, Me
 /// is `[N, 4]` with values 0 or 1. Per emotion the prediction is the argmax of its two
 /// logits (a tie gives class 0, like `np.argmax`).
 pub fn emotion_mult(preds: &[f64], labels: &[f64]) -> Result<MultEmotion, MetricsError> {
-    if preds.len() % 8 != 0 {
+    if !preds.len().is_multiple_of(8) {
         return Err(MetricsError::Shape(format!(
             "emotion predictions: {} values, not a multiple of 8",
             preds.len()
