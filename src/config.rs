@@ -7,27 +7,7 @@ use crate::model::config::{Arch, GateBias, KvSource, ModelConfig, Partial};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// The task decides the loss, the output width and the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    /// CMU-MOSI sentiment regression (L1, output 1).
-    Mosi,
-    /// CMU-MOSEI sentiment regression (L1, output 1).
-    Mosei,
-    /// IEMOCAP four binary emotions (2-way CE each, output 8).
-    Iemocap,
-}
-
-impl Task {
-    /// Output width of the model.
-    pub fn output_dim(self) -> usize {
-        match self {
-            Task::Iemocap => 8,
-            _ => 1,
-        }
-    }
-}
+pub use crate::eval::Task;
 
 /// Which model + loss combination to train (paper Table 5 and baselines).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -244,7 +224,7 @@ impl Config {
         orig_dims: [usize; 3],
         lens: [usize; 3],
     ) -> Config {
-        let mut model = mult_model_defaults(orig_dims, lens, task.output_dim());
+        let mut model = mult_model_defaults(orig_dims, lens, task.pred_width());
         let mut train = TrainConfig::default();
         let mut align = AlignConfig::default();
         model.d = 40;
@@ -304,11 +284,11 @@ impl Config {
     /// Checks every value; errors name the option.
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
-        if self.model.output_dim != self.task.output_dim() {
+        if self.model.output_dim != self.task.pred_width() {
             bail!(
                 "task {:?} needs output_dim {}, the model has {}",
                 self.task,
-                self.task.output_dim(),
+                self.task.pred_width(),
                 self.model.output_dim
             );
         }

@@ -1,7 +1,14 @@
 //! mica: MICA / MulT for asynchronous multimodal sequences.
+//!
+//! Laid out by what the data passes through: `data` (formats, synthetic benchmark,
+//! batching) → `model` (front end, attention, encoder, MulT, MICA) → `align` (MMD, PEA)
+//! → `train` (loop, optimiser, schedule, checkpoints) → `eval` (metrics) → `analysis`
+//! (A-distance, correlation accuracy, statistics, plots) → `cli`.
 pub mod align;
+pub mod analysis;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod model;
 pub mod train;
