@@ -4,6 +4,8 @@
 //! Layout contract (spec/data.md): every modality is `[N, T, D]` f32, LEFT zero-padded
 //! (real frames at the end) so MulT's last-step read-out always sees a real frame.
 
+pub mod batch;
+
 use std::collections::BTreeMap;
 
 /// The three modalities, in the fixed order used everywhere in mica (L, A, V).

@@ -1,3 +1,6 @@
-//! Training: optimiser, schedule, loop and checkpoints.
+//! Training: losses, optimiser, schedule, the loop and checkpoints.
+pub mod checkpoint;
 pub mod loss;
 pub mod optim;
+pub mod schedule;
+pub mod trainer;

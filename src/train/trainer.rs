@@ -1,0 +1,392 @@
+//! The training loop (spec/training.md): Adam, global-norm clipping, ReduceLROnPlateau on
+//! the validation loss, best weights on validation, test only at the end; a run directory
+//! with config, per-epoch CSV log, atomic best/last checkpoints, metrics JSON and a
+//! loss-curve PNG; exact `--resume`.
+
+use super::checkpoint;
+use super::loss::{emotion_ce, l1_loss};
+use super::optim::{clip_grad_norm, Adam, AdamConfig};
+use super::schedule::ReduceLrOnPlateau;
+use crate::align::alignment_losses;
+use crate::config::{Config, Task};
+use crate::data::batch::{chunks, labels_f64, make_batch, Batch};
+use crate::data::{Dataset, Labels, Split};
+use crate::eval::{evaluate, Metrics};
+use crate::model::ctx::{mix64, Ctx};
+use crate::model::mult::ForwardOpts;
+use crate::model::params::{Initializer, ParamStore};
+use crate::model::Model;
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// How a run is carried out (not part of the model config).
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Run directory.
+    pub out: PathBuf,
+    /// Continue the run in `out` from its last checkpoint.
+    pub resume: bool,
+    /// Stop (as if killed) after this many epochs in this process; for resume tests.
+    pub stop_after_epochs: Option<usize>,
+    /// Show progress bars and per-epoch lines on stderr.
+    pub verbose: bool,
+}
+
+/// One line of the per-epoch log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean total training loss.
+    pub train_loss: f64,
+    /// Mean task loss on train.
+    pub train_task: f64,
+    /// Mean L_m on train (0 when off).
+    pub train_lm: f64,
+    /// Mean L_e on train (0 when off).
+    pub train_le: f64,
+    /// Validation task loss.
+    pub valid_loss: f64,
+    /// Learning rate used in this epoch.
+    pub lr: f64,
+    /// Wall seconds of the epoch.
+    pub seconds: f64,
+}
+
+/// Loop state saved with the last checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunState {
+    epochs_done: usize,
+    global_step: u64,
+    lr: f64,
+    scheduler: ReduceLrOnPlateau,
+    best_valid: Option<f64>,
+    best_epoch: usize,
+    adam_steps: std::collections::BTreeMap<String, u64>,
+    history: Vec<EpochLog>,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    /// Test metrics of the best-on-validation weights.
+    pub test: Metrics,
+    /// Validation metrics of the same weights.
+    pub valid: Metrics,
+    /// Epoch (1-based) of the best validation loss.
+    pub best_epoch: usize,
+    /// Best validation loss.
+    pub best_valid_loss: f64,
+    /// Per-epoch log.
+    pub history: Vec<EpochLog>,
+}
+
+/// Losses of one batch.
+#[derive(Debug, Clone)]
+pub struct StepLosses {
+    /// `L_p + alpha L_m + beta L_e` (with gradient).
+    pub total: Tensor,
+    /// Task loss value.
+    pub task: f64,
+    /// L_m value (0 when off).
+    pub lm: f64,
+    /// L_e value (0 when off).
+    pub le: f64,
+}
+
+/// The task loss of `output` against batch labels.
+pub fn task_loss(task: Task, output: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    match task {
+        Task::Iemocap => emotion_ce(output, labels),
+        _ => l1_loss(output, labels),
+    }
+}
+
+/// Forward + all loss terms of one batch.
+pub fn step_losses(model: &Model, cfg: &Config, batch: &Batch, ctx: &Ctx, mmd_seed: u64) -> Result<StepLosses> {
+    let a = &cfg.align;
+    let opts = ForwardOpts { trace: a.alpha > 0.0 || a.beta > 0.0, probs: a.beta > 0.0, intermediates: false };
+    let out = model.forward(ctx, &batch.inputs, opts)?;
+    let lp = task_loss(cfg.task, &out.output, &batch.labels)?;
+    let mut total = lp.clone();
+    let al = alignment_losses(&out, a, cfg.model.num_heads, mmd_seed, false)?;
+    let mut lm_v = 0.0;
+    let mut le_v = 0.0;
+    if let Some(lm) = &al.lm {
+        lm_v = scalar(lm)?;
+        total = (total + (lm * a.alpha)?)?;
+    }
+    if let Some(le) = &al.le {
+        le_v = scalar(le)?;
+        total = (total + (le * a.beta)?)?;
+    }
+    Ok(StepLosses { task: scalar(&lp)?, total, lm: lm_v, le: le_v })
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// Checks that the data fits the config (dims, lengths, label kind); errors are one line.
+pub fn check_dataset(cfg: &Config, ds: &Dataset) -> Result<()> {
+    for name in ["train", "valid", "test"] {
+        let split = ds.splits.get(name).with_context(|| format!("the dataset has no `{name}` split"))?;
+        check_split(cfg, split, name)?;
+    }
+    Ok(())
+}
+
+/// Checks one split against the config.
+pub fn check_split(cfg: &Config, split: &Split, name: &str) -> Result<()> {
+    let m = &cfg.model;
+    ensure!(!split.is_empty(), "split `{name}` is empty");
+    for (k, (mo, want_d, want_t)) in
+        [(&split.text, m.orig_d_l, m.l_len), (&split.audio, m.orig_d_a, m.a_len), (&split.vision, m.orig_d_v, m.v_len)].into_iter().enumerate()
+    {
+        let mname = crate::data::MODALITIES[k];
+        ensure!(mo.d == want_d, "split `{name}`: {mname} has {} features, the model expects {want_d}", mo.d);
+        ensure!(mo.t == want_t, "split `{name}`: {mname} has length {}, the model expects {want_t}", mo.t);
+    }
+    match (&split.labels, cfg.task) {
+        (Labels::Emotion(_), Task::Iemocap) | (Labels::Sentiment(_), Task::Mosi | Task::Mosei) => Ok(()),
+        (Labels::Emotion(_), t) => bail!("split `{name}` has IEMOCAP emotion labels (N, 4) but the task is `{t}`: use --task iemocap"),
+        (Labels::Sentiment(_), _) => bail!("split `{name}` has sentiment labels (N, 1) but the task is `iemocap`: use --task mosi or mosei"),
+    }
+}
+
+/// Eval-mode predictions of a split (flattened `[N * output_dim]`) and its mean task loss.
+pub fn predict_split(model: &Model, cfg: &Config, split: &Split, device: &Device) -> Result<(Vec<f64>, f64)> {
+    let order: Vec<usize> = (0..split.len()).collect();
+    let ctx = Ctx::eval();
+    let mut preds = Vec::with_capacity(split.len() * cfg.model.output_dim);
+    let mut loss_sum = 0.0;
+    for idx in chunks(&order, cfg.train.batch_size) {
+        let batch = make_batch(split, &idx, device)?;
+        let out = model.forward(&ctx, &batch.inputs, ForwardOpts::default())?;
+        loss_sum += scalar(&task_loss(cfg.task, &out.output, &batch.labels)?)? * idx.len() as f64;
+        let v: Vec<f32> = out.output.flatten_all()?.to_vec1()?;
+        preds.extend(v.into_iter().map(|x| x as f64));
+    }
+    Ok((preds, loss_sum / split.len() as f64))
+}
+
+/// Metrics of a split's predictions.
+pub fn split_metrics(task: Task, split: &Split, preds: &[f64]) -> Result<Metrics> {
+    Ok(evaluate(task, preds, &labels_f64(&split.labels))?)
+}
+
+fn write_log(path: &Path, history: &[EpochLog]) -> Result<()> {
+    let mut s = String::from("epoch,train_loss,train_task,train_lm,train_le,valid_loss,lr,seconds\n");
+    for h in history {
+        s.push_str(&format!(
+            "{},{},{},{},{},{},{},{:.3}\n",
+            h.epoch, h.train_loss, h.train_task, h.train_lm, h.train_le, h.valid_loss, h.lr, h.seconds
+        ));
+    }
+    atomic_write(path, s.as_bytes())
+}
+
+/// Writes a file atomically (temp file + rename).
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
+    Ok(())
+}
+
+fn plot_losses(path: &Path, history: &[EpochLog]) -> Result<()> {
+    let pts = |f: fn(&EpochLog) -> f64| history.iter().map(|h| (h.epoch as f64, f(h))).collect::<Vec<_>>();
+    let mut series = vec![("train task loss", pts(|h| h.train_task)), ("valid loss", pts(|h| h.valid_loss))];
+    if history.iter().any(|h| h.train_lm != 0.0) {
+        series.push(("train L_m", pts(|h| h.train_lm)));
+    }
+    if history.iter().any(|h| h.train_le != 0.0) {
+        series.push(("train L_e", pts(|h| h.train_le)));
+    }
+    crate::analysis::line_plot(path, "Loss curves", "epoch", "loss", &series)
+}
+
+/// Trains one seed (`cfg.train.seed`) into `opts.out` and evaluates the best weights on test.
+pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResult> {
+    cfg.validate()?;
+    check_dataset(cfg, ds)?;
+    let device = Device::Cpu;
+    let out = &opts.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating run directory {}", out.display()))?;
+    let (train_s, valid_s) = (&ds.splits["train"], &ds.splits["valid"]);
+
+    let seed = cfg.train.seed;
+    let mut init = Initializer::new(seed, &device);
+    let model = Model::new(&mut init, &cfg.model)?;
+    let store = init.into_store();
+    let mut adam = Adam::new(AdamConfig { lr: cfg.train.lr, ..Default::default() });
+    let mut state = RunState {
+        epochs_done: 0,
+        global_step: 0,
+        lr: cfg.train.lr,
+        scheduler: ReduceLrOnPlateau::new(cfg.train.lr_factor, cfg.train.when),
+        best_valid: None,
+        best_epoch: 0,
+        adam_steps: Default::default(),
+        history: Vec::new(),
+    };
+    let last_dir = out.join("last");
+    let best_dir = out.join("best");
+    if opts.resume {
+        let dir = checkpoint::existing(&last_dir).with_context(|| format!("--resume: {} has no last checkpoint", out.display()))?;
+        let saved = Config::from_file(&dir.join("config.json"))?;
+        ensure!(saved == *cfg, "--resume: the config differs from the run's saved config ({}); resume without other options", dir.join("config.json").display());
+        let (_, saved_store, _) = checkpoint::load(&dir, &device)?;
+        store.assign_from(&saved_store.tensors())?;
+        let text = std::fs::read_to_string(dir.join("state.json")).with_context(|| format!("{}: missing state.json", dir.display()))?;
+        state = serde_json::from_str(&text).with_context(|| format!("{}: bad state.json", dir.display()))?;
+        checkpoint::adam_from_file(&mut adam, &dir.join("optimizer.safetensors"), &state.adam_steps)?;
+        if opts.verbose {
+            eprintln!("resuming {} after epoch {}", out.display(), state.epochs_done);
+        }
+    } else {
+        ensure!(
+            !out.join("config.json").exists(),
+            "{} already holds a run: continue it with --resume {}, or choose another --out",
+            out.display(),
+            out.display()
+        );
+        atomic_write(&out.join("config.json"), serde_json::to_string_pretty(cfg)?.as_bytes())?;
+    }
+
+    let mut ran_here = 0;
+    while state.epochs_done < cfg.train.epochs {
+        if opts.stop_after_epochs.is_some_and(|k| ran_here >= k) {
+            bail!("stopped after {ran_here} epoch(s) as requested (--stop-after-epochs); continue with --resume {}", out.display());
+        }
+        let epoch = state.epochs_done + 1;
+        let t0 = Instant::now();
+        adam.cfg.lr = state.lr;
+        let mut order: Vec<usize> = (0..train_s.len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix64(seed ^ mix64(epoch as u64))));
+        let batches = chunks(&order, cfg.train.batch_size);
+        let bar = progress_bar(opts.verbose, train_s.len() as u64, epoch, cfg.train.epochs);
+        let (mut tot, mut task, mut lm, mut le, mut seen) = (0.0, 0.0, 0.0, 0.0, 0usize);
+        for idx in &batches {
+            state.global_step += 1;
+            let step_seed = mix64(seed ^ mix64(0xD0 ^ state.global_step));
+            let batch = make_batch(train_s, idx, &device)?;
+            let ctx = Ctx::train(step_seed);
+            let losses = step_losses(&model, cfg, &batch, &ctx, mix64(step_seed))?;
+            let total_v = scalar(&losses.total)?;
+            if !total_v.is_finite() {
+                bail!(
+                    "the training loss became non-finite ({total_v}) at epoch {epoch}, step {} (task {}, L_m {}, L_e {}); the last good checkpoint is in {}",
+                    state.global_step, losses.task, losses.lm, losses.le, last_dir.display()
+                );
+            }
+            let mut grads = losses.total.backward()?;
+            clip_grad_norm(&store, &mut grads, cfg.train.clip)?;
+            adam.step(&store, &grads)?;
+            let n = idx.len() as f64;
+            tot += total_v * n;
+            task += losses.task * n;
+            lm += losses.lm * n;
+            le += losses.le * n;
+            seen += idx.len();
+            if let Some(b) = &bar {
+                b.inc(idx.len() as u64);
+                let rate = seen as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+                b.set_message(format!("loss {:.4} | {rate:.0} samples/s", tot / seen as f64));
+            }
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let (_, valid_loss) = predict_split(&model, cfg, valid_s, &device)?;
+        let n = seen as f64;
+        let log = EpochLog {
+            epoch,
+            train_loss: tot / n,
+            train_task: task / n,
+            train_lm: lm / n,
+            train_le: le / n,
+            valid_loss,
+            lr: state.lr,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        if opts.verbose {
+            eprintln!(
+                "epoch {epoch:>3}/{} | train {:.4} (task {:.4}, L_m {:.4}, L_e {:.4}) | valid {:.4} | lr {:.1e} | {:.1}s",
+                cfg.train.epochs, log.train_loss, log.train_task, log.train_lm, log.train_le, valid_loss, state.lr, log.seconds
+            );
+        }
+        state.history.push(log);
+        state.lr = state.scheduler.step(valid_loss, state.lr);
+        if state.best_valid.is_none_or(|b| valid_loss < b) {
+            state.best_valid = Some(valid_loss);
+            state.best_epoch = epoch;
+            checkpoint::save(&best_dir, cfg, &store, &|_| Ok(()))?;
+        }
+        state.epochs_done = epoch;
+        save_last(&last_dir, cfg, &store, &adam, &mut state)?;
+        write_log(&out.join("log.csv"), &state.history)?;
+        ran_here += 1;
+    }
+    finish(cfg, ds, opts, &state, &device)
+}
+
+fn save_last(dir: &Path, cfg: &Config, store: &ParamStore, adam: &Adam, state: &mut RunState) -> Result<()> {
+    let steps = std::cell::RefCell::new(Default::default());
+    checkpoint::save(dir, cfg, store, &|tmp| {
+        *steps.borrow_mut() = checkpoint::adam_to_file(adam, store, &tmp.join("optimizer.safetensors"))?;
+        Ok(())
+    })?;
+    state.adam_steps = steps.into_inner();
+    // The state goes in last: written into the finished directory atomically.
+    atomic_write(&dir.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())
+}
+
+fn finish(cfg: &Config, ds: &Dataset, opts: &TrainOptions, state: &RunState, device: &Device) -> Result<RunResult> {
+    let out = &opts.out;
+    let (_, _, best) = checkpoint::load(&out.join("best"), device)?;
+    let (valid_preds, _) = predict_split(&best, cfg, &ds.splits["valid"], device)?;
+    let (test_preds, _) = predict_split(&best, cfg, &ds.splits["test"], device)?;
+    let valid = split_metrics(cfg.task, &ds.splits["valid"], &valid_preds)?;
+    let test = split_metrics(cfg.task, &ds.splits["test"], &test_preds)?;
+    let json = serde_json::json!({
+        "variant": cfg.variant.name(),
+        "task": cfg.task.name(),
+        "seed": cfg.train.seed,
+        "best_epoch": state.best_epoch,
+        "best_valid_loss": state.best_valid,
+        "test": test.to_json(),
+        "valid": valid.to_json(),
+    });
+    atomic_write(&out.join("metrics.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    if let Err(e) = plot_losses(&out.join("loss.png"), &state.history) {
+        eprintln!("warning: could not draw {}: {e:#}", out.join("loss.png").display());
+    }
+    Ok(RunResult {
+        test,
+        valid,
+        best_epoch: state.best_epoch,
+        best_valid_loss: state.best_valid.unwrap_or(f64::NAN),
+        history: state.history.clone(),
+    })
+}
+
+fn progress_bar(verbose: bool, len: u64, epoch: usize, epochs: usize) -> Option<indicatif::ProgressBar> {
+    if !verbose {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{epoch}/{epochs}"));
+    Some(bar)
+}
