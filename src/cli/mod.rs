@@ -1,7 +1,11 @@
 //! The `mica` command line: one subcommand per user job. Each subcommand lives in its
 //! own file with its clap `Args` struct and a `run` function.
 
+pub mod common;
+pub mod eval;
 pub mod metrics;
+pub mod model_io;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +21,16 @@ pub struct Cli {
 /// Every `mica` subcommand.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Train a model (default: MICA on the built-in synth-small benchmark) and report test metrics.
+    Train(train::TrainArgs),
+    /// Evaluate a checkpoint on a split: MulT's and MMSA's metric sets.
+    Eval(eval::EvalArgs),
+    /// Write a checkpoint's predictions on a split to CSV.
+    Predict(eval::PredictArgs),
+    /// Import official PyTorch MulT weights (safetensors state_dict + hyper-parameter JSON).
+    ImportMult(model_io::ImportArgs),
+    /// Eval-mode forward of a checkpoint on raw input tensors (safetensors in, safetensors out).
+    Forward(model_io::ForwardArgs),
     /// Compute MulT's and MMSA's metrics of a prediction CSV.
     Metrics(metrics::MetricsArgs),
 }
@@ -26,5 +40,10 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Metrics(args) => metrics::run(&args),
+        Command::Train(a) => train::run(&a),
+        Command::Eval(a) => eval::run_eval(&a),
+        Command::Predict(a) => eval::run_predict(&a),
+        Command::ImportMult(a) => model_io::run_import(&a),
+        Command::Forward(a) => model_io::run_forward(&a),
     }
 }

@@ -1,0 +1,254 @@
+//! Options shared by the commands that build a config or read data.
+
+use crate::config::{Config, Preset, Task, Variant};
+use crate::data::source::load_dataset;
+use crate::data::{Dataset, Labels};
+use crate::model::attention::AttentionKernel;
+use crate::model::config::{GateBias, KvSource};
+use anyhow::{Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+/// Where the data comes from.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Your data: a MulT pickle (*_data_noalign.pkl / *_data.pkl), an MMSA pickle
+    /// (unaligned_50.pkl / aligned_50.pkl) or a mica dataset directory. Wins over --dataset.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Built-in dataset when no --data is given: synth-small (default), synth-mosi,
+    /// synth-mosei, synth-iemocap. `mosi|mosei|iemocap` pick the task/preset for --data.
+    #[arg(long, default_value = "synth-small")]
+    pub dataset: String,
+    /// Seed of the synthetic generator (independent of the training seed).
+    #[arg(long, default_value_t = 0)]
+    pub data_seed: u64,
+}
+
+impl DataArgs {
+    /// Loads the requested dataset.
+    pub fn load(&self) -> Result<Dataset> {
+        load_dataset(self.data.as_deref(), &self.dataset, self.data_seed)
+    }
+}
+
+/// Every model / loss / training option (defaults: the preset's).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigArgs {
+    /// Model + losses: mult, backbone, mmd, mica, mica-nopropagate.
+    #[arg(long, value_enum)]
+    pub variant: Option<Variant>,
+    /// Hyper-parameter preset (paper Table 1): mosi, mosei, iemocap, synth-small.
+    /// Default: from the dataset.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Task (loss and metrics): mosi, mosei, iemocap. Default: from the dataset's labels.
+    #[arg(long, value_enum)]
+    pub task: Option<Task>,
+    /// A TOML (or JSON) file with any subset of the config (sections model, align, train);
+    /// applied after the preset, before the flags below.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Training epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Batch size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Adam learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Global gradient-norm clip.
+    #[arg(long)]
+    pub clip: Option<f64>,
+    /// ReduceLROnPlateau patience in epochs (MulT's `when`).
+    #[arg(long)]
+    pub when: Option<usize>,
+    /// Weight of the MMD loss L_m.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Weight of the element-level loss L_e.
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// Share of attention entries PEA selects per sample and head.
+    #[arg(long)]
+    pub tau: Option<f64>,
+    /// Model width d.
+    #[arg(long)]
+    pub d: Option<usize>,
+    /// Attention heads.
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Layers D.
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Conv kernel sizes as L,A,V (e.g. 3,3,3).
+    #[arg(long)]
+    pub kernels: Option<String>,
+    /// MICA keys/values source: layerwise (default) or lowlevel (MulT's).
+    #[arg(long, value_enum)]
+    pub kv_source: Option<KvSource>,
+    /// MICA gate bias: per-position (default) or shared.
+    #[arg(long, value_enum)]
+    pub gate_bias: Option<GateBias>,
+    /// Attention implementation.
+    #[arg(long, value_enum)]
+    pub attention: Option<AttentionKernel>,
+    /// Turn the causal-offset attention mask off (MulT's default is on).
+    #[arg(long)]
+    pub no_attn_mask: bool,
+    /// Any other option as section.key=value (e.g. model.relu_dropout=0.2,
+    /// align.mmd_max_samples=512, align.le_reduction=sum); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// The default preset and task of a dataset.
+pub fn defaults_for(dataset: &str, has_data: bool, ds: &Dataset) -> (Preset, Task) {
+    let emotion = ds.splits.values().next().is_some_and(|s| matches!(s.labels, Labels::Emotion(_)));
+    let task = if emotion {
+        Task::Iemocap
+    } else if dataset.ends_with("mosei") {
+        Task::Mosei
+    } else {
+        Task::Mosi
+    };
+    let preset = match (dataset, has_data) {
+        ("synth-small", false) => Preset::SynthSmall,
+        _ => match task {
+            Task::Iemocap => Preset::Iemocap,
+            Task::Mosei => Preset::Mosei,
+            Task::Mosi => Preset::Mosi,
+        },
+    };
+    (preset, task)
+}
+
+/// Input dims and lengths (L, A, V) of a dataset's train split.
+pub fn shapes(ds: &Dataset) -> Result<([usize; 3], [usize; 3])> {
+    let s = ds.splits.get("train").context("the dataset has no `train` split")?;
+    Ok(([s.text.d, s.audio.d, s.vision.d], [s.text.t, s.audio.t, s.vision.t]))
+}
+
+fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+impl ConfigArgs {
+    /// Builds the config: preset → `--config` file → flags → `--set`.
+    pub fn build(&self, data: &DataArgs, ds: &Dataset, seed: u64) -> Result<Config> {
+        let (preset0, task0) = defaults_for(&data.dataset, data.data.is_some(), ds);
+        let (dims, lens) = shapes(ds)?;
+        let variant = self.variant.unwrap_or(Variant::Mica);
+        let mut cfg = Config::preset(self.preset.unwrap_or(preset0), variant, self.task.unwrap_or(task0), dims, lens);
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+            let over: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
+                serde_json::from_str(&text).with_context(|| format!("{}: bad JSON", path.display()))?
+            } else {
+                let t: toml::Value = toml::from_str(&text).with_context(|| format!("{}: bad TOML", path.display()))?;
+                serde_json::to_value(t)?
+            };
+            let mut base = serde_json::to_value(&cfg)?;
+            merge(&mut base, over);
+            cfg = serde_json::from_value(base).with_context(|| format!("{}: bad config", path.display()))?;
+        }
+        let t = &mut cfg.train;
+        t.seed = seed;
+        if let Some(v) = self.epochs {
+            t.epochs = v;
+        }
+        if let Some(v) = self.batch_size {
+            t.batch_size = v;
+        }
+        if let Some(v) = self.lr {
+            t.lr = v;
+        }
+        if let Some(v) = self.clip {
+            t.clip = v;
+        }
+        if let Some(v) = self.when {
+            t.when = v;
+        }
+        let a = &mut cfg.align;
+        if let Some(v) = self.alpha {
+            a.alpha = v;
+        }
+        if let Some(v) = self.beta {
+            a.beta = v;
+        }
+        if let Some(v) = self.tau {
+            a.tau = v;
+        }
+        let m = &mut cfg.model;
+        if let Some(v) = self.d {
+            m.d = v;
+        }
+        if let Some(v) = self.heads {
+            m.num_heads = v;
+        }
+        if let Some(v) = self.layers {
+            m.layers = v;
+        }
+        if let Some(k) = &self.kernels {
+            let ks: Vec<usize> = k
+                .split(',')
+                .map(|x| x.trim().parse::<usize>())
+                .collect::<std::result::Result<_, _>>()
+                .with_context(|| format!("--kernels `{k}`: expected three integers L,A,V"))?;
+            anyhow::ensure!(ks.len() == 3, "--kernels `{k}`: expected three integers L,A,V");
+            (m.kernel_l, m.kernel_a, m.kernel_v) = (ks[0], ks[1], ks[2]);
+        }
+        if let Some(v) = self.kv_source {
+            m.kv_source = v;
+        }
+        if let Some(v) = self.gate_bias {
+            m.gate_bias = v;
+        }
+        if let Some(v) = self.attention {
+            m.attention = v;
+        }
+        if self.no_attn_mask {
+            m.attn_mask = false;
+        }
+        for s in &self.set {
+            cfg.set(s)?;
+        }
+        // A variant without an alignment loss keeps it off even if a weight was given,
+        // except `mult`, where explicit --alpha/--beta turn the losses on (paper Table A2).
+        let explicit = |w: Option<f64>| w.is_some_and(|x| x > 0.0);
+        match variant {
+            Variant::Backbone if explicit(self.alpha) || explicit(self.beta) => {
+                anyhow::bail!("--variant backbone trains without alignment: drop --alpha/--beta or use --variant mmd/mica")
+            }
+            Variant::Mmd if explicit(self.beta) => {
+                anyhow::bail!("--variant mmd has no element-level loss: drop --beta or use --variant mica")
+            }
+            _ => {}
+        }
+        let (alpha, beta, propagate) = (cfg.align.alpha, cfg.align.beta, cfg.align.propagate);
+        cfg.apply_variant();
+        if variant == Variant::Mult {
+            cfg.align.alpha = self.alpha.unwrap_or(0.0);
+            cfg.align.beta = self.beta.unwrap_or(0.0);
+        } else if variant == Variant::Mica {
+            cfg.align.alpha = alpha;
+            cfg.align.beta = beta;
+            cfg.align.propagate = propagate;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
