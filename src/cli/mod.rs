@@ -14,8 +14,7 @@ pub struct Cli {
 
 /// Every `mica` subcommand.
 #[derive(Subcommand, Debug)]
-pub enum Command {
-}
+pub enum Command {}
 
 /// Parses the command line and runs the chosen job.
 pub fn main() -> anyhow::Result<()> {

@@ -38,7 +38,13 @@ impl Modality {
                 t - leading
             })
             .collect();
-        Modality { data, n, t, d, lengths }
+        Modality {
+            data,
+            n,
+            t,
+            d,
+            lengths,
+        }
     }
 
     /// The `[t, d]` slice of sample `i`.
@@ -124,3 +130,6 @@ pub struct Dataset {
     /// Free-form provenance (source file, generator settings, ...).
     pub provenance: String,
 }
+
+pub mod pickle_write;
+pub mod synth;

@@ -1,0 +1,1 @@
+//! Minimal pickle writer (placeholder).
