@@ -382,7 +382,7 @@ fn overlap_len(a: [f32; 2], b: [f32; 2]) -> f32 {
 // Random numbers
 // ---------------------------------------------------------------------------------------
 
-/// ChaCha8 plus the distributions the generator needs (Box–Muller normals, Student-t).
+/// ChaCha8 plus the distributions the generator needs (normals, Student-t).
 struct Rand {
     rng: ChaCha8Rng,
     spare: Option<f32>,
@@ -404,16 +404,21 @@ impl Rand {
     fn bernoulli(&mut self, p: f32) -> bool {
         self.rng.gen::<f32>() < p
     }
+    /// Standard normal (Marsaglia's polar method, pairs cached).
     fn normal(&mut self) -> f32 {
         if let Some(z) = self.spare.take() {
             return z;
         }
-        let u1 = 1.0 - self.rng.gen::<f64>(); // (0, 1]
-        let u2 = self.rng.gen::<f64>();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let th = std::f64::consts::TAU * u2;
-        self.spare = Some((r * th.sin()) as f32);
-        (r * th.cos()) as f32
+        loop {
+            let u = 2.0 * self.rng.gen::<f32>() - 1.0;
+            let v = 2.0 * self.rng.gen::<f32>() - 1.0;
+            let s = u * u + v * v;
+            if s > 0.0 && s < 1.0 {
+                let f = (-2.0 * s.ln() / s).sqrt();
+                self.spare = Some(v * f);
+                return u * f;
+            }
+        }
     }
     /// Student-t with 3 degrees of freedom, scaled to unit variance (heavy tails).
     fn student3(&mut self) -> f32 {
@@ -421,9 +426,11 @@ impl Rand {
         let chi2: f32 = (0..3).map(|_| self.normal().powi(2)).sum();
         z / (chi2 / 3.0).max(1e-6).sqrt() / 3f32.sqrt()
     }
-    /// A count with mean ≈ `mean`: uniform over `{r−1, r, r+1}` (≥ 0), r = round(mean).
+    /// A count with mean ≈ `mean`: `r − 1 + U{0, 1, 2}` clamped at 0, where
+    /// `r = ⌊mean⌋ + Bernoulli(mean − ⌊mean⌋)`.
     fn count_around(&mut self, mean: f32) -> usize {
-        let r = mean.round() as i64;
+        let base = mean.floor();
+        let r = base as i64 + i64::from(self.bernoulli(mean - base));
         (r - 1 + self.below(3) as i64).max(0) as usize
     }
 }
