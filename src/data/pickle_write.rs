@@ -331,6 +331,33 @@ mod tests {
     }
 
     #[test]
+    fn bytes_headers_pick_the_smallest_opcode() {
+        let header = |len: usize| {
+            let mut p = Pickler { w: Vec::new() };
+            p.bytes_header(len).unwrap();
+            p.w
+        };
+        assert_eq!(header(1), vec![SHORT_BINBYTES, 1]);
+        assert_eq!(header(256), vec![BINBYTES, 0, 1, 0, 0]);
+        let big = 5usize << 30; // > 4 GiB: a whole MOSEI split can exceed it
+        let mut want = vec![BINBYTES8];
+        want.extend((big as u64).to_le_bytes());
+        assert_eq!(header(big), want);
+    }
+
+    #[test]
+    fn ints_use_bininit1_or_signed_binint() {
+        let enc = |v: i64| {
+            let mut p = Pickler { w: Vec::new() };
+            p.int(v).unwrap();
+            p.w
+        };
+        assert_eq!(enc(3), vec![BININT1, 3]);
+        assert_eq!(enc(-1), vec![BININT, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(enc(500), vec![BININT, 0xf4, 1, 0, 0]);
+    }
+
+    #[test]
     fn missing_split_is_an_error() {
         let mut ds = tiny(SynthSize::Small);
         ds.splits.remove("valid");
