@@ -358,7 +358,7 @@ pub fn cooccur(
 /// The `[T, 2]` intervals of one sample of one modality, as `[start, end]` pairs.
 pub fn sample_intervals(per_modality: &[f32], n: usize, sample: usize) -> Vec<[f32; 2]> {
     assert!(
-        n > 0 && per_modality.len() % (2 * n) == 0,
+        n > 0 && per_modality.len().is_multiple_of(2 * n),
         "interval array size"
     );
     let t = per_modality.len() / (2 * n);
@@ -633,7 +633,11 @@ fn draw_vocabulary(r: &mut Rand, d: usize) -> (Vec<f32>, Vec<f32>) {
         let s = if w < N_NEUTRAL {
             0.0
         } else {
-            let sign = if (w - N_NEUTRAL) % 2 == 0 { 1.0 } else { -1.0 };
+            let sign = if (w - N_NEUTRAL).is_multiple_of(2) {
+                1.0
+            } else {
+                -1.0
+            };
             sign * r.uniform(0.5, 1.5)
         };
         e.iter_mut()
@@ -835,9 +839,9 @@ fn draw_sample(cfg: &SynthConfig, world: &World, split_idx: usize, i: usize) -> 
         angry |= emph && contrib < 0.0;
     }
     // Neutral words; distractor bursts on neutral words not next to a sentiment word.
-    for w in 0..words.len() {
+    for (w, id) in word_ids.iter_mut().enumerate() {
         if !events.contains(&w) {
-            word_ids[w] = r.below(world.n_neutral);
+            *id = r.below(world.n_neutral);
         }
     }
     let far: Vec<usize> = eligible
