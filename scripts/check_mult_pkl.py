@@ -8,7 +8,7 @@ checks MulT's layout (train/valid/test dicts with text/audio/vision/labels[/id])
 float32 arrays of shape (N, T, D), left zero-padding with a non-zero first channel on
 real frames, labels (N,1,1) in [-3, 3] or (N,4,2) one-hot, ids (N,3) of str, and prints
 per split and key the shape, dtype and float64 sum. With EXPECTED.json (as printed by
-`mica synth --print-sums`, or any {split: {key: sum}} mapping) it compares the sums.
+`mica synth ... --sums SUMS.json`, or any {split: {key: sum}} mapping) it compares the sums.
 Exit status 0 when everything checks out.
 """
 import json

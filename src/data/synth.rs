@@ -45,7 +45,7 @@ pub const SPLITS: [&str; 3] = ["train", "valid", "test"];
 #[serde(rename_all = "lowercase")]
 pub enum SynthSize {
     /// Tiny dims and lengths (text 12×16, audio 48×8, vision 40×12; 1200/200/400 samples):
-    /// a MICA model trains on it in minutes on a laptop CPU.
+    /// sized so that a MICA model can train on it in minutes on a CPU.
     Small,
     /// CMU-MOSI shapes: text 50×300, audio 375×5, vision 500×20; 1284/229/686 samples.
     Mosi,
