@@ -6,6 +6,7 @@ pub mod eval;
 pub mod metrics;
 pub mod model_io;
 pub mod train;
+pub mod synth;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,8 @@ pub enum Command {
     Forward(model_io::ForwardArgs),
     /// Compute MulT's and MMSA's metrics of a prediction CSV.
     Metrics(metrics::MetricsArgs),
+    /// Generate the built-in synthetic asynchronous benchmark (ground-truth alignment).
+    Synth(synth::SynthArgs),
 }
 
 /// Parses the command line and runs the chosen job.
@@ -45,5 +48,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Predict(a) => eval::run_predict(&a),
         Command::ImportMult(a) => model_io::run_import(&a),
         Command::Forward(a) => model_io::run_forward(&a),
+        Command::Synth(args) => synth::run(&args),
     }
 }

@@ -132,3 +132,6 @@ pub struct Dataset {
     /// Free-form provenance (source file, generator settings, ...).
     pub provenance: String,
 }
+
+pub mod pickle_write;
+pub mod synth;
