@@ -1,4 +1,4 @@
 //! mica: MICA / MulT for asynchronous multimodal sequences.
-pub mod data;
 pub mod cli;
+pub mod data;
 pub mod model;
