@@ -307,6 +307,9 @@ impl std::error::Error for PickleError {}
 pub struct ParseOptions {
     /// Byte payloads of at least this size are left in the file and read on demand.
     pub lazy_threshold: u64,
+    /// Text payloads of at least this size are left in the file (after a streaming UTF-8
+    /// check); they only serve as array data (`_codecs.encode(str, 'latin1')`).
+    pub lazy_str_threshold: u64,
     /// Size of the chunks in which lazy payloads are read and converted.
     pub chunk_bytes: usize,
 }
@@ -315,6 +318,7 @@ impl Default for ParseOptions {
     fn default() -> Self {
         ParseOptions {
             lazy_threshold: 64 * 1024,
+            lazy_str_threshold: 64 * 1024,
             chunk_bytes: 8 * 1024 * 1024,
         }
     }
@@ -720,11 +724,22 @@ impl<R: Read + Seek> Machine<R> {
     /// Reads `n` bytes of payload, leaving large payloads in the file.
     fn payload(&mut self, n: u64, text: bool) -> Res<Object> {
         self.src.need(n)?;
-        if n >= self.opts.lazy_threshold {
+        let threshold = if text {
+            self.opts.lazy_str_threshold
+        } else {
+            self.opts.lazy_threshold
+        };
+        if n >= threshold {
             let span = Span {
                 offset: self.src.pos,
                 len: n,
             };
+            if text {
+                let mut check = Utf8Check::default();
+                self.src
+                    .read_span(span, self.opts.chunk_bytes, &mut |c| check.feed(c))?;
+                check.finish()?;
+            }
             self.src.skip(n)?;
             return Ok(if text {
                 Object::LazyStr(span)
@@ -1385,6 +1400,50 @@ fn decode_raw_unicode_escape(bytes: &[u8]) -> Res<String> {
         i += 2 + width;
     }
     Ok(out)
+}
+
+/// Streaming UTF-8 validation (chunks may split a character).
+#[derive(Default)]
+struct Utf8Check {
+    carry: Vec<u8>,
+}
+
+impl Utf8Check {
+    fn feed(&mut self, chunk: &[u8]) -> Res<()> {
+        let mut rest = chunk;
+        // Complete a character split by the previous chunk, one byte at a time.
+        while !self.carry.is_empty() {
+            let Some((&b, tail)) = rest.split_first() else {
+                return Ok(());
+            };
+            self.carry.push(b);
+            rest = tail;
+            match std::str::from_utf8(&self.carry) {
+                Ok(_) => self.carry.clear(),
+                Err(e) if e.error_len().is_some() || self.carry.len() >= 4 => {
+                    return malformed("string is not valid UTF-8")
+                }
+                Err(_) => {}
+            }
+        }
+        match std::str::from_utf8(rest) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_some() => malformed("string is not valid UTF-8"),
+            Err(e) => {
+                self.carry
+                    .extend_from_slice(rest.get(e.valid_up_to()..).unwrap_or(&[]));
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(&self) -> Res<()> {
+        if self.carry.is_empty() {
+            Ok(())
+        } else {
+            malformed("string ends inside a UTF-8 character")
+        }
+    }
 }
 
 /// Streaming decoder of UTF-8 text whose code points are all below 256 into latin-1 bytes
