@@ -744,7 +744,10 @@ fn protocol2_latin1_strings_and_protocol5_frombuffer_are_decoded() {
 // ---------------------------------------------------------------- layout validation
 
 /// A MulT-layout pickle with the given per-split arrays (f4, value 1.0) and labels.
-fn mult_pickle(splits: &[(&str, [[i32; 3]; 3], Vec<i32>)]) -> Vec<u8> {
+/// (split name, text/audio/vision shapes, labels shape).
+type SplitSpec<'a> = (&'a str, [[i32; 3]; 3], Vec<i32>);
+
+fn mult_pickle(splits: &[SplitSpec]) -> Vec<u8> {
     let mut p = Pk::proto(2).op(b"}(");
     for (name, shapes, labels) in splits {
         p = p.s(name).op(b"}(");

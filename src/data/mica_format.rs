@@ -37,6 +37,9 @@ pub const FORMAT_VERSION: u32 = 1;
 const MAX_HEADER: u64 = 100 * 1024 * 1024;
 const CHUNK: usize = 8 * 1024 * 1024;
 
+/// Tensors of every split: split name → tensor name → tensor.
+pub type SplitTensors = BTreeMap<String, BTreeMap<String, Tensor>>;
+
 /// The `manifest.json` of a mica dataset directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -326,7 +329,7 @@ fn safetensors_header(tensors: &[(String, Vec<usize>, Out<'_>)]) -> Vec<u8> {
         offset = end;
     }
     let mut header = serde_json::Value::Object(map).to_string().into_bytes();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     header
@@ -406,9 +409,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, DataError> {
 }
 
 /// The tensors of every split of `dir`, after checking sizes and checksums.
-pub fn read_tensors(
-    dir: &Path,
-) -> Result<(Manifest, BTreeMap<String, BTreeMap<String, Tensor>>), DataError> {
+pub fn read_tensors(dir: &Path) -> Result<(Manifest, SplitTensors), DataError> {
     let manifest = read_manifest(dir)?;
     let mut splits = BTreeMap::new();
     for (name, entry) in &manifest.splits {
@@ -436,10 +437,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection, DataError> {
 
 /// Summaries of every tensor; for the modalities, the non-finite count is the number of
 /// values the conversion replaced by 0 (from the manifest), as the source file had them.
-fn inspection_of(
-    manifest: &Manifest,
-    splits: &BTreeMap<String, BTreeMap<String, Tensor>>,
-) -> Inspection {
+fn inspection_of(manifest: &Manifest, splits: &SplitTensors) -> Inspection {
     let summarise = |split: &str, key: &str, t: &Tensor| {
         let mut s = t.summary();
         let replaced = manifest

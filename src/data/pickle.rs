@@ -489,6 +489,9 @@ fn malformed<T>(msg: impl Into<String>) -> Res<T> {
     Err(PickleErrorKind::Malformed(msg.into()))
 }
 
+/// Longest text line accepted by the text opcodes (`GLOBAL`, `INT`, `UNICODE`, ...).
+const MAX_LINE: usize = 16 * 1024 * 1024;
+
 /// The file being read, with its position and length.
 struct Source<R> {
     r: R,
@@ -542,10 +545,14 @@ impl<R: Read + Seek> Source<R> {
         Ok(())
     }
 
-    /// Reads up to and excluding the next `\n` (which is consumed).
+    /// Reads up to and excluding the next `\n` (which is consumed); lines are capped at
+    /// [`MAX_LINE`] bytes.
     fn line(&mut self) -> Res<Vec<u8>> {
         let mut out = Vec::new();
         loop {
+            if out.len() >= MAX_LINE {
+                return malformed(format!("text line longer than {MAX_LINE} bytes"));
+            }
             if self.remaining() == 0 {
                 return Err(PickleErrorKind::Truncated {
                     needed: 1,
@@ -1113,7 +1120,7 @@ impl<R: Read + Seek> Machine<R> {
             Global::NdArray if opname != "REDUCE" => Ok(Object::ArrayStub),
             Global::NdArray => malformed("numpy.ndarray cannot be called by REDUCE"),
             Global::DType => self.make_dtype(&args),
-            Global::FromBuffer => self.from_buffer(&args),
+            Global::FromBuffer => self.call_frombuffer(&args),
             Global::CodecsEncode => self.codecs_encode(&args),
             Global::EmptyBytes if args.is_empty() => Ok(Object::Bytes(Vec::new())),
             Global::EmptyBytes => malformed("bytes(...) is only accepted without arguments"),
@@ -1172,7 +1179,7 @@ impl<R: Read + Seek> Machine<R> {
         }
     }
 
-    fn from_buffer(&mut self, args: &[ObjId]) -> Res<Object> {
+    fn call_frombuffer(&mut self, args: &[ObjId]) -> Res<Object> {
         let [buf, dtype, shape, order] = args else {
             return malformed("_frombuffer expects (buffer, dtype, shape, order)");
         };
@@ -1341,7 +1348,7 @@ fn is_order_free(shape: &[usize]) -> bool {
 
 /// Splits a flat `[k0, v0, k1, v1, ...]` list into pairs.
 fn pairs_of(items: Vec<ObjId>) -> Res<Vec<(ObjId, ObjId)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return malformed("odd number of items for a dict");
     }
     Ok(items.chunks_exact(2).map(|p| (p[0], p[1])).collect())
@@ -1714,4 +1721,163 @@ fn decode_ints<const N: usize>(body: &[u8], out: &mut Vec<f32>, f: impl Fn([u8; 
         f(b)
     }));
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longs_decode_within_i64_and_refuse_beyond() {
+        assert_eq!(decode_long(&[]), Some(0));
+        assert_eq!(decode_long(&[0xff]), Some(-1));
+        assert_eq!(decode_long(&[0x80]), Some(-128));
+        assert_eq!(decode_long(&[0x80, 0x00]), Some(128));
+        assert_eq!(decode_long(&[0xff; 8]), Some(-1));
+        let max = i64::MAX.to_le_bytes();
+        assert_eq!(decode_long(&max), Some(i64::MAX));
+        assert_eq!(decode_long(&[0, 0, 0, 0, 0, 0, 0, 0x80, 0]), None);
+        assert_eq!(decode_long(&[0, 0, 0, 0, 0, 0, 0, 0x80]), Some(i64::MIN));
+        assert_eq!(decode_long(&[0, 0, 0, 0, 0, 0, 0, 0, 1]), None);
+        assert_eq!(decode_long(&[5, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Some(5));
+    }
+
+    #[test]
+    fn dtype_specs_parse_and_name() {
+        let d = DType::parse("f8").unwrap();
+        assert_eq!(
+            (d.kind, d.size, d.big_endian, d.name()),
+            (ScalarKind::Float, 8, false, "float64".into())
+        );
+        assert!(DType::parse(">i2").unwrap().big_endian);
+        assert_eq!(DType::parse("O8").unwrap().name(), "object");
+        assert_eq!(DType::parse("b1").unwrap().name(), "bool");
+        assert_eq!(DType::parse("u1").unwrap().name(), "uint8");
+        for bad in [
+            "",
+            "f2",
+            "f16",
+            "i3",
+            "U8",
+            "S10",
+            "c16",
+            ">",
+            "fx",
+            "i99999999999999999999999",
+        ] {
+            assert!(DType::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn raw_unicode_escape_decodes_escapes_and_latin1() {
+        assert_eq!(
+            decode_raw_unicode_escape(b"ab\\u00e9\\U0001F600\xe9").unwrap(),
+            "abé😀é"
+        );
+        assert_eq!(decode_raw_unicode_escape(b"a\\b").unwrap(), "a\\b");
+        assert!(decode_raw_unicode_escape(b"\\u12").is_err());
+        assert!(decode_raw_unicode_escape(b"\\UFFFFFFFF").is_err());
+    }
+
+    #[test]
+    fn utf8_check_handles_characters_split_across_chunks() {
+        let text = "aé😀ü€z".as_bytes();
+        for size in 1..text.len() {
+            let mut c = Utf8Check::default();
+            for chunk in text.chunks(size) {
+                c.feed(chunk).unwrap();
+            }
+            c.finish().unwrap();
+        }
+        let mut c = Utf8Check::default();
+        c.feed(&[0xe2, 0x82]).unwrap();
+        assert!(c.finish().is_err(), "incomplete at the end");
+        let mut c = Utf8Check::default();
+        c.feed(&[0xe2]).unwrap();
+        assert!(c.feed(&[0x41]).is_err(), "broken sequence across chunks");
+        assert!(Utf8Check::default().feed(&[0xff]).is_err());
+    }
+
+    #[test]
+    fn latin1_from_utf8_decodes_and_refuses_wide_characters() {
+        let raw: Vec<u8> = (0..=255).collect();
+        let text: String = raw.iter().map(|&b| char::from(b)).collect();
+        for size in [1, 2, 3, 1000] {
+            let mut d = Latin1FromUtf8::default();
+            let mut out = Vec::new();
+            for chunk in text.as_bytes().chunks(size) {
+                d.decode(chunk, &mut out).unwrap();
+            }
+            d.finish().unwrap();
+            assert_eq!(out, raw);
+        }
+        let mut out = Vec::new();
+        assert!(Latin1FromUtf8::default()
+            .decode("€".as_bytes(), &mut out)
+            .is_err());
+        assert!(Latin1FromUtf8::default()
+            .decode(&[0xc3, 0x41], &mut out)
+            .is_err());
+        let mut d = Latin1FromUtf8::default();
+        d.decode(&[0xc3], &mut out).unwrap();
+        assert!(d.finish().is_err());
+    }
+
+    #[test]
+    fn fortran_cursor_walks_c_indices_in_column_major_order() {
+        let mut c = FortranCursor::new(&[2, 3]);
+        let got: Vec<usize> = (0..6).map(|_| c.next_dest()).collect();
+        assert_eq!(got, [0, 3, 1, 4, 2, 5]);
+        let mut c = FortranCursor::new(&[2, 2, 2]);
+        let got: Vec<usize> = (0..8).map(|_| c.next_dest()).collect();
+        assert_eq!(got, [0, 4, 2, 6, 1, 5, 3, 7]);
+        assert!(is_order_free(&[1, 5, 1]));
+        assert!(!is_order_free(&[2, 5]));
+    }
+
+    #[test]
+    fn converter_accepts_elements_split_anywhere() {
+        let d = DType::parse("<f8").unwrap();
+        let values = [1.0f64, -2.5, f64::NAN, 1e300];
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for size in [1, 3, 7, 8, 9, 32] {
+            let mut c = Converter::new(d, &[4], false, 4);
+            for chunk in bytes.chunks(size) {
+                c.feed(chunk).unwrap();
+            }
+            let ArrayData::Numeric { values, non_finite } = c.finish().unwrap() else {
+                panic!()
+            };
+            assert_eq!((values, non_finite), (vec![1.0, -2.5, 0.0, 0.0], 2));
+        }
+        let mut c = Converter::new(d, &[1], false, 1);
+        c.feed(&bytes[..12]).unwrap_or(());
+        assert!(c.finish().is_err(), "partial element");
+    }
+
+    #[test]
+    fn allow_list_is_exact() {
+        assert_eq!(
+            allowed_global("numpy._core.multiarray", "_reconstruct"),
+            Some(Global::Reconstruct)
+        );
+        assert_eq!(
+            allowed_global("numpy.core.numeric", "_frombuffer"),
+            Some(Global::FromBuffer)
+        );
+        for (m, n) in [
+            ("os", "system"),
+            ("posix", "system"),
+            ("builtins", "eval"),
+            ("builtins", "getattr"),
+            ("numpy", "load"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy.testing", "ndarray"),
+            ("numpy ", "dtype"),
+            ("_codecs", "decode"),
+        ] {
+            assert_eq!(allowed_global(m, n), None, "{m}.{n}");
+        }
+    }
 }
