@@ -105,7 +105,11 @@ pub struct ConfigArgs {
 
 /// The default preset and task of a dataset.
 pub fn defaults_for(dataset: &str, has_data: bool, ds: &Dataset) -> (Preset, Task) {
-    let emotion = ds.splits.values().next().is_some_and(|s| matches!(s.labels, Labels::Emotion(_)));
+    let emotion = ds
+        .splits
+        .values()
+        .next()
+        .is_some_and(|s| matches!(s.labels, Labels::Emotion(_)));
     let task = if emotion {
         Task::Iemocap
     } else if dataset.ends_with("mosei") {
@@ -126,8 +130,14 @@ pub fn defaults_for(dataset: &str, has_data: bool, ds: &Dataset) -> (Preset, Tas
 
 /// Input dims and lengths (L, A, V) of a dataset's train split.
 pub fn shapes(ds: &Dataset) -> Result<([usize; 3], [usize; 3])> {
-    let s = ds.splits.get("train").context("the dataset has no `train` split")?;
-    Ok(([s.text.d, s.audio.d, s.vision.d], [s.text.t, s.audio.t, s.vision.t]))
+    let s = ds
+        .splits
+        .get("train")
+        .context("the dataset has no `train` split")?;
+    Ok((
+        [s.text.d, s.audio.d, s.vision.d],
+        [s.text.t, s.audio.t, s.vision.t],
+    ))
 }
 
 fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
@@ -152,18 +162,28 @@ impl ConfigArgs {
         let (preset0, task0) = defaults_for(&data.dataset, data.data.is_some(), ds);
         let (dims, lens) = shapes(ds)?;
         let variant = self.variant.unwrap_or(Variant::Mica);
-        let mut cfg = Config::preset(self.preset.unwrap_or(preset0), variant, self.task.unwrap_or(task0), dims, lens);
+        let mut cfg = Config::preset(
+            self.preset.unwrap_or(preset0),
+            variant,
+            self.task.unwrap_or(task0),
+            dims,
+            lens,
+        );
         if let Some(path) = &self.config {
-            let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read", path.display()))?;
             let over: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
-                serde_json::from_str(&text).with_context(|| format!("{}: bad JSON", path.display()))?
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{}: bad JSON", path.display()))?
             } else {
-                let t: toml::Value = toml::from_str(&text).with_context(|| format!("{}: bad TOML", path.display()))?;
+                let t: toml::Value = toml::from_str(&text)
+                    .with_context(|| format!("{}: bad TOML", path.display()))?;
                 serde_json::to_value(t)?
             };
             let mut base = serde_json::to_value(&cfg)?;
             merge(&mut base, over);
-            cfg = serde_json::from_value(base).with_context(|| format!("{}: bad config", path.display()))?;
+            cfg = serde_json::from_value(base)
+                .with_context(|| format!("{}: bad config", path.display()))?;
         }
         let t = &mut cfg.train;
         t.seed = seed;
@@ -208,7 +228,10 @@ impl ConfigArgs {
                 .map(|x| x.trim().parse::<usize>())
                 .collect::<std::result::Result<_, _>>()
                 .with_context(|| format!("--kernels `{k}`: expected three integers L,A,V"))?;
-            anyhow::ensure!(ks.len() == 3, "--kernels `{k}`: expected three integers L,A,V");
+            anyhow::ensure!(
+                ks.len() == 3,
+                "--kernels `{k}`: expected three integers L,A,V"
+            );
             (m.kernel_l, m.kernel_a, m.kernel_v) = (ks[0], ks[1], ks[2]);
         }
         if let Some(v) = self.kv_source {
@@ -234,7 +257,9 @@ impl ConfigArgs {
                 anyhow::bail!("--variant backbone trains without alignment: drop --alpha/--beta or use --variant mmd/mica")
             }
             Variant::Mmd if explicit(self.beta) => {
-                anyhow::bail!("--variant mmd has no element-level loss: drop --beta or use --variant mica")
+                anyhow::bail!(
+                    "--variant mmd has no element-level loss: drop --beta or use --variant mica"
+                )
             }
             _ => {}
         }

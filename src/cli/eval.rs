@@ -26,11 +26,22 @@ pub struct EvalArgs {
 }
 
 /// Loads the checkpoint, the data and the split, checking they fit.
-fn setup(ckpt: &std::path::Path, data: &DataArgs, split: &str) -> Result<(crate::config::Config, crate::model::Model, crate::data::Dataset)> {
+fn setup(
+    ckpt: &std::path::Path,
+    data: &DataArgs,
+    split: &str,
+) -> Result<(
+    crate::config::Config,
+    crate::model::Model,
+    crate::data::Dataset,
+)> {
     let (cfg, _store, model) = checkpoint::load(ckpt, &Device::Cpu)?;
     let ds = data.load()?;
     let s: &Split = ds.splits.get(split).with_context(|| {
-        format!("no split `{split}` (the data has: {})", ds.splits.keys().cloned().collect::<Vec<_>>().join(", "))
+        format!(
+            "no split `{split}` (the data has: {})",
+            ds.splits.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
     })?;
     check_split(&cfg, s, split)?;
     Ok((cfg, model, ds))
@@ -44,8 +55,17 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
     let m = split_metrics(cfg.task, split, &preds)?;
     let json = m.to_json();
     println!("{}", serde_json::to_string_pretty(&json)?);
-    eprintln!("{} split `{}` ({} samples, task loss {loss:.4}):\n{}", a.checkpoint.display(), a.split, split.len(), m.table());
-    let out = a.out.clone().unwrap_or_else(|| a.checkpoint.join(format!("eval-{}.json", a.split)));
+    eprintln!(
+        "{} split `{}` ({} samples, task loss {loss:.4}):\n{}",
+        a.checkpoint.display(),
+        a.split,
+        split.len(),
+        m.table()
+    );
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| a.checkpoint.join(format!("eval-{}.json", a.split)));
     atomic_write(&out, serde_json::to_string_pretty(&json)?.as_bytes())?;
     Ok(())
 }
@@ -82,9 +102,19 @@ pub fn run_predict(a: &PredictArgs) -> Result<()> {
         s.push_str(&format!("{},{}\n", p.join(","), l.join(",")));
     }
     for i in 0..split.len() {
-        let id = split.ids.as_ref().map(|v| v[i].replace(',', ";")).unwrap_or_else(|| i.to_string());
-        let p: Vec<String> = preds[i * pw..(i + 1) * pw].iter().map(|x| format!("{x}")).collect();
-        let l: Vec<String> = labels[i * lw..(i + 1) * lw].iter().map(|x| format!("{x}")).collect();
+        let id = split
+            .ids
+            .as_ref()
+            .map(|v| v[i].replace(',', ";"))
+            .unwrap_or_else(|| i.to_string());
+        let p: Vec<String> = preds[i * pw..(i + 1) * pw]
+            .iter()
+            .map(|x| format!("{x}"))
+            .collect();
+        let l: Vec<String> = labels[i * lw..(i + 1) * lw]
+            .iter()
+            .map(|x| format!("{x}"))
+            .collect();
         s.push_str(&format!("{id},{},{}\n", p.join(","), l.join(",")));
     }
     atomic_write(&a.out, s.as_bytes())?;

@@ -5,10 +5,13 @@ pub mod common;
 pub mod eval;
 pub mod metrics;
 pub mod model_io;
-pub mod train;
 pub mod synth;
+pub mod train;
 
 use clap::{Parser, Subcommand};
+
+pub mod convert;
+pub mod inspect;
 
 /// mica: train, evaluate and explain MICA / MulT models on asynchronous multimodal sequences.
 #[derive(Parser, Debug)]
@@ -36,6 +39,11 @@ pub enum Command {
     Metrics(metrics::MetricsArgs),
     /// Generate the built-in synthetic asynchronous benchmark (ground-truth alignment).
     Synth(synth::SynthArgs),
+    /// Summarise a dataset (MulT / MMSA pickle or mica directory): shapes, dtypes, sums,
+    /// non-finite counts.
+    Inspect(inspect::Args),
+    /// Convert a dataset (MulT / MMSA pickle or mica directory) into mica's own format.
+    Convert(convert::Args),
 }
 
 /// Parses the command line and runs the chosen job.
@@ -49,5 +57,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::ImportMult(a) => model_io::run_import(&a),
         Command::Forward(a) => model_io::run_forward(&a),
         Command::Synth(args) => synth::run(&args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Convert(args) => convert::run(args),
     }
 }

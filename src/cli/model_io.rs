@@ -31,7 +31,11 @@ pub struct ImportArgs {
 pub fn run_import(a: &ImportArgs) -> Result<()> {
     let device = Device::Cpu;
     let (model_cfg, store, _model) = import_official(&a.weights, &a.config, &device)?;
-    let task = if model_cfg.output_dim == 8 { Task::Iemocap } else { Task::Mosi };
+    let task = if model_cfg.output_dim == 8 {
+        Task::Iemocap
+    } else {
+        Task::Mosi
+    };
     let mut cfg = Config {
         variant: Variant::Mult,
         task,
@@ -71,15 +75,29 @@ pub fn run_forward(a: &ForwardArgs) -> Result<()> {
     let (_cfg, _store, model) = checkpoint::load(&a.checkpoint, &device)?;
     let t = read_safetensors(&a.inputs, &device)?;
     let get = |k: &str| -> Result<Tensor> {
-        let x = t.get(k).with_context(|| format!("{}: no tensor `{k}` (need text, audio, vision)", a.inputs.display()))?;
+        let x = t.get(k).with_context(|| {
+            format!(
+                "{}: no tensor `{k}` (need text, audio, vision)",
+                a.inputs.display()
+            )
+        })?;
         Ok(x.to_dtype(candle_core::DType::F32)?)
     };
-    let inputs = Inputs { text: get("text")?, audio: get("audio")?, vision: get("vision")? };
+    let inputs = Inputs {
+        text: get("text")?,
+        audio: get("audio")?,
+        vision: get("vision")?,
+    };
     let out = model
         .forward(&Ctx::eval(), &inputs, ForwardOpts::default())
         .with_context(|| format!("forward on {}", a.inputs.display()))?;
-    let map: HashMap<String, Tensor> =
-        [("output".to_string(), out.output), ("last_hs".to_string(), out.last_hs)].into_iter().collect();
-    candle_core::safetensors::save(&map, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    let map: HashMap<String, Tensor> = [
+        ("output".to_string(), out.output),
+        ("last_hs".to_string(), out.last_hs),
+    ]
+    .into_iter()
+    .collect();
+    candle_core::safetensors::save(&map, &a.out)
+        .with_context(|| format!("writing {}", a.out.display()))?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 use crate::data::pickle_write::{mult_labels, write_mult_pickle};
 use crate::data::synth::{generate_with_progress, SynthConfig, SynthSize};
 use crate::data::Dataset;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -113,12 +113,9 @@ pub fn mult_pkl_path(out: &Path, size: SynthSize) -> PathBuf {
 }
 
 /// Saves a generated dataset in mica's own format.
-fn save_mica(_ds: &Dataset, out: &Path) -> Result<()> {
-    bail!(
-        "--format mica is not yet wired in this build (mica_format::save); use \
-         --format mult-pkl to write {}",
-        out.display()
-    )
+fn save_mica(ds: &Dataset, out: &Path) -> Result<()> {
+    crate::data::mica_format::save(ds, out)?;
+    Ok(())
 }
 
 /// Runs `mica synth`.

@@ -38,7 +38,10 @@ pub struct TrainArgs {
 
 /// A timestamp for default run names (UTC, `YYYYmmdd-HHMMSS`).
 pub fn timestamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86400, secs % 86400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719468;
@@ -50,7 +53,12 @@ pub fn timestamp() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Runs `mica train`.
@@ -60,7 +68,12 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         let cfg = crate::config::Config::from_file(&dir.join("config.json"))
             .with_context(|| format!("--resume {}: not a run directory", dir.display()))?;
         let ds = a.data.load()?;
-        let opts = TrainOptions { out: dir.clone(), resume: true, stop_after_epochs: a.stop_after_epochs, verbose: !a.quiet };
+        let opts = TrainOptions {
+            out: dir.clone(),
+            resume: true,
+            stop_after_epochs: a.stop_after_epochs,
+            verbose: !a.quiet,
+        };
         let r = train(&cfg, &ds, &opts)?;
         report_one(&r.test, dir, t0);
         return Ok(());
@@ -69,24 +82,43 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let seeds = a.seeds.clone().unwrap_or_else(|| vec![a.seed]);
     let variant = a.cfg.variant.unwrap_or(crate::config::Variant::Mica);
     let base = a.out.clone().unwrap_or_else(|| {
-        let name = a.data.data.as_ref().and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| a.data.dataset.clone());
+        let name = a
+            .data
+            .data
+            .as_ref()
+            .and_then(|p| p.file_stem())
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| a.data.dataset.clone());
         PathBuf::from("runs").join(format!("{name}-{}-{}", variant.name(), timestamp()))
     });
     let mut results: Vec<Metrics> = Vec::new();
     for &seed in &seeds {
         let cfg = a.cfg.build(&a.data, &ds, seed)?;
-        let out = if seeds.len() == 1 { base.clone() } else { base.join(format!("seed-{seed}")) };
+        let out = if seeds.len() == 1 {
+            base.clone()
+        } else {
+            base.join(format!("seed-{seed}"))
+        };
         if !a.quiet {
             eprintln!(
                 "training {} on {} (task {}, seed {seed}, {} epochs) into {}",
                 cfg.variant.name(),
-                a.data.data.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| a.data.dataset.clone()),
+                a.data
+                    .data
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| a.data.dataset.clone()),
                 cfg.task.name(),
                 cfg.train.epochs,
                 out.display()
             );
         }
-        let opts = TrainOptions { out: out.clone(), resume: false, stop_after_epochs: a.stop_after_epochs, verbose: !a.quiet };
+        let opts = TrainOptions {
+            out: out.clone(),
+            resume: false,
+            stop_after_epochs: a.stop_after_epochs,
+            verbose: !a.quiet,
+        };
         let r = train(&cfg, &ds, &opts)?;
         if seeds.len() == 1 {
             report_one(&r.test, &out, t0);
@@ -96,14 +128,32 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     if seeds.len() > 1 {
         let agg = aggregate(&results);
         let json = serde_json::json!({ "seeds": seeds, "test": agg.to_json() });
-        crate::train::trainer::atomic_write(&base.join("summary.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
-        println!("test metrics over {} seeds (mean ± population std):\n{}", seeds.len(), agg.table());
-        eprintln!("summary: {} ({:.1}s)", base.join("summary.json").display(), t0.elapsed().as_secs_f64());
+        crate::train::trainer::atomic_write(
+            &base.join("summary.json"),
+            serde_json::to_string_pretty(&json)?.as_bytes(),
+        )?;
+        println!(
+            "test metrics over {} seeds (mean ± population std):\n{}",
+            seeds.len(),
+            agg.table()
+        );
+        eprintln!(
+            "summary: {} ({:.1}s)",
+            base.join("summary.json").display(),
+            t0.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }
 
 fn report_one(test: &Metrics, out: &std::path::Path, t0: std::time::Instant) {
-    println!("test metrics (best-on-validation weights):\n{}", test.table());
-    eprintln!("run directory: {} ({:.1}s)", out.display(), t0.elapsed().as_secs_f64());
+    println!(
+        "test metrics (best-on-validation weights):\n{}",
+        test.table()
+    );
+    eprintln!(
+        "run directory: {} ({:.1}s)",
+        out.display(),
+        t0.elapsed().as_secs_f64()
+    );
 }

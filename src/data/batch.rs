@@ -28,9 +28,16 @@ fn gather(m: &Modality, idx: &[usize], device: &Device) -> Result<Tensor> {
 /// Labels of the samples `idx` as a tensor.
 pub fn labels_tensor(labels: &Labels, idx: &[usize], device: &Device) -> Result<Tensor> {
     Ok(match labels {
-        Labels::Sentiment(v) => Tensor::from_vec(idx.iter().map(|&i| v[i]).collect::<Vec<f32>>(), (idx.len(), 1), device)?,
+        Labels::Sentiment(v) => Tensor::from_vec(
+            idx.iter().map(|&i| v[i]).collect::<Vec<f32>>(),
+            (idx.len(), 1),
+            device,
+        )?,
         Labels::Emotion(v) => {
-            let data: Vec<u32> = idx.iter().flat_map(|&i| v[i * 4..i * 4 + 4].iter().map(|&x| x as u32)).collect();
+            let data: Vec<u32> = idx
+                .iter()
+                .flat_map(|&i| v[i * 4..i * 4 + 4].iter().map(|&x| x as u32))
+                .collect();
             Tensor::from_vec(data, (idx.len(), 4), device)?
         }
     })
@@ -59,5 +66,8 @@ pub fn labels_f64(labels: &Labels) -> Vec<f64> {
 
 /// Splits `order` into consecutive batches of at most `batch_size` (the last may be short).
 pub fn chunks(order: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
-    order.chunks(batch_size.max(1)).map(|c| c.to_vec()).collect()
+    order
+        .chunks(batch_size.max(1))
+        .map(|c| c.to_vec())
+        .collect()
 }

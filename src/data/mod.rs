@@ -5,8 +5,21 @@
 //! (real frames at the end) so MulT's last-step read-out always sees a real frame.
 
 pub mod batch;
+pub mod error;
+pub mod mica_format;
+pub mod pickle;
+pub mod pickle_dataset;
+pub mod pickle_write;
+pub mod source;
+pub mod synth;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Read;
+use std::path::Path;
+
+pub use error::DataError;
+pub use pickle_dataset::{ArraySummary, Inspection};
 
 /// The three modalities, in the fixed order used everywhere in mica (L, A, V).
 pub const MODALITIES: [&str; 3] = ["text", "audio", "vision"];
@@ -133,5 +146,105 @@ pub struct Dataset {
     pub provenance: String,
 }
 
-pub mod pickle_write;
-pub mod synth;
+impl Dataset {
+    /// A human-readable summary: per split the sample count, shapes, label kind, mean
+    /// lengths and the number of non-finite values replaced by 0 per modality.
+    pub fn summary(&self) -> String {
+        let mut out = format!("format: {}\nprovenance: {}\n", self.format, self.provenance);
+        for (name, s) in &self.splits {
+            let labels = match &s.labels {
+                Labels::Sentiment(_) => "sentiment",
+                Labels::Emotion(_) => "emotion (4 binary)",
+            };
+            let _ = writeln!(
+                out,
+                "split {name}: {} samples, labels {labels}, ids {}",
+                s.len(),
+                if s.ids.is_some() { "yes" } else { "no" }
+            );
+            for ((m, key), bad) in s.modalities().iter().zip(MODALITIES).zip(s.non_finite) {
+                let mean = m.lengths.iter().sum::<usize>() as f64 / m.n.max(1) as f64;
+                let _ = writeln!(
+                    out,
+                    "  {key:<6} [{}, {}, {}]  mean length {mean:.1}  non-finite values replaced by 0: {bad}",
+                    m.n, m.t, m.d
+                );
+            }
+        }
+        out
+    }
+}
+
+/// What kind of dataset a path holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A mica dataset directory.
+    MicaDir,
+    /// A pickle file (MulT or MMSA layout).
+    Pickle,
+}
+
+/// Tells the kind of dataset at `path` from its magic bytes (or manifest).
+pub fn detect(path: &Path) -> Result<SourceKind, DataError> {
+    if path.is_dir() {
+        if mica_format::is_mica_dir(path) {
+            return Ok(SourceKind::MicaDir);
+        }
+        return Err(DataError::format(
+            path,
+            format!(
+                "directory without {}: not a mica dataset",
+                mica_format::MANIFEST
+            ),
+        ));
+    }
+    let mut magic = [0u8; 4];
+    let mut file = std::fs::File::open(path).map_err(|e| DataError::io(path, "cannot open", e))?;
+    let n = file
+        .read(&mut magic)
+        .map_err(|e| DataError::io(path, "cannot read", e))?;
+    match magic.get(..n) {
+        Some([0x80, ..]) => Ok(SourceKind::Pickle),
+        Some([0x89, b'H', b'D', b'F']) => Err(DataError::format(
+            path,
+            "HDF5 (CMU-MultimodalSDK .csd) files are not supported yet",
+        )),
+        Some([]) => Err(DataError::format(path, "empty file")),
+        _ => Err(DataError::format(
+            path,
+            "unknown format: not a pickle (protocol 2 to 5) nor a mica dataset directory",
+        )),
+    }
+}
+
+/// Loads a dataset from a MulT or MMSA pickle or a mica dataset directory.
+pub fn load_any(path: &Path) -> Result<Dataset, DataError> {
+    load_with_inspection(path).map(|(ds, _)| ds)
+}
+
+/// Loads a dataset and summarises every numeric array of the file as stored.
+pub fn load_with_inspection(path: &Path) -> Result<(Dataset, Inspection), DataError> {
+    match detect(path)? {
+        SourceKind::MicaDir => mica_format::load_with_inspection(path),
+        SourceKind::Pickle => {
+            let p = pickle_dataset::read_pickle(path)?;
+            let layout = pickle_dataset::detect_layout(path, &p)?;
+            let inspection = pickle_dataset::inspect_pickle(&p, layout);
+            let ds = pickle_dataset::dataset_from_pickle(path, p, layout)?;
+            Ok((ds, inspection))
+        }
+    }
+}
+
+/// Summarises every numeric array of a dataset file or directory without building a
+/// [`Dataset`] (so a pickle whose splits fail validation can still be inspected).
+pub fn inspect_any(path: &Path) -> Result<Inspection, DataError> {
+    match detect(path)? {
+        SourceKind::MicaDir => mica_format::inspect(path),
+        SourceKind::Pickle => {
+            let p = pickle_dataset::read_pickle(path)?;
+            let layout = pickle_dataset::detect_layout(path, &p)?;
+            Ok(pickle_dataset::inspect_pickle(&p, layout))
+        }
+    }
+}

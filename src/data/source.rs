@@ -6,7 +6,15 @@ use anyhow::{bail, Result};
 use std::path::Path;
 
 /// Names accepted by `--dataset`.
-pub const DATASET_NAMES: [&str; 7] = ["synth-small", "synth-mosi", "synth-mosei", "synth-iemocap", "mosi", "mosei", "iemocap"];
+pub const DATASET_NAMES: [&str; 7] = [
+    "synth-small",
+    "synth-mosi",
+    "synth-mosei",
+    "synth-iemocap",
+    "mosi",
+    "mosei",
+    "iemocap",
+];
 
 /// Loads the dataset a command asked for. `data` wins over `dataset`; the real-data
 /// names (`mosi`, `mosei`, `iemocap`) need `data`. `data_seed` seeds the synthetic
@@ -16,10 +24,15 @@ pub fn load_dataset(data: Option<&Path>, dataset: &str, data_seed: u64) -> Resul
         return super::load_any(path).map_err(|e| anyhow::anyhow!("{e}"));
     }
     match dataset {
-        "synth-small" | "synth-mosi" | "synth-mosei" | "synth-iemocap" => super::synth::dataset_by_name(dataset, data_seed),
+        "synth-small" | "synth-mosi" | "synth-mosei" | "synth-iemocap" => {
+            super::synth::dataset_by_name(dataset, data_seed)
+        }
         "mosi" | "mosei" | "iemocap" => {
             bail!("--dataset {dataset} reads your own file: add --data PATH (a MulT or MMSA pickle, or a mica dataset directory)")
         }
-        other => bail!("unknown --dataset `{other}` (expected one of: {})", DATASET_NAMES.join(", ")),
+        other => bail!(
+            "unknown --dataset `{other}` (expected one of: {})",
+            DATASET_NAMES.join(", ")
+        ),
     }
 }

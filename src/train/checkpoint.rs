@@ -14,11 +14,17 @@ use std::path::{Path, PathBuf};
 
 /// Writes `config.json` + `model.safetensors` (+ whatever `extra` writes into the
 /// directory it is given) into `dir` atomically.
-pub fn save(dir: &Path, cfg: &Config, store: &ParamStore, extra: &dyn Fn(&Path) -> Result<()>) -> Result<()> {
+pub fn save(
+    dir: &Path,
+    cfg: &Config,
+    store: &ParamStore,
+    extra: &dyn Fn(&Path) -> Result<()>,
+) -> Result<()> {
     let tmp = sibling(dir, "tmp");
     let old = sibling(dir, "old");
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing stale {}", tmp.display()))?;
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("removing stale {}", tmp.display()))?;
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     store.save(&tmp.join("model.safetensors"))?;
@@ -38,7 +44,10 @@ pub fn save(dir: &Path, cfg: &Config, store: &ParamStore, extra: &dyn Fn(&Path) 
 }
 
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "ckpt".into());
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "ckpt".into());
     dir.with_file_name(format!("{name}.{suffix}"))
 }
 
@@ -72,12 +81,24 @@ pub fn adam_to_file(adam: &Adam, store: &ParamStore, path: &Path) -> Result<BTre
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let mut steps = BTreeMap::new();
     for (name, slot) in &adam.state {
-        let dims = store.vars.get(name).with_context(|| format!("optimiser state for unknown `{name}`"))?.dims().to_vec();
-        tensors.insert(format!("exp_avg.{name}"), Tensor::from_vec(slot.exp_avg.clone(), dims.clone(), &Device::Cpu)?);
-        tensors.insert(format!("exp_avg_sq.{name}"), Tensor::from_vec(slot.exp_avg_sq.clone(), dims, &Device::Cpu)?);
+        let dims = store
+            .vars
+            .get(name)
+            .with_context(|| format!("optimiser state for unknown `{name}`"))?
+            .dims()
+            .to_vec();
+        tensors.insert(
+            format!("exp_avg.{name}"),
+            Tensor::from_vec(slot.exp_avg.clone(), dims.clone(), &Device::Cpu)?,
+        );
+        tensors.insert(
+            format!("exp_avg_sq.{name}"),
+            Tensor::from_vec(slot.exp_avg_sq.clone(), dims, &Device::Cpu)?,
+        );
         steps.insert(name.clone(), slot.step);
     }
-    candle_core::safetensors::save(&tensors, path).with_context(|| format!("writing {}", path.display()))?;
+    candle_core::safetensors::save(&tensors, path)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(steps)
 }
 
@@ -87,11 +108,18 @@ pub fn adam_from_file(adam: &mut Adam, path: &Path, steps: &BTreeMap<String, u64
     adam.state.clear();
     for (name, &step) in steps {
         let get = |k: String| -> Result<Vec<f32>> {
-            Ok(t.get(&k).with_context(|| format!("{}: missing `{k}`", path.display()))?.flatten_all()?.to_vec1()?)
+            Ok(t.get(&k)
+                .with_context(|| format!("{}: missing `{k}`", path.display()))?
+                .flatten_all()?
+                .to_vec1()?)
         };
         adam.state.insert(
             name.clone(),
-            AdamSlot { step, exp_avg: get(format!("exp_avg.{name}"))?, exp_avg_sq: get(format!("exp_avg_sq.{name}"))? },
+            AdamSlot {
+                step,
+                exp_avg: get(format!("exp_avg.{name}"))?,
+                exp_avg_sq: get(format!("exp_avg_sq.{name}"))?,
+            },
         );
     }
     Ok(())

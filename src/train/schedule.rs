@@ -21,7 +21,13 @@ pub struct ReduceLrOnPlateau {
 impl ReduceLrOnPlateau {
     /// A fresh scheduler.
     pub fn new(factor: f64, patience: usize) -> Self {
-        ReduceLrOnPlateau { factor, patience, threshold: 1e-4, best: None, num_bad_epochs: 0 }
+        ReduceLrOnPlateau {
+            factor,
+            patience,
+            threshold: 1e-4,
+            best: None,
+            num_bad_epochs: 0,
+        }
     }
 
     /// Feeds one validation loss; returns the new learning rate.

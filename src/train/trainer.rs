@@ -109,9 +109,19 @@ pub fn task_loss(task: Task, output: &Tensor, labels: &Tensor) -> Result<Tensor>
 }
 
 /// Forward + all loss terms of one batch.
-pub fn step_losses(model: &Model, cfg: &Config, batch: &Batch, ctx: &Ctx, mmd_seed: u64) -> Result<StepLosses> {
+pub fn step_losses(
+    model: &Model,
+    cfg: &Config,
+    batch: &Batch,
+    ctx: &Ctx,
+    mmd_seed: u64,
+) -> Result<StepLosses> {
     let a = &cfg.align;
-    let opts = ForwardOpts { trace: a.alpha > 0.0 || a.beta > 0.0, probs: a.beta > 0.0, intermediates: false };
+    let opts = ForwardOpts {
+        trace: a.alpha > 0.0 || a.beta > 0.0,
+        probs: a.beta > 0.0,
+        intermediates: false,
+    };
     let out = model.forward(ctx, &batch.inputs, opts)?;
     let lp = task_loss(cfg.task, &out.output, &batch.labels)?;
     let mut total = lp.clone();
@@ -126,7 +136,12 @@ pub fn step_losses(model: &Model, cfg: &Config, batch: &Batch, ctx: &Ctx, mmd_se
         le_v = scalar(le)?;
         total = (total + (le * a.beta)?)?;
     }
-    Ok(StepLosses { task: scalar(&lp)?, total, lm: lm_v, le: le_v })
+    Ok(StepLosses {
+        task: scalar(&lp)?,
+        total,
+        lm: lm_v,
+        le: le_v,
+    })
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {
@@ -136,7 +151,10 @@ fn scalar(t: &Tensor) -> Result<f64> {
 /// Checks that the data fits the config (dims, lengths, label kind); errors are one line.
 pub fn check_dataset(cfg: &Config, ds: &Dataset) -> Result<()> {
     for name in ["train", "valid", "test"] {
-        let split = ds.splits.get(name).with_context(|| format!("the dataset has no `{name}` split"))?;
+        let split = ds
+            .splits
+            .get(name)
+            .with_context(|| format!("the dataset has no `{name}` split"))?;
         check_split(cfg, split, name)?;
     }
     Ok(())
@@ -146,12 +164,25 @@ pub fn check_dataset(cfg: &Config, ds: &Dataset) -> Result<()> {
 pub fn check_split(cfg: &Config, split: &Split, name: &str) -> Result<()> {
     let m = &cfg.model;
     ensure!(!split.is_empty(), "split `{name}` is empty");
-    for (k, (mo, want_d, want_t)) in
-        [(&split.text, m.orig_d_l, m.l_len), (&split.audio, m.orig_d_a, m.a_len), (&split.vision, m.orig_d_v, m.v_len)].into_iter().enumerate()
+    for (k, (mo, want_d, want_t)) in [
+        (&split.text, m.orig_d_l, m.l_len),
+        (&split.audio, m.orig_d_a, m.a_len),
+        (&split.vision, m.orig_d_v, m.v_len),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mname = crate::data::MODALITIES[k];
-        ensure!(mo.d == want_d, "split `{name}`: {mname} has {} features, the model expects {want_d}", mo.d);
-        ensure!(mo.t == want_t, "split `{name}`: {mname} has length {}, the model expects {want_t}", mo.t);
+        ensure!(
+            mo.d == want_d,
+            "split `{name}`: {mname} has {} features, the model expects {want_d}",
+            mo.d
+        );
+        ensure!(
+            mo.t == want_t,
+            "split `{name}`: {mname} has length {}, the model expects {want_t}",
+            mo.t
+        );
     }
     match (&split.labels, cfg.task) {
         (Labels::Emotion(_), Task::Iemocap) | (Labels::Sentiment(_), Task::Mosi | Task::Mosei) => Ok(()),
@@ -161,7 +192,12 @@ pub fn check_split(cfg: &Config, split: &Split, name: &str) -> Result<()> {
 }
 
 /// Eval-mode predictions of a split (flattened `[N * output_dim]`) and its mean task loss.
-pub fn predict_split(model: &Model, cfg: &Config, split: &Split, device: &Device) -> Result<(Vec<f64>, f64)> {
+pub fn predict_split(
+    model: &Model,
+    cfg: &Config,
+    split: &Split,
+    device: &Device,
+) -> Result<(Vec<f64>, f64)> {
     let order: Vec<usize> = (0..split.len()).collect();
     let ctx = Ctx::eval();
     let mut preds = Vec::with_capacity(split.len() * cfg.model.output_dim);
@@ -182,11 +218,19 @@ pub fn split_metrics(task: Task, split: &Split, preds: &[f64]) -> Result<Metrics
 }
 
 fn write_log(path: &Path, history: &[EpochLog]) -> Result<()> {
-    let mut s = String::from("epoch,train_loss,train_task,train_lm,train_le,valid_loss,lr,seconds\n");
+    let mut s =
+        String::from("epoch,train_loss,train_task,train_lm,train_le,valid_loss,lr,seconds\n");
     for h in history {
         s.push_str(&format!(
             "{},{},{},{},{},{},{},{:.3}\n",
-            h.epoch, h.train_loss, h.train_task, h.train_lm, h.train_le, h.valid_loss, h.lr, h.seconds
+            h.epoch,
+            h.train_loss,
+            h.train_task,
+            h.train_lm,
+            h.train_le,
+            h.valid_loss,
+            h.lr,
+            h.seconds
         ));
     }
     atomic_write(path, s.as_bytes())
@@ -201,8 +245,16 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn plot_losses(path: &Path, history: &[EpochLog]) -> Result<()> {
-    let pts = |f: fn(&EpochLog) -> f64| history.iter().map(|h| (h.epoch as f64, f(h))).collect::<Vec<_>>();
-    let mut series = vec![("train task loss", pts(|h| h.train_task)), ("valid loss", pts(|h| h.valid_loss))];
+    let pts = |f: fn(&EpochLog) -> f64| {
+        history
+            .iter()
+            .map(|h| (h.epoch as f64, f(h)))
+            .collect::<Vec<_>>()
+    };
+    let mut series = vec![
+        ("train task loss", pts(|h| h.train_task)),
+        ("valid loss", pts(|h| h.valid_loss)),
+    ];
     if history.iter().any(|h| h.train_lm != 0.0) {
         series.push(("train L_m", pts(|h| h.train_lm)));
     }
@@ -218,14 +270,18 @@ pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResul
     check_dataset(cfg, ds)?;
     let device = Device::Cpu;
     let out = &opts.out;
-    std::fs::create_dir_all(out).with_context(|| format!("creating run directory {}", out.display()))?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("creating run directory {}", out.display()))?;
     let (train_s, valid_s) = (&ds.splits["train"], &ds.splits["valid"]);
 
     let seed = cfg.train.seed;
     let mut init = Initializer::new(seed, &device);
     let model = Model::new(&mut init, &cfg.model)?;
     let store = init.into_store();
-    let mut adam = Adam::new(AdamConfig { lr: cfg.train.lr, ..Default::default() });
+    let mut adam = Adam::new(AdamConfig {
+        lr: cfg.train.lr,
+        ..Default::default()
+    });
     let mut state = RunState {
         epochs_done: 0,
         global_step: 0,
@@ -239,16 +295,27 @@ pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResul
     let last_dir = out.join("last");
     let best_dir = out.join("best");
     if opts.resume {
-        let dir = checkpoint::existing(&last_dir).with_context(|| format!("--resume: {} has no last checkpoint", out.display()))?;
+        let dir = checkpoint::existing(&last_dir)
+            .with_context(|| format!("--resume: {} has no last checkpoint", out.display()))?;
         let saved = Config::from_file(&dir.join("config.json"))?;
         ensure!(saved == *cfg, "--resume: the config differs from the run's saved config ({}); resume without other options", dir.join("config.json").display());
         let (_, saved_store, _) = checkpoint::load(&dir, &device)?;
         store.assign_from(&saved_store.tensors())?;
-        let text = std::fs::read_to_string(dir.join("state.json")).with_context(|| format!("{}: missing state.json", dir.display()))?;
-        state = serde_json::from_str(&text).with_context(|| format!("{}: bad state.json", dir.display()))?;
-        checkpoint::adam_from_file(&mut adam, &dir.join("optimizer.safetensors"), &state.adam_steps)?;
+        let text = std::fs::read_to_string(dir.join("state.json"))
+            .with_context(|| format!("{}: missing state.json", dir.display()))?;
+        state = serde_json::from_str(&text)
+            .with_context(|| format!("{}: bad state.json", dir.display()))?;
+        checkpoint::adam_from_file(
+            &mut adam,
+            &dir.join("optimizer.safetensors"),
+            &state.adam_steps,
+        )?;
         if opts.verbose {
-            eprintln!("resuming {} after epoch {}", out.display(), state.epochs_done);
+            eprintln!(
+                "resuming {} after epoch {}",
+                out.display(),
+                state.epochs_done
+            );
         }
     } else {
         ensure!(
@@ -257,7 +324,10 @@ pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResul
             out.display(),
             out.display()
         );
-        atomic_write(&out.join("config.json"), serde_json::to_string_pretty(cfg)?.as_bytes())?;
+        atomic_write(
+            &out.join("config.json"),
+            serde_json::to_string_pretty(cfg)?.as_bytes(),
+        )?;
     }
 
     let mut ran_here = 0;
@@ -269,7 +339,9 @@ pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResul
         let t0 = Instant::now();
         adam.cfg.lr = state.lr;
         let mut order: Vec<usize> = (0..train_s.len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix64(seed ^ mix64(epoch as u64))));
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix64(
+            seed ^ mix64(epoch as u64),
+        )));
         let batches = chunks(&order, cfg.train.batch_size);
         let bar = progress_bar(opts.verbose, train_s.len() as u64, epoch, cfg.train.epochs);
         let (mut tot, mut task, mut lm, mut le, mut seen) = (0.0, 0.0, 0.0, 0.0, 0usize);
@@ -298,7 +370,10 @@ pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResul
             if let Some(b) = &bar {
                 b.inc(idx.len() as u64);
                 let rate = seen as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-                b.set_message(format!("loss {:.4} | {rate:.0} samples/s", tot / seen as f64));
+                b.set_message(format!(
+                    "loss {:.4} | {rate:.0} samples/s",
+                    tot / seen as f64
+                ));
             }
         }
         if let Some(b) = bar {
@@ -337,18 +412,34 @@ pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResul
     finish(cfg, ds, opts, &state, &device)
 }
 
-fn save_last(dir: &Path, cfg: &Config, store: &ParamStore, adam: &Adam, state: &mut RunState) -> Result<()> {
+fn save_last(
+    dir: &Path,
+    cfg: &Config,
+    store: &ParamStore,
+    adam: &Adam,
+    state: &mut RunState,
+) -> Result<()> {
     let steps = std::cell::RefCell::new(Default::default());
     checkpoint::save(dir, cfg, store, &|tmp| {
-        *steps.borrow_mut() = checkpoint::adam_to_file(adam, store, &tmp.join("optimizer.safetensors"))?;
+        *steps.borrow_mut() =
+            checkpoint::adam_to_file(adam, store, &tmp.join("optimizer.safetensors"))?;
         Ok(())
     })?;
     state.adam_steps = steps.into_inner();
     // The state goes in last: written into the finished directory atomically.
-    atomic_write(&dir.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())
+    atomic_write(
+        &dir.join("state.json"),
+        serde_json::to_string_pretty(state)?.as_bytes(),
+    )
 }
 
-fn finish(cfg: &Config, ds: &Dataset, opts: &TrainOptions, state: &RunState, device: &Device) -> Result<RunResult> {
+fn finish(
+    cfg: &Config,
+    ds: &Dataset,
+    opts: &TrainOptions,
+    state: &RunState,
+    device: &Device,
+) -> Result<RunResult> {
     let out = &opts.out;
     let (_, _, best) = checkpoint::load(&out.join("best"), device)?;
     let (valid_preds, _) = predict_split(&best, cfg, &ds.splits["valid"], device)?;
@@ -364,9 +455,15 @@ fn finish(cfg: &Config, ds: &Dataset, opts: &TrainOptions, state: &RunState, dev
         "test": test.to_json(),
         "valid": valid.to_json(),
     });
-    atomic_write(&out.join("metrics.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    atomic_write(
+        &out.join("metrics.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
     if let Err(e) = plot_losses(&out.join("loss.png"), &state.history) {
-        eprintln!("warning: could not draw {}: {e:#}", out.join("loss.png").display());
+        eprintln!(
+            "warning: could not draw {}: {e:#}",
+            out.join("loss.png").display()
+        );
     }
     Ok(RunResult {
         test,
@@ -377,7 +474,12 @@ fn finish(cfg: &Config, ds: &Dataset, opts: &TrainOptions, state: &RunState, dev
     })
 }
 
-fn progress_bar(verbose: bool, len: u64, epoch: usize, epochs: usize) -> Option<indicatif::ProgressBar> {
+fn progress_bar(
+    verbose: bool,
+    len: u64,
+    epoch: usize,
+    epochs: usize,
+) -> Option<indicatif::ProgressBar> {
     if !verbose {
         return None;
     }
