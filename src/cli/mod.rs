@@ -17,6 +17,11 @@ pub mod inspect;
 #[derive(Parser, Debug)]
 #[command(name = "mica", version, about, long_about = None)]
 pub struct Cli {
+    /// CPU threads for tensor operations (default 1: on small shapes and on busy machines
+    /// candle's spinning thread pool costs more than it gains; try 2+ for large shapes).
+    /// The CANDLE_NUM_THREADS environment variable, when set, wins.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub threads: usize,
     /// The job to run.
     #[command(subcommand)]
     pub command: Command,
@@ -46,9 +51,22 @@ pub enum Command {
     Convert(convert::Args),
 }
 
+/// Sets candle's CPU thread count before its pool starts (it reads the environment once).
+fn set_threads(n: usize) {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: called at the start of `main`, before any other thread exists.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", n.max(1).to_string()) };
+    }
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // SAFETY: as above.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
+    }
+}
+
 /// Parses the command line and runs the chosen job.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    set_threads(cli.threads);
     match cli.command {
         Command::Metrics(args) => metrics::run(&args),
         Command::Train(a) => train::run(&a),
