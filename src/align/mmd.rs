@@ -37,20 +37,30 @@ fn multi_kernel(d: &Tensor, bw: f64) -> Result<Tensor> {
 
 /// Bandwidth: mean pairwise squared distance of the pooled sample (off-diagonal),
 /// without gradient. A degenerate (all-equal) sample gets bandwidth 1.
-fn bandwidth(dzz: &Tensor, n: usize) -> Result<f64> {
+pub fn bandwidth(dzz: &Tensor, n: usize) -> Result<f64> {
     let total = dzz.detach().sum_all()?.to_scalar::<f32>()? as f64;
     let pairs = (n * n - n).max(1) as f64;
     let bw = total / pairs;
     Ok(if bw > 0.0 && bw.is_finite() { bw } else { 1.0 })
 }
 
-/// Biased (V-statistic) multi-kernel MMD² between the rows of `x` `[n, d]` and `y` `[m, d]`.
+/// Biased (V-statistic) multi-kernel MMD² between the rows of `x` `[n, d]` and `y` `[m, d]`,
+/// bandwidth from the pooled sample (no gradient through it).
 pub fn mmd_biased(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    mmd_biased_bw(x, y, None)
+}
+
+/// [`mmd_biased`] with an optional fixed bandwidth (`None`: the pooled mean squared
+/// distance). Exposed so gradients can be checked against finite differences.
+pub fn mmd_biased_bw(x: &Tensor, y: &Tensor, bw: Option<f64>) -> Result<Tensor> {
     let (n, m) = (x.dim(0)?, y.dim(0)?);
     ensure!(n > 0 && m > 0, "MMD needs at least one element per side");
     let z = Tensor::cat(&[x, y], 0)?;
     let dzz = pairwise_sq_dists(&z, &z)?;
-    let bw = bandwidth(&dzz, n + m)?;
+    let bw = match bw {
+        Some(b) => b,
+        None => bandwidth(&dzz, n + m)?,
+    };
     let k = multi_kernel(&dzz, bw)?;
     let kxx = k.narrow(0, 0, n)?.narrow(1, 0, n)?.mean_all()?;
     let kyy = k.narrow(0, n, m)?.narrow(1, n, m)?.mean_all()?;

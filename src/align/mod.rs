@@ -80,13 +80,16 @@ pub fn mmd_loss(out: &ForwardOutput, cfg: &AlignConfig, seed: u64) -> Result<Ten
     sum_all(terms)
 }
 
-/// `L_e`: per block, top-τ masks of the probabilities (OR-ed over the layers of the same
-/// block when `propagate`), distance of the selected pairs, reduced per `le_reduction`.
-pub fn pea_loss(out: &ForwardOutput, cfg: &AlignConfig, heads: usize) -> Result<Tensor> {
+/// The PEA masks of every traced block, keyed by `(layer, target, source)`: `W[l]`, or
+/// `V[l] = W[0] | .. | W[l]` of the same (target, source) pair when `propagate`.
+pub fn pea_masks(
+    out: &ForwardOutput,
+    cfg: &AlignConfig,
+) -> Result<BTreeMap<(usize, usize, usize), (MapDims, Vec<bool>)>> {
     let mut propagated: BTreeMap<(usize, usize), Vec<bool>> = BTreeMap::new();
     let mut order: Vec<&BlockTrace> = out.blocks.iter().collect();
     order.sort_by_key(|b| (b.layer, b.target, b.source));
-    let mut terms = Vec::with_capacity(order.len());
+    let mut masks = BTreeMap::new();
     for block in order {
         let probs = block
             .attn
@@ -114,9 +117,25 @@ pub fn pea_loss(out: &ForwardOutput, cfg: &AlignConfig, heads: usize) -> Result<
         } else {
             w
         };
+        masks.insert((block.layer, block.target, block.source), (dims, v));
+    }
+    Ok(masks)
+}
+
+/// `L_e`: per block, top-τ masks of the probabilities (OR-ed over the layers of the same
+/// block when `propagate`), distance of the selected pairs, reduced per `le_reduction`.
+pub fn pea_loss(out: &ForwardOutput, cfg: &AlignConfig, heads: usize) -> Result<Tensor> {
+    let masks = pea_masks(out, cfg)?;
+    let mut terms = Vec::with_capacity(masks.len());
+    for block in &out.blocks {
+        let (dims, v) = &masks[&(block.layer, block.target, block.source)];
         let selected = v.iter().filter(|x| **x).count();
         let mask: Vec<f32> = v.iter().map(|&x| if x { 1.0 } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(mask, (b, h, tq, tk), probs.device())?;
+        let mask = Tensor::from_vec(
+            mask,
+            (dims.b, dims.h, dims.tq, dims.tk),
+            block.attn.q.device(),
+        )?;
         let d = masked_sq_distance(&block.attn.q, &block.attn.k, &mask, heads)?;
         terms.push(match cfg.le_reduction {
             LeReduction::Sum => d,
