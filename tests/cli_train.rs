@@ -42,9 +42,7 @@ fn tiny_data(dir: &Path, size: &str) -> PathBuf {
 }
 
 /// Tiny model options shared by the tests (1 layer, d = 8, 2 heads); epochs per call.
-const TINY: [&str; 14] = [
-    "--batch-size",
-    "5",
+const TINY: [&str; 12] = [
     "--d",
     "8",
     "--heads",
@@ -63,6 +61,9 @@ fn train(data: &Path, out: &Path, more: &[&str]) -> Output {
     let mut args = vec!["train"];
     args.extend_from_slice(&TINY);
     args.extend_from_slice(more);
+    if !more.contains(&"--batch-size") {
+        args.extend_from_slice(&["--batch-size", "5"]);
+    }
     args.extend_from_slice(&["--data"]);
     let mut c = Command::new(env!("CARGO_BIN_EXE_mica"));
     c.args(&args).arg(data).arg("--out").arg(out);
@@ -274,5 +275,37 @@ fn bad_input_gives_short_errors() {
             &["--epochs", "1", "--variant", "backbone", "--alpha", "0.5"],
         ),
         "without alignment",
+    );
+}
+
+#[test]
+fn non_finite_loss_stops_the_run_without_saving_diverged_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_data(dir.path(), "small");
+    let run = dir.path().join("run");
+    // An absurd learning rate blows the parameters up after the first step.
+    // One step per epoch: epoch 1's step is finite, its update makes the weights diverge.
+    let o = train(
+        &data,
+        &run,
+        &[
+            "--epochs",
+            "3",
+            "--lr",
+            "1e38",
+            "--variant",
+            "backbone",
+            "--batch-size",
+            "12",
+        ],
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("non-finite"), "{e}");
+    assert!(!run.join("metrics.json").exists());
+    assert!(e.contains("no checkpoint yet"), "{e}");
+    assert!(
+        !run.join("last").exists() && !run.join("best").exists(),
+        "diverged weights must not be saved"
     );
 }

@@ -353,9 +353,17 @@ pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResul
             let losses = step_losses(&model, cfg, &batch, &ctx, mix64(step_seed))?;
             let total_v = scalar(&losses.total)?;
             if !total_v.is_finite() {
+                let kept = match checkpoint::existing(&last_dir) {
+                    Some(d) => format!(
+                        "the last good checkpoint (after epoch {}) is in {}",
+                        state.epochs_done,
+                        d.display()
+                    ),
+                    None => "no epoch had finished, so there is no checkpoint yet".to_string(),
+                };
                 bail!(
-                    "the training loss became non-finite ({total_v}) at epoch {epoch}, step {} (task {}, L_m {}, L_e {}); the last good checkpoint is in {}",
-                    state.global_step, losses.task, losses.lm, losses.le, last_dir.display()
+                    "the training loss became non-finite ({total_v}) at epoch {epoch}, step {} (task {}, L_m {}, L_e {}); {kept}. Try a lower --lr or check the data (mica inspect)",
+                    state.global_step, losses.task, losses.lm, losses.le
                 );
             }
             let mut grads = losses.total.backward()?;
@@ -380,6 +388,17 @@ pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResul
             b.finish_and_clear();
         }
         let (_, valid_loss) = predict_split(&model, cfg, valid_s, &device)?;
+        if !valid_loss.is_finite() {
+            let kept = match checkpoint::existing(&last_dir) {
+                Some(d) => format!(
+                    "the last good checkpoint (after epoch {}) is in {}",
+                    state.epochs_done,
+                    d.display()
+                ),
+                None => "no epoch had finished, so there is no checkpoint yet".to_string(),
+            };
+            bail!("the validation loss became non-finite ({valid_loss}) after epoch {epoch}: the weights diverged; {kept}. Try a lower --lr");
+        }
         let n = seen as f64;
         let log = EpochLog {
             epoch,
