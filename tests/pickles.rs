@@ -325,6 +325,33 @@ fn truncated_file_on_disk_names_file_and_offset() {
     );
 }
 
+#[test]
+fn fuzz_regressions_parse_consistently_without_panicking() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
+    let eager = ParseOptions {
+        lazy_threshold: u64::MAX,
+        lazy_str_threshold: u64::MAX,
+        chunk_bytes: 64,
+    };
+    let lazy = ParseOptions {
+        lazy_threshold: 0,
+        lazy_str_threshold: 300,
+        chunk_bytes: 3,
+    };
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        let a = pickle::parse_bytes(&bytes, &eager);
+        let b = pickle::parse_bytes(&bytes, &lazy);
+        if let Ok(a) = a {
+            let b = b.expect("parses eagerly but not lazily");
+            assert_eq!(a.as_array(a.root()), b.as_array(b.root()));
+        }
+        seen += 1;
+    }
+    assert!(seen > 0);
+}
+
 // ---------------------------------------------------------------- hand-made pickles
 
 /// A tiny pickle writer for hand-made test programs.
