@@ -82,8 +82,12 @@ pub struct DType {
 }
 
 impl DType {
-    /// Parses numpy's dtype spec string (`'f8'`, `'<f4'`, `'i8'`, `'O8'`, `'b1'`, `'u1'`).
+    /// Parses numpy's dtype spec string (`'f8'`, `'<f4'`, `'i8'`, `'O8'`, `'b1'`, `'u1'`);
+    /// specs longer than 4 characters (numpy never writes them) are refused.
     pub fn parse(spec: &str) -> Option<DType> {
+        if spec.len() > 4 {
+            return None;
+        }
         let (big_endian, rest) = match spec.as_bytes().first() {
             Some(b'>') => (true, &spec[1..]),
             Some(b'<' | b'=' | b'|') => (false, &spec[1..]),
@@ -1127,11 +1131,30 @@ impl<R: Read + Seek> Machine<R> {
         }
     }
 
-    fn make_dtype(&self, args: &[ObjId]) -> Res<Object> {
-        let spec = match args.first().map(|&a| self.obj(a)).transpose()? {
-            Some(Object::Str(s)) => s.clone(),
-            Some(Object::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
-            _ => return malformed("numpy.dtype expects a type string"),
+    /// The text of a short `str` / `bytes` argument, reading it from the file if it was left
+    /// there (so results do not depend on the lazy thresholds); `None` for other values.
+    fn small_text(&mut self, id: ObjId) -> Res<Option<String>> {
+        let span = match self.obj(id)? {
+            Object::Str(s) => return Ok(Some(s.clone())),
+            Object::Bytes(b) => return Ok(Some(String::from_utf8_lossy(b).into_owned())),
+            Object::LazyStr(span) | Object::LazyBytes(span) if span.len <= 64 => *span,
+            _ => return Ok(None),
+        };
+        let mut text = Vec::new();
+        self.src.read_span(span, 64, &mut |c| {
+            text.extend_from_slice(c);
+            Ok(())
+        })?;
+        Ok(Some(String::from_utf8_lossy(&text).into_owned()))
+    }
+
+    fn make_dtype(&mut self, args: &[ObjId]) -> Res<Object> {
+        let spec = match args.first() {
+            Some(&a) => self.small_text(a)?,
+            None => None,
+        };
+        let Some(spec) = spec else {
+            return malformed("numpy.dtype expects a type string");
         };
         DType::parse(&spec)
             .map(Object::DType)
@@ -1214,15 +1237,13 @@ impl<R: Read + Seek> Machine<R> {
         }
     }
 
-    fn dtype_state(&self, mut d: DType, state: ObjId) -> Res<DType> {
+    fn dtype_state(&mut self, mut d: DType, state: ObjId) -> Res<DType> {
         let items = match self.obj(state)? {
             Object::Tuple(v) if v.len() >= 8 => v.clone(),
             _ => return malformed("numpy.dtype state must be a tuple of 8 or 9 items"),
         };
-        let order = match self.obj(items[1])? {
-            Object::Str(s) => s.clone(),
-            Object::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-            _ => return malformed("dtype byte order must be a string"),
+        let Some(order) = self.small_text(items[1])? else {
+            return malformed("dtype byte order must be a string");
         };
         d.big_endian = match order.as_str() {
             ">" => true,
