@@ -782,6 +782,26 @@ impl<R: Read + Seek> Machine<R> {
 
     /// Executes one opcode; returns the root on `STOP`.
     fn step(&mut self, op: u8) -> Res<Option<ObjId>> {
+        if op == b'.' {
+            return self.pop().map(Some);
+        }
+        let done = self.stack_op(op)?
+            || self.memo_op(op)?
+            || self.number_op(op)?
+            || self.text_op(op)?
+            || self.container_op(op)?
+            || self.call_op(op)?;
+        if done {
+            return Ok(None);
+        }
+        Err(match refused_opcode(op) {
+            Some(name) => PickleErrorKind::UnsupportedOpcode(op, name),
+            None => PickleErrorKind::UnknownOpcode(op),
+        })
+    }
+
+    /// Protocol, frame, mark and stack opcodes; `false` if `op` is not one of them.
+    fn stack_op(&mut self, op: u8) -> Res<bool> {
         match op {
             0x80 => {
                 let v = self.src.byte()?;
@@ -794,7 +814,6 @@ impl<R: Read + Seek> Machine<R> {
                 let n = self.u64_len()?;
                 self.src.need(n)?;
             }
-            b'.' => return self.pop().map(Some),
             b'(' => self.marks.push(self.stack.len()),
             b'0' => {
                 if self.stack.len() > self.floor() {
@@ -810,7 +829,14 @@ impl<R: Read + Seek> Machine<R> {
                 let top = self.top()?;
                 self.stack.push(top);
             }
-            // memo
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Memo opcodes (`PUT`, `GET`, `MEMOIZE`, ...); `false` if `op` is not one of them.
+    fn memo_op(&mut self, op: u8) -> Res<bool> {
+        match op {
             b'p' => {
                 let idx = self.decimal_line()?;
                 self.memo_put(idx)?;
@@ -839,7 +865,14 @@ impl<R: Read + Seek> Machine<R> {
                 let idx = self.u32_len()?;
                 self.memo_get(idx)?;
             }
-            // constants and numbers
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Constants and numbers; `false` if `op` is not one of them.
+    fn number_op(&mut self, op: u8) -> Res<bool> {
+        match op {
             b'N' => self.push_new(Object::None),
             0x88 => self.push_new(Object::Bool(true)),
             0x89 => self.push_new(Object::Bool(false)),
@@ -893,7 +926,14 @@ impl<R: Read + Seek> Machine<R> {
                     .or_else(|_| malformed(format!("bad float {line:?}")))?;
                 self.push_new(Object::Float(v));
             }
-            // strings and bytes
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Strings and bytes; `false` if `op` is not one of them.
+    fn text_op(&mut self, op: u8) -> Res<bool> {
+        match op {
             b'X' => {
                 let n = self.u32_len()?;
                 let o = self.payload(n, true)?;
@@ -935,7 +975,14 @@ impl<R: Read + Seek> Machine<R> {
                 let o = self.payload(n, false)?;
                 self.push_new(o);
             }
-            // containers
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Container opcodes; `false` if `op` is not one of them.
+    fn container_op(&mut self, op: u8) -> Res<bool> {
+        match op {
             b'}' => self.push_new(Object::Dict(Vec::new())),
             b']' => self.push_new(Object::List(Vec::new())),
             b')' => self.push_new(Object::Tuple(Vec::new())),
@@ -1001,7 +1048,14 @@ impl<R: Read + Seek> Machine<R> {
                     other => return malformed(format!("ADDITEMS on a {}", other.type_name())),
                 }
             }
-            // globals and calls
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Globals, calls (`REDUCE`, `NEWOBJ`) and `BUILD`; `false` if `op` is not one of them.
+    fn call_op(&mut self, op: u8) -> Res<bool> {
+        match op {
             b'c' => {
                 let module = self.text_line()?;
                 let name = self.text_line()?;
@@ -1043,14 +1097,9 @@ impl<R: Read + Seek> Machine<R> {
                 let target = self.top()?;
                 self.build(target, state)?;
             }
-            _ => {
-                return Err(match refused_opcode(op) {
-                    Some(name) => PickleErrorKind::UnsupportedOpcode(op, name),
-                    None => PickleErrorKind::UnknownOpcode(op),
-                })
-            }
+            _ => return Ok(false),
         }
-        Ok(None)
+        Ok(true)
     }
 
     fn long_bytes(&mut self, n: u64) -> Res<i64> {
