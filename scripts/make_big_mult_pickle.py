@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write a large float64 MulT-layout dataset pickle (protocol 4) for load benchmarks.
+"""Write a large float64 MulT-layout dataset pickle (protocol 4 by default) for load benchmarks.
 
 Layout as MulT's `mosei_senti_data_noalign.pkl`: {'train'|'valid'|'test': {'text' (N,50,300),
 'audio' (N,500,74), 'vision' (N,500,35), 'labels' (N,1,1), 'id' (N,3) object}} in float64,
@@ -41,6 +41,8 @@ def main():
     ap.add_argument("--out", required=True, help="output .pkl path (outside the repo, e.g. /tmp)")
     ap.add_argument("--gb", type=float, default=1.0, help="approximate file size in GB")
     ap.add_argument("--seed", type=int, default=0, help="random seed")
+    ap.add_argument("--protocol", type=int, default=4, choices=[2, 3, 4, 5],
+                    help="pickle protocol (2 stores bytes as _codecs.encode(str, 'latin1'))")
     args = ap.parse_args()
     per_sample = sum(t * d for t, d in SHAPES.values()) * 8
     total = max(3, int(args.gb * 1e9 / per_sample) + 1)
@@ -49,7 +51,7 @@ def main():
     rng = np.random.default_rng(args.seed)
     data = {name: make_split(rng, name, n) for name, n in sizes.items()}
     with open(args.out, "wb") as f:
-        pickle.dump(data, f, protocol=4)
+        pickle.dump(data, f, protocol=args.protocol)
     f32 = sum(a.size * 4 for s in data.values() for k, a in s.items() if k != "id")
     print(f"wrote {args.out}: splits {sizes}, f32 size of numeric arrays {f32} bytes")
 

@@ -254,6 +254,16 @@ fn mmsa_end_padding_is_moved_to_the_left_using_the_length_fields() {
                 );
             }
         }
+        for key in ["raw_text", "annotations", "id"] {
+            let list = data::pickle_dataset::string_list(&p, p.dict_get(sd, key).unwrap());
+            let list = list.unwrap();
+            assert_eq!(list.len(), keys[key]["len"].as_u64().unwrap() as usize);
+            assert_eq!(
+                list[0],
+                keys[key]["first"].as_str().unwrap(),
+                "{split}/{key}"
+            );
+        }
         // Text lengths come from text_bert's attention mask (all ones in the fixture).
         assert!(s.text.lengths.iter().all(|&l| l == s.text.t));
     }
@@ -323,6 +333,33 @@ fn truncated_file_on_disk_names_file_and_offset() {
         msg.contains("cut.pkl") && msg.contains("byte ") && msg.contains("truncated"),
         "{msg}"
     );
+}
+
+#[test]
+fn fuzz_regressions_parse_consistently_without_panicking() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
+    let eager = ParseOptions {
+        lazy_threshold: u64::MAX,
+        lazy_str_threshold: u64::MAX,
+        chunk_bytes: 64,
+    };
+    let lazy = ParseOptions {
+        lazy_threshold: 0,
+        lazy_str_threshold: 300,
+        chunk_bytes: 3,
+    };
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        let a = pickle::parse_bytes(&bytes, &eager);
+        let b = pickle::parse_bytes(&bytes, &lazy);
+        if let Ok(a) = a {
+            let b = b.expect("parses eagerly but not lazily");
+            assert_eq!(a.as_array(a.root()), b.as_array(b.root()));
+        }
+        seen += 1;
+    }
+    assert!(seen > 0);
 }
 
 // ---------------------------------------------------------------- hand-made pickles
@@ -739,6 +776,99 @@ fn protocol2_latin1_strings_and_protocol5_frombuffer_are_decoded() {
     let (shape, values, _) = root_values(&b);
     assert_eq!(shape, [2, 2]);
     assert_eq!(values, [1.0, 2.0, 3.0, 4.0]);
+}
+
+#[test]
+fn every_supported_opcode_builds_the_python_value() {
+    use pickle::Object;
+    // A protocol-0..5 mix: ['a', b'b', 'é', 'x', b'xy', 7, -3, 258, 2**40, -2**63, True,
+    //  False, None, 1.5, 2.5, -7, 12, (), (7,), [7, 7], {'k': 1, 'k2': 2}, frozenset{1, 2},
+    //  set{3}, 'long', b'long', bytearray, text 'Ab\u00e9']
+    let mut b: Vec<u8> = vec![0x80, 4, b']', b'('];
+    b.extend_from_slice(b"\x8c\x01a"); // SHORT_BINUNICODE
+    b.extend_from_slice(b"C\x01b"); // SHORT_BINBYTES
+    b.extend_from_slice(b"X\x02\x00\x00\x00\xc3\xa9"); // BINUNICODE 'é'
+    b.extend_from_slice(b"U\x01x"); // SHORT_BINSTRING
+    b.extend_from_slice(b"T\x02\x00\x00\x00xy"); // BINSTRING
+    b.extend_from_slice(b"K\x07J\xfd\xff\xff\xffM\x02\x01"); // BININT1, BININT, BININT2
+    b.extend_from_slice(b"\x8a\x06\x00\x00\x00\x00\x00\x01"); // LONG1 2**40
+    b.extend_from_slice(b"\x8b\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x80"); // LONG4
+    b.extend_from_slice(b"\x88\x89N"); // True False None
+    b.extend_from_slice(b"G\x3f\xf8\x00\x00\x00\x00\x00\x00F2.5\n"); // BINFLOAT, FLOAT
+    b.extend_from_slice(b"I-7\nL12L\n"); // INT, LONG text forms
+    b.extend_from_slice(b")K\x07\x85p9\n0g9\n"); // EMPTY_TUPLE, TUPLE1, PUT, POP, GET
+    b.extend_from_slice(b"(K\x072l"); // MARK, DUP, LIST (the DUP pushes 7 twice)
+    b.extend_from_slice(b"(\x8c\x01kK\x01d\x8c\x02k2K\x02s"); // DICT, SETITEM
+    b.extend_from_slice(b"(K\x01K\x02\x91"); // FROZENSET
+    b.extend_from_slice(b"\x8f(K\x03\x90"); // EMPTY_SET, ADDITEMS
+    b.extend_from_slice(b"\x8d\x04\x00\x00\x00\x00\x00\x00\x00long"); // BINUNICODE8
+    b.extend_from_slice(b"\x8e\x04\x00\x00\x00\x00\x00\x00\x00long"); // BINBYTES8
+    b.extend_from_slice(b"\x96\x01\x00\x00\x00\x00\x00\x00\x00z"); // BYTEARRAY8
+    b.extend_from_slice(b"VAb\\u00e9\n"); // UNICODE (raw-unicode-escape)
+    b.extend_from_slice(b"(K\x09K\x09\x31"); // MARK ... POP_MARK drops both
+    b.extend_from_slice(b"e."); // APPENDS, STOP
+    let p = parse(&b).unwrap();
+    let items = p.as_seq(p.root()).unwrap().to_vec();
+    let get = |i: usize| p.get(items[i]).unwrap().clone();
+    let expect = [
+        Object::Str("a".into()),
+        Object::Bytes(b"b".to_vec()),
+        Object::Str("é".into()),
+        Object::Bytes(b"x".to_vec()),
+        Object::Bytes(b"xy".to_vec()),
+        Object::Int(7),
+        Object::Int(-3),
+        Object::Int(258),
+        Object::Int(1 << 40),
+        Object::Int(i64::MIN),
+        Object::Bool(true),
+        Object::Bool(false),
+        Object::None,
+        Object::Float(1.5),
+        Object::Float(2.5),
+        Object::Int(-7),
+        Object::Int(12),
+        Object::Tuple(vec![]),
+    ];
+    for (i, e) in expect.iter().enumerate() {
+        assert_eq!(&get(i), e, "item {i}");
+    }
+    assert_eq!(items.len(), 27, "{items:?}");
+    let ints = |i: usize| -> Vec<i64> {
+        match get(i) {
+            Object::Tuple(v) | Object::List(v) | Object::Set(v) => {
+                v.iter().map(|&x| p.as_int(x).unwrap()).collect()
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(ints(18), [7], "(7,) via PUT/POP/GET");
+    assert_eq!(ints(19), [7, 7], "DUP");
+    assert_eq!(p.dict_keys(items[20]), ["k", "k2"]);
+    assert_eq!(p.as_int(p.dict_get(items[20], "k2").unwrap()), Some(2));
+    assert_eq!(ints(21), [1, 2]);
+    assert_eq!(ints(22), [3]);
+    assert_eq!(get(23), Object::Str("long".into()));
+    assert_eq!(get(24), Object::Bytes(b"long".to_vec()));
+    assert_eq!(get(25), Object::Bytes(b"z".to_vec()));
+    assert_eq!(get(26), Object::Str("Abé".into()));
+}
+
+#[test]
+fn duplicate_dict_keys_keep_the_last_value_as_python_does() {
+    let b = Pk::proto(2)
+        .op(b"}(")
+        .s("a")
+        .int(1)
+        .s("b")
+        .int(2)
+        .s("a")
+        .int(3)
+        .op(b"u")
+        .stop();
+    let p = parse(&b).unwrap();
+    assert_eq!(p.dict_keys(p.root()), ["a", "b"]);
+    assert_eq!(p.as_int(p.dict_get(p.root(), "a").unwrap()), Some(3));
 }
 
 // ---------------------------------------------------------------- layout validation

@@ -1,6 +1,7 @@
 //! Fuzz target: the pickle parser must never panic, whatever the bytes. Inputs are parsed
-//! twice (payloads in memory and payloads left lazy in the "file"), and both parses must
-//! agree on success or failure and on the arrays produced.
+//! twice (payloads in memory and payloads left lazy in the "file"): whatever parses eagerly
+//! must parse lazily to the same root array. (Lazy parsing may accept more: a payload that
+//! is never used as array data is not decoded, e.g. a latin1 string with wide characters.)
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -19,8 +20,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let a = parse_bytes(data, &eager);
     let b = parse_bytes(data, &lazy);
-    assert_eq!(a.is_ok(), b.is_ok(), "eager and lazy parses disagree");
-    if let (Ok(a), Ok(b)) = (a, b) {
+    if let Ok(a) = a {
+        let b = b.expect("parses eagerly but not lazily");
         let root_a = a.as_array(a.root()).cloned();
         let root_b = b.as_array(b.root()).cloned();
         assert_eq!(root_a, root_b);

@@ -794,3 +794,54 @@ impl HashingReader<'_> {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(json: &str, data_len: u64) -> Result<Vec<String>, String> {
+        parse_header(Path::new("x.safetensors"), json.as_bytes(), data_len)
+            .map(|v| v.into_iter().map(|(n, _)| n).collect())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn safetensors_headers_are_validated() {
+        let ok = r#"{"__metadata__":{"a":"b"},"b":{"dtype":"I64","shape":[2],"data_offsets":[8,24]},
+                    "a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+        assert_eq!(header(ok, 24).unwrap(), ["a", "b"], "file order");
+        assert!(header(ok, 25).unwrap_err().contains("cover 24 bytes"));
+        let gap = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+        assert!(header(gap, 8).unwrap_err().contains("contiguous"));
+        let shape = r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;
+        assert!(header(shape, 8)
+            .unwrap_err()
+            .contains("does not match shape"));
+        let dtype = r#"{"a":{"dtype":"F16","shape":[4],"data_offsets":[0,8]}}"#;
+        assert!(header(dtype, 8).unwrap_err().contains("unsupported dtype"));
+        let overflow =
+            r#"{"a":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,8]}}"#;
+        assert!(header(overflow, 8).is_err());
+        let backwards = r#"{"a":{"dtype":"U8","shape":[0],"data_offsets":[8,0]}}"#;
+        assert!(header(backwards, 8).is_err());
+        assert!(header("[1,2]", 0)
+            .unwrap_err()
+            .contains("bad safetensors header"));
+    }
+
+    #[test]
+    fn tensor_summaries_skip_non_finite_values() {
+        let t = Tensor {
+            shape: vec![3],
+            data: TensorData::F32(vec![1.5, f32::NAN, 2.0]),
+        };
+        let s = t.summary();
+        assert_eq!((s.sum_f32_clean, s.non_finite_after_f32_cast), (3.5, 1));
+        assert_eq!(s.dtype, "float32");
+        let t = Tensor {
+            shape: vec![2],
+            data: TensorData::I64(vec![3, 4]),
+        };
+        assert_eq!(t.summary().sum_f32_clean, 7.0);
+    }
+}

@@ -82,8 +82,12 @@ pub struct DType {
 }
 
 impl DType {
-    /// Parses numpy's dtype spec string (`'f8'`, `'<f4'`, `'i8'`, `'O8'`, `'b1'`, `'u1'`).
+    /// Parses numpy's dtype spec string (`'f8'`, `'<f4'`, `'i8'`, `'O8'`, `'b1'`, `'u1'`);
+    /// specs longer than 4 characters (numpy never writes them) are refused.
     pub fn parse(spec: &str) -> Option<DType> {
+        if spec.len() > 4 {
+            return None;
+        }
         let (big_endian, rest) = match spec.as_bytes().first() {
             Some(b'>') => (true, &spec[1..]),
             Some(b'<' | b'=' | b'|') => (false, &spec[1..]),
@@ -778,6 +782,26 @@ impl<R: Read + Seek> Machine<R> {
 
     /// Executes one opcode; returns the root on `STOP`.
     fn step(&mut self, op: u8) -> Res<Option<ObjId>> {
+        if op == b'.' {
+            return self.pop().map(Some);
+        }
+        let done = self.stack_op(op)?
+            || self.memo_op(op)?
+            || self.number_op(op)?
+            || self.text_op(op)?
+            || self.container_op(op)?
+            || self.call_op(op)?;
+        if done {
+            return Ok(None);
+        }
+        Err(match refused_opcode(op) {
+            Some(name) => PickleErrorKind::UnsupportedOpcode(op, name),
+            None => PickleErrorKind::UnknownOpcode(op),
+        })
+    }
+
+    /// Protocol, frame, mark and stack opcodes; `false` if `op` is not one of them.
+    fn stack_op(&mut self, op: u8) -> Res<bool> {
         match op {
             0x80 => {
                 let v = self.src.byte()?;
@@ -790,7 +814,6 @@ impl<R: Read + Seek> Machine<R> {
                 let n = self.u64_len()?;
                 self.src.need(n)?;
             }
-            b'.' => return self.pop().map(Some),
             b'(' => self.marks.push(self.stack.len()),
             b'0' => {
                 if self.stack.len() > self.floor() {
@@ -806,7 +829,14 @@ impl<R: Read + Seek> Machine<R> {
                 let top = self.top()?;
                 self.stack.push(top);
             }
-            // memo
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Memo opcodes (`PUT`, `GET`, `MEMOIZE`, ...); `false` if `op` is not one of them.
+    fn memo_op(&mut self, op: u8) -> Res<bool> {
+        match op {
             b'p' => {
                 let idx = self.decimal_line()?;
                 self.memo_put(idx)?;
@@ -835,7 +865,14 @@ impl<R: Read + Seek> Machine<R> {
                 let idx = self.u32_len()?;
                 self.memo_get(idx)?;
             }
-            // constants and numbers
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Constants and numbers; `false` if `op` is not one of them.
+    fn number_op(&mut self, op: u8) -> Res<bool> {
+        match op {
             b'N' => self.push_new(Object::None),
             0x88 => self.push_new(Object::Bool(true)),
             0x89 => self.push_new(Object::Bool(false)),
@@ -889,7 +926,14 @@ impl<R: Read + Seek> Machine<R> {
                     .or_else(|_| malformed(format!("bad float {line:?}")))?;
                 self.push_new(Object::Float(v));
             }
-            // strings and bytes
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Strings and bytes; `false` if `op` is not one of them.
+    fn text_op(&mut self, op: u8) -> Res<bool> {
+        match op {
             b'X' => {
                 let n = self.u32_len()?;
                 let o = self.payload(n, true)?;
@@ -931,7 +975,14 @@ impl<R: Read + Seek> Machine<R> {
                 let o = self.payload(n, false)?;
                 self.push_new(o);
             }
-            // containers
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Container opcodes; `false` if `op` is not one of them.
+    fn container_op(&mut self, op: u8) -> Res<bool> {
+        match op {
             b'}' => self.push_new(Object::Dict(Vec::new())),
             b']' => self.push_new(Object::List(Vec::new())),
             b')' => self.push_new(Object::Tuple(Vec::new())),
@@ -997,7 +1048,14 @@ impl<R: Read + Seek> Machine<R> {
                     other => return malformed(format!("ADDITEMS on a {}", other.type_name())),
                 }
             }
-            // globals and calls
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Globals, calls (`REDUCE`, `NEWOBJ`) and `BUILD`; `false` if `op` is not one of them.
+    fn call_op(&mut self, op: u8) -> Res<bool> {
+        match op {
             b'c' => {
                 let module = self.text_line()?;
                 let name = self.text_line()?;
@@ -1039,14 +1097,9 @@ impl<R: Read + Seek> Machine<R> {
                 let target = self.top()?;
                 self.build(target, state)?;
             }
-            _ => {
-                return Err(match refused_opcode(op) {
-                    Some(name) => PickleErrorKind::UnsupportedOpcode(op, name),
-                    None => PickleErrorKind::UnknownOpcode(op),
-                })
-            }
+            _ => return Ok(false),
         }
-        Ok(None)
+        Ok(true)
     }
 
     fn long_bytes(&mut self, n: u64) -> Res<i64> {
@@ -1127,11 +1180,30 @@ impl<R: Read + Seek> Machine<R> {
         }
     }
 
-    fn make_dtype(&self, args: &[ObjId]) -> Res<Object> {
-        let spec = match args.first().map(|&a| self.obj(a)).transpose()? {
-            Some(Object::Str(s)) => s.clone(),
-            Some(Object::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
-            _ => return malformed("numpy.dtype expects a type string"),
+    /// The text of a short `str` / `bytes` argument, reading it from the file if it was left
+    /// there (so results do not depend on the lazy thresholds); `None` for other values.
+    fn small_text(&mut self, id: ObjId) -> Res<Option<String>> {
+        let span = match self.obj(id)? {
+            Object::Str(s) => return Ok(Some(s.clone())),
+            Object::Bytes(b) => return Ok(Some(String::from_utf8_lossy(b).into_owned())),
+            Object::LazyStr(span) | Object::LazyBytes(span) if span.len <= 64 => *span,
+            _ => return Ok(None),
+        };
+        let mut text = Vec::new();
+        self.src.read_span(span, 64, &mut |c| {
+            text.extend_from_slice(c);
+            Ok(())
+        })?;
+        Ok(Some(String::from_utf8_lossy(&text).into_owned()))
+    }
+
+    fn make_dtype(&mut self, args: &[ObjId]) -> Res<Object> {
+        let spec = match args.first() {
+            Some(&a) => self.small_text(a)?,
+            None => None,
+        };
+        let Some(spec) = spec else {
+            return malformed("numpy.dtype expects a type string");
         };
         DType::parse(&spec)
             .map(Object::DType)
@@ -1214,15 +1286,13 @@ impl<R: Read + Seek> Machine<R> {
         }
     }
 
-    fn dtype_state(&self, mut d: DType, state: ObjId) -> Res<DType> {
+    fn dtype_state(&mut self, mut d: DType, state: ObjId) -> Res<DType> {
         let items = match self.obj(state)? {
             Object::Tuple(v) if v.len() >= 8 => v.clone(),
             _ => return malformed("numpy.dtype state must be a tuple of 8 or 9 items"),
         };
-        let order = match self.obj(items[1])? {
-            Object::Str(s) => s.clone(),
-            Object::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-            _ => return malformed("dtype byte order must be a string"),
+        let Some(order) = self.small_text(items[1])? else {
+            return malformed("dtype byte order must be a string");
         };
         d.big_endian = match order.as_str() {
             ">" => true,
