@@ -395,7 +395,7 @@ fn cooccur_matches_brute_force_overlap() {
 fn dataset_by_name_knows_the_four_presets() {
     let ds = dataset_by_name("synth-small", 3).unwrap();
     assert_eq!(ds.format, "synth");
-    assert_eq!(ds.splits["valid"].len(), 200);
+    assert_eq!(ds.splits["valid"].len(), 400);
     assert_eq!(ds.splits["train"].text.d, 16);
     let err = dataset_by_name("synth-huge", 0).unwrap_err().to_string();
     assert!(err.contains("synth-small"), "{err}");
