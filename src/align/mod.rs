@@ -80,12 +80,12 @@ pub fn mmd_loss(out: &ForwardOutput, cfg: &AlignConfig, seed: u64) -> Result<Ten
     sum_all(terms)
 }
 
+/// PEA masks by `(layer, target, source)`, with the shape of their maps.
+pub type PeaMasks = BTreeMap<(usize, usize, usize), (MapDims, Vec<bool>)>;
+
 /// The PEA masks of every traced block, keyed by `(layer, target, source)`: `W[l]`, or
 /// `V[l] = W[0] | .. | W[l]` of the same (target, source) pair when `propagate`.
-pub fn pea_masks(
-    out: &ForwardOutput,
-    cfg: &AlignConfig,
-) -> Result<BTreeMap<(usize, usize, usize), (MapDims, Vec<bool>)>> {
+pub fn pea_masks(out: &ForwardOutput, cfg: &AlignConfig) -> Result<PeaMasks> {
     let mut propagated: BTreeMap<(usize, usize), Vec<bool>> = BTreeMap::new();
     let mut order: Vec<&BlockTrace> = out.blocks.iter().collect();
     order.sort_by_key(|b| (b.layer, b.target, b.source));

@@ -141,15 +141,14 @@ impl ModelConfig {
     }
     /// Sequence lengths after the front-end conv (`T - k + 1`, or `T` when skipped).
     pub fn model_lens(&self) -> [usize; 3] {
-        let mut out = [0; 3];
-        for m in 0..3 {
-            out[m] = if self.orig_dims()[m] == self.d {
-                self.lens()[m]
+        let (dims, lens, ks) = (self.orig_dims(), self.lens(), self.kernels());
+        [0, 1, 2].map(|m| {
+            if dims[m] == self.d {
+                lens[m]
             } else {
-                self.lens()[m] + 1 - self.kernels()[m]
-            };
-        }
-        out
+                lens[m] + 1 - ks[m]
+            }
+        })
     }
     /// Attention dropout of blocks whose keys come from modality `source` (0 = L, 1 = A, 2 = V).
     pub fn attn_dropout_for_source(&self, source: usize) -> f32 {
@@ -164,7 +163,7 @@ impl ModelConfig {
             "model option `num_heads` must be positive"
         );
         ensure!(
-            self.d % self.num_heads == 0,
+            self.d.is_multiple_of(self.num_heads),
             "model option `d` ({}) must be divisible by `num_heads` ({})",
             self.d,
             self.num_heads

@@ -58,7 +58,7 @@ impl MultiheadAttention {
         num_heads: usize,
     ) -> Result<Self> {
         ensure!(
-            num_heads > 0 && embed_dim % num_heads == 0,
+            num_heads > 0 && embed_dim.is_multiple_of(num_heads),
             "embed dim {embed_dim} is not divisible by the number of heads {num_heads}"
         );
         let e = embed_dim;
