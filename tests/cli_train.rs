@@ -309,3 +309,48 @@ fn non_finite_loss_stops_the_run_without_saving_diverged_weights() {
         "diverged weights must not be saved"
     );
 }
+
+#[test]
+fn config_file_sets_any_subset_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_data(dir.path(), "small");
+    let toml = dir.path().join("c.toml");
+    std::fs::write(
+        &toml,
+        "[train]\nepochs = 1\nlr = 0.004\n\n[model]\nrelu_dropout = 0.3\n\n[align]\ntau = 0.1\n",
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mica"));
+    c.arg("train")
+        .args(TINY)
+        .args(["--batch-size", "6", "--tau", "0.2", "--config"])
+        .arg(&toml)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&run);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["train"]["epochs"], 1);
+    assert_eq!(cfg["train"]["lr"], 0.004);
+    assert_eq!(cfg["model"]["relu_dropout"].as_f64().unwrap() as f32, 0.3);
+    assert_eq!(cfg["align"]["tau"], 0.2, "a flag wins over the file");
+    assert_eq!(cfg["model"]["d"], 8, "a flag wins over the preset");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[model]\nnot_an_option = 1\n").unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mica"));
+    c.arg("train")
+        .args(TINY)
+        .arg("--config")
+        .arg(&bad)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("r2"));
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not_an_option"), "{}", stderr(&out));
+}
