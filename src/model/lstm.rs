@@ -480,7 +480,7 @@ mod tests {
             let v0 = f64s(&base);
             let eps = 1e-2f64;
             for k in 0..v0.len() {
-                let mut eval = |delta: f64| {
+                let eval = |delta: f64| {
                     let mut v = v0.clone();
                     v[k] += delta;
                     let v: Vec<f32> = v.iter().map(|x| *x as f32).collect();
