@@ -23,6 +23,10 @@ pub enum Variant {
     Mica,
     /// MICA without propagation of the PEA masks.
     MicaNopropagate,
+    /// Early-fusion LSTM baseline (paper Tables 2-4; no alignment losses).
+    EfLstm,
+    /// Late-fusion LSTM baseline (paper Tables 2-4; no alignment losses).
+    LfLstm,
 }
 
 impl Variant {
@@ -30,8 +34,28 @@ impl Variant {
     pub fn arch(self) -> Arch {
         match self {
             Variant::Mult => Arch::Mult,
-            _ => Arch::Mica,
+            Variant::EfLstm => Arch::EfLstm,
+            Variant::LfLstm => Arch::LfLstm,
+            Variant::Backbone | Variant::Mmd | Variant::Mica | Variant::MicaNopropagate => {
+                Arch::Mica
+            }
         }
+    }
+    /// The recurrent baselines of the paper's Tables 2-4 (no crossmodal attention).
+    pub const BASELINES: [Variant; 2] = [Variant::EfLstm, Variant::LfLstm];
+    /// Every variant: the LSTM baselines, then the ablation.
+    pub const ALL: [Variant; 7] = [
+        Variant::EfLstm,
+        Variant::LfLstm,
+        Variant::Mult,
+        Variant::Backbone,
+        Variant::Mmd,
+        Variant::Mica,
+        Variant::MicaNopropagate,
+    ];
+    /// True when the variant has crossmodal attention (so alignment losses can apply).
+    pub fn has_attention(self) -> bool {
+        !self.arch().is_lstm()
     }
     /// All variants of the ablation (Table 5 + MulT).
     pub const ABLATION: [Variant; 5] = [
@@ -49,6 +73,8 @@ impl Variant {
             Variant::Mmd => "mmd",
             Variant::Mica => "mica",
             Variant::MicaNopropagate => "mica-nopropagate",
+            Variant::EfLstm => "ef-lstm",
+            Variant::LfLstm => "lf-lstm",
         }
     }
 }
@@ -194,6 +220,9 @@ pub fn mult_model_defaults(
         kv_source: KvSource::Layerwise,
         gate_bias: GateBias::PerPosition,
         attention: AttentionKernel::default(),
+        lstm_hidden: 64,
+        lstm_mod_hidden: 32,
+        lstm_dropout: 0.1,
     }
 }
 
@@ -271,7 +300,7 @@ impl Config {
                 self.align.alpha = 0.0;
                 self.align.beta = 0.0;
             }
-            Variant::Backbone => {
+            Variant::Backbone | Variant::EfLstm | Variant::LfLstm => {
                 self.align.alpha = 0.0;
                 self.align.beta = 0.0;
             }

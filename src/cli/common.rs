@@ -35,7 +35,9 @@ impl DataArgs {
 /// Every model / loss / training option (defaults: the preset's).
 #[derive(Args, Debug, Clone, Default)]
 pub struct ConfigArgs {
-    /// Model + losses: mult, backbone, mmd, mica, mica-nopropagate.
+    /// Model + losses: mult, backbone, mmd, mica, mica-nopropagate, or the LSTM baselines
+    /// ef-lstm, lf-lstm (sizes: --set model.lstm_hidden=64, model.lstm_mod_hidden=32,
+    /// model.lstm_dropout=0.1).
     #[arg(long, value_enum)]
     pub variant: Option<Variant>,
     /// Hyper-parameter preset (paper Table 1): mosi, mosei, iemocap, synth-small.
@@ -255,6 +257,12 @@ impl ConfigArgs {
         match variant {
             Variant::Backbone if explicit(self.alpha) || explicit(self.beta) => {
                 anyhow::bail!("--variant backbone trains without alignment: drop --alpha/--beta or use --variant mmd/mica")
+            }
+            Variant::EfLstm | Variant::LfLstm if explicit(self.alpha) || explicit(self.beta) => {
+                anyhow::bail!(
+                    "--variant {} has no crossmodal attention, so no alignment losses: drop --alpha/--beta",
+                    variant.name()
+                )
             }
             Variant::Mmd if explicit(self.beta) => {
                 anyhow::bail!(

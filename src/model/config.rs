@@ -13,6 +13,36 @@ pub enum Arch {
     Mult,
     /// MICA's backbone (per-layer bidirectional crossmodal blocks + gates).
     Mica,
+    /// Early-fusion LSTM baseline (audio/vision resampled onto the text grid, one LSTM).
+    #[serde(rename = "ef-lstm")]
+    #[value(name = "ef-lstm")]
+    EfLstm,
+    /// Late-fusion LSTM baseline (one LSTM per modality, last states concatenated).
+    #[serde(rename = "lf-lstm")]
+    #[value(name = "lf-lstm")]
+    LfLstm,
+}
+
+impl Arch {
+    /// True for the recurrent baselines (no crossmodal attention, no conv front end).
+    pub fn is_lstm(self) -> bool {
+        matches!(self, Arch::EfLstm | Arch::LfLstm)
+    }
+}
+
+/// Default EF-LSTM hidden size.
+fn default_lstm_hidden() -> usize {
+    64
+}
+
+/// Default LF-LSTM hidden size per modality.
+fn default_lstm_mod_hidden() -> usize {
+    32
+}
+
+/// Default dropout on the LSTM baselines' last hidden states.
+fn default_lstm_dropout() -> f32 {
+    0.1
 }
 
 /// Partial modes of MulT: use only one target modality's encoders.
@@ -124,6 +154,15 @@ pub struct ModelConfig {
     /// Attention implementation.
     #[serde(default)]
     pub attention: AttentionKernel,
+    /// EF-LSTM: hidden size of its one LSTM.
+    #[serde(default = "default_lstm_hidden")]
+    pub lstm_hidden: usize,
+    /// LF-LSTM: hidden size of each modality's LSTM (the head sees three times this).
+    #[serde(default = "default_lstm_mod_hidden")]
+    pub lstm_mod_hidden: usize,
+    /// EF-/LF-LSTM: dropout on the last hidden state(s) before the head.
+    #[serde(default = "default_lstm_dropout")]
+    pub lstm_dropout: f32,
 }
 
 impl ModelConfig {
@@ -193,18 +232,27 @@ impl ModelConfig {
             ("res_dropout", self.res_dropout),
             ("out_dropout", self.out_dropout),
             ("embed_dropout", self.embed_dropout),
+            ("lstm_dropout", self.lstm_dropout),
         ] {
             ensure!(
                 (0.0..1.0).contains(&p),
                 "model option `{name}` must be in [0, 1), got {p}"
             );
         }
-        if self.arch == Arch::Mica {
+        if self.arch != Arch::Mult {
             ensure!(
                 self.partial == Partial::All,
                 "partial modes exist only for the `mult` architecture"
             );
         }
+        ensure!(
+            self.lstm_hidden > 0,
+            "model option `lstm_hidden` must be positive"
+        );
+        ensure!(
+            self.lstm_mod_hidden > 0,
+            "model option `lstm_mod_hidden` must be positive"
+        );
         Ok(())
     }
 }
@@ -298,6 +346,9 @@ impl OfficialMultConfig {
             kv_source: KvSource::Lowlevel,
             gate_bias: GateBias::Shared,
             attention: AttentionKernel::Plain,
+            lstm_hidden: default_lstm_hidden(),
+            lstm_mod_hidden: default_lstm_mod_hidden(),
+            lstm_dropout: default_lstm_dropout(),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -1,10 +1,12 @@
-//! Models: the front end, attention, encoder, MulT and the MICA backbone.
+//! Models: the front end, attention, encoder, MulT, the MICA backbone and the LSTM
+//! baselines.
 pub mod attention;
 pub mod config;
 pub mod ctx;
 pub mod encoder;
 pub mod import;
 pub mod layers;
+pub mod lstm;
 pub mod mica;
 pub mod mult;
 pub mod params;
@@ -22,6 +24,10 @@ pub enum Model {
     Mult(mult::Mult),
     /// The MICA backbone.
     Mica(mica::Mica),
+    /// The early-fusion LSTM baseline.
+    EfLstm(lstm::EfLstm),
+    /// The late-fusion LSTM baseline.
+    LfLstm(lstm::LfLstm),
 }
 
 impl Model {
@@ -30,6 +36,8 @@ impl Model {
         Ok(match cfg.arch {
             Arch::Mult => Model::Mult(mult::Mult::new(p, cfg)?),
             Arch::Mica => Model::Mica(mica::Mica::new(p, cfg)?),
+            Arch::EfLstm => Model::EfLstm(lstm::EfLstm::new(p, cfg)?),
+            Arch::LfLstm => Model::LfLstm(lstm::LfLstm::new(p, cfg)?),
         })
     }
 
@@ -38,6 +46,8 @@ impl Model {
         match self {
             Model::Mult(m) => m.forward(ctx, x, opts),
             Model::Mica(m) => m.forward(ctx, x, opts),
+            Model::EfLstm(m) => m.forward(ctx, x, opts),
+            Model::LfLstm(m) => m.forward(ctx, x, opts),
         }
     }
 
@@ -46,6 +56,8 @@ impl Model {
         match self {
             Model::Mult(m) => &m.cfg,
             Model::Mica(m) => &m.cfg,
+            Model::EfLstm(m) => &m.cfg,
+            Model::LfLstm(m) => &m.cfg,
         }
     }
 }
