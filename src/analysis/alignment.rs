@@ -722,6 +722,104 @@ mod tests {
         assert_eq!(acc2.corr.accuracy(), 1.0);
     }
 
+    /// Correlation accuracy and element counts of [`analyze_split`] on a real (randomly
+    /// initialised) MICA model equal a direct computation from one forward's traces:
+    /// naive argmax of the head-averaged map over the real source steps, truth from the
+    /// synthetic generator's own co-occurrence lists (`synth::cooccur`, on the input time
+    /// axis; a vision step of the kernel-3 conv co-occurs when any covered frame does).
+    #[test]
+    fn split_analysis_matches_a_direct_computation_on_model_traces() {
+        use crate::config::{Config, Preset, Task, Variant};
+        use crate::data::synth::{cooccur, generate, SynthConfig, SynthSize};
+        use crate::model::params::Initializer;
+        let mut sc = SynthConfig::preset(SynthSize::Small, 3);
+        (sc.n_train, sc.n_valid, sc.n_test) = (2, 2, 5);
+        let ds = generate(&sc).unwrap();
+        let split = &ds.splits["test"];
+        let dims = [split.text.d, split.audio.d, split.vision.d];
+        let lens = [split.text.t, split.audio.t, split.vision.t];
+        let mut cfg = Config::preset(Preset::SynthSmall, Variant::Mica, Task::Mosi, dims, lens);
+        cfg.model.d = 8; // audio has 8 features: its front end is the identity
+        cfg.model.num_heads = 2;
+        cfg.model.kernel_v = 3;
+        let mut init = Initializer::new(1, &Device::Cpu);
+        let model = Model::new(&mut init, &cfg.model).unwrap();
+        let opts = AnalyzeOptions {
+            max_elements: 100_000,
+            batch_size: 2,
+            ..Default::default()
+        };
+        let res = analyze_split(&model, split, &opts).unwrap();
+        assert_eq!((res.layer, res.layers, res.blocks.len()), (2, 2, 6));
+
+        let n = split.len();
+        let all: Vec<usize> = (0..n).collect();
+        let batch = make_batch(split, &all, &Device::Cpu).unwrap();
+        let fo = ForwardOpts {
+            trace: true,
+            probs: true,
+            intermediates: false,
+        };
+        let out = model.forward(&Ctx::eval(), &batch.inputs, fo).unwrap();
+        let t_model = model_lengths(&out, n);
+        assert_eq!(t_model, [lens[0], lens[1], lens[2] - 2]);
+        let ks = [1, 1, 3];
+        let iv = split.intervals.as_ref().unwrap();
+        let mods = split.modalities();
+        for block in out.blocks.iter().filter(|b| b.layer == 1) {
+            let (t, s) = (block.target, block.source);
+            let (tq, tk) = (t_model[t], t_model[s]);
+            let p = to_vec(block.attn.probs.as_ref().unwrap()).unwrap();
+            let heads = cfg.model.num_heads;
+            let (mut hits, mut count, mut queries) = (0f64, 0usize, 0u64);
+            for b in 0..n {
+                // Real steps = steps covering a real frame (left padding).
+                let real = |m: usize, step: usize| step + ks[m] > mods[m].t - mods[m].lengths[b];
+                let sets = cooccur(iv, n, t, s, b);
+                for i in (0..tq).filter(|&i| real(t, i)) {
+                    queries += 1;
+                    // Target modalities here have kernel 1 except vision.
+                    let covered: Vec<usize> = (i..i + ks[t]).collect();
+                    let in_truth = |j: usize| {
+                        covered
+                            .iter()
+                            .any(|&ti| sets[ti].iter().any(|&sj| sj >= j && sj < j + ks[s]))
+                    };
+                    if !(0..tk).any(|j| real(s, j) && in_truth(j)) {
+                        continue;
+                    }
+                    // Head mean in the same summation order as `mean_over_heads`.
+                    let w = |j: usize| {
+                        let mut acc = 0.0f32;
+                        for h in 0..heads {
+                            acc += p[((b * heads + h) * tq + i) * tk + j];
+                        }
+                        acc / heads as f32
+                    };
+                    let reals: Vec<usize> = (0..tk).filter(|&j| real(s, j)).collect();
+                    let max = reals
+                        .iter()
+                        .map(|&j| w(j))
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    // Ties (e.g. the causal-offset mask zeroing every real source of an
+                    // early row) score the share of tied maxima in the truth set.
+                    let tied: Vec<usize> = reals.into_iter().filter(|&j| w(j) == max).collect();
+                    count += 1;
+                    hits +=
+                        tied.iter().filter(|&&j| in_truth(j)).count() as f64 / tied.len() as f64;
+                }
+            }
+            let name = block_name(t, s);
+            let got = res.blocks.iter().find(|x| x.block == name).unwrap();
+            let c = got.corr_counts.unwrap();
+            assert_eq!(got.queries_seen, queries, "{name}");
+            assert_eq!(c.count, count, "{name}");
+            assert!((c.hits - hits).abs() < 1e-9, "{name}: {} vs {hits}", c.hits);
+            assert!(count > 0, "{name}");
+        }
+        assert!(res.mean_corr_acc.is_some() && res.corr_acc_unavailable.is_none());
+    }
+
     #[test]
     fn crop_keeps_flagged_rows_and_columns() {
         let m: Vec<u32> = (0..12).collect();
