@@ -243,7 +243,7 @@ fn ablate_analyze_attention_report_pipeline() {
     assert_eq!(png_size(&one), (700, 600));
     let two = dir.path().join("figs/attn-pair.png");
     let o = mica(
-        &["attention", "--sample", "3", "--block", "A->V"],
+        &["attention", "--sample", "3", "--block", "A-V"],
         &[
             ("--checkpoint", &mica_ckpt),
             ("--checkpoint", &back_run),

@@ -239,6 +239,16 @@ pub fn fmt_p(p: f64) -> String {
     }
 }
 
+/// Formats a signed difference with three decimals; a value that rounds to zero prints
+/// as `0.000` (never `-0.000`).
+pub fn fmt_delta(d: f64) -> String {
+    if d.abs() < 5e-4 {
+        "0.000".into()
+    } else {
+        format!("{d:+.3}")
+    }
+}
+
 /// Markdown of Table 5: mean ± std per main metric, then one p-value table per reference
 /// row (a `*` marks p < 0.05), then every metric's mean ± std.
 pub fn render_markdown(t: &AblationTable, title: &str) -> String {
@@ -293,7 +303,11 @@ pub fn render_markdown(t: &AblationTable, title: &str) -> String {
                     Some(c) => {
                         let scale = if m.percent { 100.0 } else { 1.0 };
                         let star = if c.p_value < 0.05 { "*" } else { "" };
-                        format!("Δ {:+.3} p={}{star}", c.mean_diff * scale, fmt_p(c.p_value))
+                        format!(
+                            "Δ {} p={}{star}",
+                            fmt_delta(c.mean_diff * scale),
+                            fmt_p(c.p_value)
+                        )
                     }
                     None => "–".into(),
                 })
@@ -358,6 +372,8 @@ mod tests {
     #[test]
     fn p_value_formatting() {
         assert_eq!(fmt_p(f64::NAN), "n/a");
+        assert_eq!(fmt_delta(-1e-17), "0.000");
+        assert_eq!(fmt_delta(-0.25), "-0.250");
         assert_eq!(fmt_p(1e-5), "<0.001");
         assert_eq!(fmt_p(0.04321), "0.043");
         assert_eq!(fmt_metric(0.8123, true), "81.2");

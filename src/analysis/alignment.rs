@@ -52,11 +52,15 @@ pub fn parse_modality(s: &str) -> Result<usize> {
 }
 
 /// Parses a block `SOURCE->TARGET` (e.g. `V->L`: language attends to vision) into
-/// `(target, source)`.
+/// `(target, source)`. `V-L` and `V:L` are accepted too (no shell quoting needed).
 pub fn parse_block(s: &str) -> Result<(usize, usize)> {
     let (src, tgt) = s
         .split_once("->")
-        .with_context(|| format!("block `{s}`: expected SOURCE->TARGET, e.g. V->L"))?;
+        .or_else(|| s.split_once(':'))
+        .or_else(|| s.split_once('-'))
+        .with_context(|| {
+            format!("block `{s}`: expected SOURCE->TARGET, e.g. V->L (quoted in a shell) or V-L")
+        })?;
     let (source, target) = (parse_modality(src)?, parse_modality(tgt)?);
     ensure!(
         source != target,
@@ -635,6 +639,8 @@ mod tests {
     fn block_parsing_and_names_round_trip() {
         assert_eq!(parse_block("V->L").unwrap(), (0, 2));
         assert_eq!(parse_block("audio->vision").unwrap(), (2, 1));
+        assert_eq!(parse_block("V-L").unwrap(), (0, 2));
+        assert_eq!(parse_block("a:v").unwrap(), (2, 1));
         assert_eq!(block_name(0, 2), "V->L");
         assert!(parse_block("L->L").is_err());
         assert!(parse_block("VL").is_err());

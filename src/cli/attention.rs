@@ -36,7 +36,7 @@ pub struct AttentionArgs {
     #[arg(long, default_value = "last")]
     pub layer: String,
     /// Crossmodal block SOURCE->TARGET with L, A, V (e.g. V->L: the text queries attend to
-    /// the vision keys).
+    /// the vision keys). Quote it in a shell (`'V->L'`), or write V-L.
     #[arg(long, default_value = "V->L")]
     pub block: String,
     /// Head: 0-based index, or `mean` for the average over heads.
