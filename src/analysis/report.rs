@@ -104,8 +104,9 @@ pub fn demote_headings(md: &str, levels: usize) -> String {
         .join("\n")
 }
 
-/// One table line of a run: link, variant, seed, best epoch, main metrics, loss curve.
-fn run_line(run: &Path, base: &Path) -> Result<(String, String)> {
+/// One table line of a run (named by its path under `root`): link, variant, seed, best
+/// epoch, main metrics, loss curve.
+fn run_line(run: &Path, root: &Path, base: &Path) -> Result<(String, String)> {
     let path = run.join("metrics.json");
     let v: Value = serde_json::from_str(
         &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
@@ -137,8 +138,7 @@ fn run_line(run: &Path, base: &Path) -> Result<(String, String)> {
     };
     let line = format!(
         "| [{}]({}) | {} | {} | {} | {} | {loss} |",
-        run.file_name()
-            .map_or("run".into(), |n| n.to_string_lossy().to_string()),
+        relative_path(run, root).display(),
         link(&relative_path(run, base)),
         show("variant"),
         show("seed"),
@@ -214,7 +214,7 @@ pub fn render_report(dirs: &[PathBuf], base: &Path) -> Result<String> {
             let _ = writeln!(s, "### Runs ({})\n", f.runs.len());
             let mut header_done = None;
             for run in &f.runs {
-                let (header, line) = run_line(run, base)?;
+                let (header, line) = run_line(run, dir, base)?;
                 if header_done.as_ref() != Some(&header) {
                     let cols = header.matches('|').count() - 1;
                     let _ = writeln!(s, "\n{header}\n|{}", "---|".repeat(cols));
@@ -279,5 +279,9 @@ mod tests {
         assert!(md.contains("(exp/mica/seed-1/loss.png)"), "{md}");
         assert!(md.contains("![attn.png](exp/attn.png)"), "{md}");
         assert!(md.contains("| 75.0 |"), "{md}");
+        assert!(
+            md.contains("| [mica/seed-1](exp/mica/seed-1) | mica | 1 | 3 |"),
+            "{md}"
+        );
     }
 }
