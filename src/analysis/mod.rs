@@ -3,10 +3,14 @@
 //! maps, and the plots (loss curves, sweeps, attention heatmaps). Pure functions over
 //! plain slices, so they serve the training loop, the CLI and tests alike.
 
+pub mod ablation;
 pub mod adistance;
+pub mod alignment;
 pub mod corr_acc;
 pub mod plots;
+pub mod report;
 pub mod stats;
+pub mod sweep;
 
 pub use adistance::{proxy_a_distance, ADistance, ADistanceConfig, ADistanceError};
 pub use corr_acc::{

@@ -1,10 +1,16 @@
 //! The `mica` command line: one subcommand per user job. Each subcommand lives in its
 //! own file with its clap `Args` struct and a `run` function.
 
+pub mod ablate;
+pub mod analyze;
+pub mod attention;
 pub mod common;
 pub mod eval;
 pub mod metrics;
 pub mod model_io;
+pub mod report;
+pub mod runs;
+pub mod sweep;
 pub mod synth;
 pub mod train;
 
@@ -49,6 +55,18 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Convert a dataset (MulT / MMSA pickle or mica directory) into mica's own format.
     Convert(convert::Args),
+    /// Table 5: train the ablation rows (MulT, backbone, mmd, mica, mica-nopropagate) over
+    /// seeds; mean ± std per metric and paired t-tests against backbone and MulT.
+    Ablate(ablate::AblateArgs),
+    /// Table 6: A-distance between queries and keys and correlation accuracy of the
+    /// attention, per crossmodal block, for one or more checkpoints.
+    Analyze(analyze::AnalyzeArgs),
+    /// Fig. 3: sweep alpha, beta or tau; CSV of the runs and a plot of a metric.
+    Sweep(sweep::SweepArgs),
+    /// Fig. 4: a sample's crossmodal attention map as a PNG heatmap (two checkpoints side by side).
+    Attention(attention::AttentionArgs),
+    /// Gather run metrics, loss curves, tables and plots of directories into one Markdown page.
+    Report(report::ReportArgs),
 }
 
 /// Sets candle's CPU thread count before its pool starts (it reads the environment once).
@@ -77,5 +95,10 @@ pub fn main() -> anyhow::Result<()> {
         Command::Synth(args) => synth::run(&args),
         Command::Inspect(args) => inspect::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Ablate(a) => ablate::run(&a),
+        Command::Analyze(a) => analyze::run(&a),
+        Command::Sweep(a) => sweep::run(&a),
+        Command::Attention(a) => attention::run(&a),
+        Command::Report(a) => report::run(&a),
     }
 }
