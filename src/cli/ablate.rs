@@ -50,7 +50,7 @@ pub fn row_config_args(base: &ConfigArgs, v: Variant) -> ConfigArgs {
     let mut c = base.clone();
     c.variant = Some(v);
     match v {
-        Variant::Mult | Variant::Backbone => {
+        Variant::Mult | Variant::Backbone | Variant::EfLstm | Variant::LfLstm => {
             c.alpha = None;
             c.beta = None;
         }
