@@ -3,6 +3,7 @@ pub mod attention;
 pub mod config;
 pub mod ctx;
 pub mod encoder;
+pub mod fused;
 pub mod import;
 pub mod layers;
 pub mod mica;
