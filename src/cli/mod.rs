@@ -1,6 +1,7 @@
 //! The `mica` command line: one subcommand per user job. Each subcommand lives in its
 //! own file with its clap `Args` struct and a `run` function.
 
+pub mod bench;
 pub mod common;
 pub mod eval;
 pub mod metrics;
@@ -49,6 +50,8 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Convert a dataset (MulT / MMSA pickle or mica directory) into mica's own format.
     Convert(convert::Args),
+    /// Time a training step and an eval forward at a fixed shape (median ms, peak RSS).
+    Bench(bench::BenchArgs),
 }
 
 /// Sets candle's CPU thread count before its pool starts (it reads the environment once).
@@ -77,5 +80,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Synth(args) => synth::run(&args),
         Command::Inspect(args) => inspect::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Bench(args) => bench::run(&args),
     }
 }
