@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// Seed of the weights and inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Override the shape's batch size (e.g. to compare with the plain kernel where its
+    /// `[B, h, T_q, T_k]` maps do not fit in memory at B = 24).
+    #[arg(long)]
+    pub batch: Option<usize>,
 }
 
 /// Result of a benchmark (the JSON of `--json`).
@@ -165,7 +169,10 @@ pub fn run_bench(args: &BenchArgs) -> Result<BenchReport> {
     ensure!(args.steps >= 1, "--steps must be at least 1");
     let device = Device::Cpu;
     let kernel = args.attention.unwrap_or_default();
-    let (cfg, batch) = bench_config(args.model, args.shape, kernel);
+    let (mut cfg, batch) = bench_config(args.model, args.shape, kernel);
+    let batch = args.batch.unwrap_or(batch);
+    ensure!(batch >= 1, "--batch must be at least 1");
+    cfg.train.batch_size = batch;
     cfg.validate()?;
     let mut init = Initializer::new(args.seed, &device);
     let model = Model::new(&mut init, &cfg.model)?;
@@ -215,8 +222,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     } else {
         let kernel = args.attention.unwrap_or_default();
         println!(
-            "model {:?}, shape {:?}, attention {:?}, threads {}, {} timed steps",
-            r.model, args.shape, kernel, r.threads, args.steps
+            "model {:?}, shape {:?}, batch {}, attention {:?}, threads {}, {} timed steps",
+            r.model,
+            args.shape,
+            args.batch
+                .unwrap_or(bench_config(args.model, args.shape, kernel).1),
+            kernel,
+            r.threads,
+            args.steps
         );
         println!("train step (median): {:.1} ms", r.train_step_ms);
         println!("eval batch (median): {:.1} ms", r.eval_batch_ms);
@@ -239,6 +252,7 @@ mod tests {
                 attention: Some(AttentionKernel::Fused),
                 json: true,
                 seed: 1,
+                batch: None,
             })
             .unwrap();
             assert!(r.train_step_ms > 0.0 && r.eval_batch_ms > 0.0);

@@ -9,6 +9,7 @@ pub mod layers;
 pub mod mica;
 pub mod mult;
 pub mod params;
+pub mod rowops;
 
 use anyhow::Result;
 use config::{Arch, ModelConfig};
