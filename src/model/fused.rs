@@ -415,7 +415,7 @@ fn exp_generic<const F: bool>(x: f32) -> f32 {
     p = fmadd::<F>(p, r, 8.333_452e-3);
     p = fmadd::<F>(p, r, 4.166_579_6e-2);
     p = fmadd::<F>(p, r, 1.666_666_5e-1);
-    p = fmadd::<F>(p, r, 5.000_000_1e-1);
+    p = fmadd::<F>(p, r, 0.5); // Cephes: 5.0000001201e-1, which is 0.5 in f32.
     let y = fmadd::<F>(p, r * r, r) + 1.0;
     let scale = f32::from_bits((ni.wrapping_add(127) as u32) << 23);
     y * scale
