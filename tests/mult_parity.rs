@@ -3,6 +3,7 @@
 //! L1 loss, and the parameters after one clip-norm(0.8) + Adam(1e-3) step.
 
 use candle_core::{Device, Tensor};
+use mica::model::attention::AttentionKernel;
 use mica::model::ctx::Ctx;
 use mica::model::import::{import_official, read_safetensors};
 use mica::model::mult::{ForwardOpts, Inputs};
@@ -41,6 +42,11 @@ struct Fix {
 }
 
 fn load(name: &str) -> Fix {
+    load_with(name, AttentionKernel::Plain)
+}
+
+/// Loads a fixture and selects the attention kernel of the imported model.
+fn load_with(name: &str, kernel: AttentionKernel) -> Fix {
     let dev = Device::Cpu;
     let dir = fixture(name);
     let (_cfg, store, model) = import_official(
@@ -49,6 +55,8 @@ fn load(name: &str) -> Fix {
         &dev,
     )
     .unwrap();
+    let mut model = model;
+    model.cfg.attention = kernel;
     let inp = read_safetensors(&dir.join("inputs.safetensors"), &dev).unwrap();
     let inputs = Inputs {
         text: inp["text"].clone(),
@@ -63,8 +71,8 @@ fn load(name: &str) -> Fix {
     }
 }
 
-fn check_outputs(name: &str) {
-    let f = load(name);
+fn check_outputs(name: &str, kernel: AttentionKernel) {
+    let f = load_with(name, kernel);
     let dev = Device::Cpu;
     let out = f
         .model
@@ -80,7 +88,7 @@ fn check_outputs(name: &str) {
     let expected = read_safetensors(&fixture(name).join("outputs.safetensors"), &dev).unwrap();
     let (e_out, _) = err(&out.output, &expected["output"]);
     let (e_hs, _) = err(&out.last_hs, &expected["last_hs"]);
-    println!("{name}: output max abs err {e_out:.3e}, last_hs {e_hs:.3e}");
+    println!("{name} ({kernel:?}): output max abs err {e_out:.3e}, last_hs {e_hs:.3e}");
     assert!(e_out < 1e-5, "{name}: output error {e_out}");
     assert!(e_hs < 1e-5, "{name}: last_hs error {e_hs}");
 
@@ -116,7 +124,7 @@ fn check_outputs(name: &str) {
         "{name}: too few intermediates checked ({checked})"
     );
     println!(
-        "{name}: {checked} intermediates, worst relative error {:.3e} at {}",
+        "{name} ({kernel:?}): {checked} intermediates, worst relative error {:.3e} at {}",
         worst.0, worst.1
     );
 }
@@ -126,8 +134,8 @@ fn l1_loss(out: &Tensor, labels: &Tensor) -> Tensor {
     mica::train::loss::l1_loss(out, labels).unwrap()
 }
 
-fn check_grads_and_step(name: &str) {
-    let f = load(name);
+fn check_grads_and_step(name: &str, kernel: AttentionKernel) {
+    let f = load_with(name, kernel);
     let dev = Device::Cpu;
     let out = f
         .model
@@ -169,7 +177,7 @@ fn check_grads_and_step(name: &str) {
         );
     }
     println!(
-        "{name}: gradients worst relative error {:.3e} at {}",
+        "{name} ({kernel:?}): gradients worst relative error {:.3e} at {}",
         worst.0, worst.1
     );
 
@@ -234,7 +242,7 @@ fn check_grads_and_step(name: &str) {
         noise_entries * 100 < total_entries,
         "{name}: too many noise-level gradients ({noise_entries})"
     );
-    println!("{name}: {n} parameters after one step: worst abs error {worst:.3e} over the entries with a real gradient; {noise_entries} of {total_entries} entries with a noise-level gradient differ by more than 1e-6 (at most lr)");
+    println!("{name} ({kernel:?}): {n} parameters after one step: worst abs error {worst:.3e} over the entries with a real gradient; {noise_entries} of {total_entries} entries with a noise-level gradient differ by more than 1e-6 (at most lr)");
 }
 
 /// The optimiser alone: clip + Adam applied to the OFFICIAL gradients reproduces the
@@ -298,22 +306,42 @@ fn paper_mosi_adam_step_on_official_gradients() {
 
 #[test]
 fn tiny_outputs_and_intermediates() {
-    check_outputs("tiny");
+    check_outputs("tiny", AttentionKernel::Plain);
+}
+
+#[test]
+fn tiny_outputs_and_intermediates_fused() {
+    check_outputs("tiny", AttentionKernel::Fused);
 }
 
 #[test]
 fn paper_mosi_outputs_and_intermediates() {
-    check_outputs("paper-mosi");
+    check_outputs("paper-mosi", AttentionKernel::Plain);
+}
+
+#[test]
+fn paper_mosi_outputs_and_intermediates_fused() {
+    check_outputs("paper-mosi", AttentionKernel::Fused);
 }
 
 #[test]
 fn tiny_gradients_and_adam_step() {
-    check_grads_and_step("tiny");
+    check_grads_and_step("tiny", AttentionKernel::Plain);
+}
+
+#[test]
+fn tiny_gradients_and_adam_step_fused() {
+    check_grads_and_step("tiny", AttentionKernel::Fused);
 }
 
 #[test]
 fn paper_mosi_gradients_and_adam_step() {
-    check_grads_and_step("paper-mosi");
+    check_grads_and_step("paper-mosi", AttentionKernel::Plain);
+}
+
+#[test]
+fn paper_mosi_gradients_and_adam_step_fused() {
+    check_grads_and_step("paper-mosi", AttentionKernel::Fused);
 }
 
 #[test]

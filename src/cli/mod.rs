@@ -4,6 +4,7 @@
 pub mod ablate;
 pub mod analyze;
 pub mod attention;
+pub mod bench;
 pub mod common;
 pub mod eval;
 pub mod metrics;
@@ -67,6 +68,8 @@ pub enum Command {
     Attention(attention::AttentionArgs),
     /// Gather run metrics, loss curves, tables and plots of directories into one Markdown page.
     Report(report::ReportArgs),
+    /// Time a training step and an eval forward at a fixed shape (median ms, peak RSS).
+    Bench(bench::BenchArgs),
 }
 
 /// Sets candle's CPU thread count before its pool starts (it reads the environment once).
@@ -100,5 +103,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Sweep(a) => sweep::run(&a),
         Command::Attention(a) => attention::run(&a),
         Command::Report(a) => report::run(&a),
+        Command::Bench(args) => bench::run(&args),
     }
 }

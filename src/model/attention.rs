@@ -4,8 +4,17 @@
 //! keys and values, the mask choice and the dropout rate; it gets the output and, on
 //! request, the probabilities. Which kernel computes it ([`AttentionKernel`]) is a
 //! runtime choice that never touches the model code.
+//!
+//! [`AttentionKernel::Fused`] ([`super::fused`]) never materialises the
+//! `[B, h, T_q, T_k]` maps and recomputes them in the backward; it reproduces the plain
+//! path's dropout mask exactly (same stream, same flat index). When probabilities are
+//! requested (`want_probs`, for PEA), the fused path computes them once more from `q`,
+//! `k` and the row log-sum-exp and returns them as a constant (no gradient flows through
+//! them; the only consumer, PEA's top-τ selection, only reads them). Tensors that are not
+//! f32 on the CPU fall back to the plain path.
 
 use super::ctx::Ctx;
+use super::fused::{fused_attention, fused_probs, FusedDropout};
 use super::layers::{causal_offset_mask, softmax_last};
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
@@ -15,9 +24,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum AttentionKernel {
-    /// Composed candle ops: materialises `[B, h, T_q, T_k]` maps.
-    #[default]
+    /// Composed candle ops: materialises `[B, h, T_q, T_k]` maps (kept for checking and
+    /// for devices without the fused kernel).
     Plain,
+    /// The fused CPU kernel of [`super::fused`]: online softmax, dropout regenerated
+    /// from the counter-based generator, backward by recomputation. The default: it
+    /// passes the MulT parity tests and is faster and far leaner than `Plain`.
+    #[default]
+    Fused,
 }
 
 /// One attention call.
@@ -59,7 +73,31 @@ pub fn attend(ctx: &Ctx, kernel: AttentionKernel, call: AttnCall) -> Result<Attn
     );
     match kernel {
         AttentionKernel::Plain => plain(ctx, call, tq, tk),
+        AttentionKernel::Fused => {
+            let cpu_f32 = call.q.device().is_cpu()
+                && [call.q, call.k, call.v]
+                    .iter()
+                    .all(|t| t.dtype() == candle_core::DType::F32);
+            if cpu_f32 {
+                fused(ctx, call)
+            } else {
+                plain(ctx, call, tq, tk)
+            }
+        }
     }
+}
+
+fn fused(ctx: &Ctx, call: AttnCall) -> Result<AttnResult> {
+    let drop = ctx
+        .dropout_active(call.dropout)
+        .then(|| FusedDropout::new(ctx.seed, ctx.next_stream(), call.dropout));
+    let (out, lse) = fused_attention(call.q, call.k, call.v, call.causal_offset, drop)?;
+    let probs = if call.want_probs {
+        Some(fused_probs(call.q, call.k, &lse, call.causal_offset)?)
+    } else {
+        None
+    };
+    Ok(AttnResult { out, probs })
 }
 
 fn plain(ctx: &Ctx, call: AttnCall, tq: usize, tk: usize) -> Result<AttnResult> {

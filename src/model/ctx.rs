@@ -91,15 +91,11 @@ impl Ctx {
     ) -> Result<Tensor> {
         let stream = self.next_stream();
         let n: usize = shape.iter().product();
-        let scale = if p >= 1.0 { 0.0 } else { 1.0 / (1.0 - p) };
+        // The same draws as `keep(seed, stream, i, p)`, with the per-stream hash hoisted
+        // out of the loop (one mix64 per element instead of three).
+        let drop = super::fused::FusedDropout::new(self.seed, stream, p);
         let values: Vec<f32> = (0..n as u64)
-            .map(|i| {
-                if keep(self.seed, stream, i, p) {
-                    scale
-                } else {
-                    0.0
-                }
-            })
+            .map(|i| if drop.keep(i) { drop.scale } else { 0.0 })
             .collect();
         Ok(Tensor::from_vec(values, shape, device)?)
     }
@@ -126,5 +122,24 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(a, c);
         assert_eq!(a, a2);
+    }
+
+    #[test]
+    fn dropout_mask_is_keep_of_each_flat_index() {
+        let ctx = Ctx::train(99);
+        ctx.next_stream();
+        let p = 0.3;
+        let m: Vec<f32> = ctx
+            .dropout_mask(&[3, 7, 5], p, &candle_core::Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let scale = 1.0 / (1.0 - p);
+        for (i, x) in m.iter().enumerate() {
+            let want = if keep(99, 1, i as u64, p) { scale } else { 0.0 };
+            assert_eq!(*x, want, "element {i}");
+        }
     }
 }

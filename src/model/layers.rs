@@ -59,7 +59,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let y = x.reshape((rows, din))?.matmul(&weight.t()?)?;
     let y = match bias {
-        Some(b) => y.broadcast_add(b)?,
+        Some(b) => super::rowops::add_bias(&y, b)?,
         None => y,
     };
     let mut out_dims = dims;
@@ -96,7 +96,7 @@ impl LayerNorm {
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
         let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+        Ok(super::rowops::scale_shift(&xn, &self.weight, &self.bias)?)
     }
 }
 

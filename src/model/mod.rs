@@ -4,12 +4,14 @@ pub mod attention;
 pub mod config;
 pub mod ctx;
 pub mod encoder;
+pub mod fused;
 pub mod import;
 pub mod layers;
 pub mod lstm;
 pub mod mica;
 pub mod mult;
 pub mod params;
+pub mod rowops;
 
 use anyhow::Result;
 use config::{Arch, ModelConfig};

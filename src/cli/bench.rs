@@ -1,0 +1,307 @@
+//! `mica bench`: median wall time of one training step (forward, backward, clip, Adam)
+//! and of one eval-mode forward at a fixed shape, peak RSS and thread count.
+//!
+//! The `bench` shape is the paper's MOSI setting at MulT's unaligned lengths: batch 24,
+//! text 50×300, audio 375×74, vision 500×35, d = 40, 8 heads, 4 layers, conv kernels 3
+//! (preset `mosi`). `mult` is the MulT architecture, `mica` the MICA backbone with
+//! alpha 0.8, beta 0.5, tau 0.25 (MMD and PEA on). Inputs are seeded random values with
+//! a random amount of left padding per sample and modality. Threads come from the
+//! global `--threads` flag (CANDLE_NUM_THREADS / RAYON_NUM_THREADS).
+
+use crate::config::{Config, Preset, Task, Variant};
+use crate::data::batch::Batch;
+use crate::model::attention::AttentionKernel;
+use crate::model::ctx::{mix64, Ctx};
+use crate::model::mult::{ForwardOpts, Inputs};
+use crate::model::params::Initializer;
+use crate::model::Model;
+use crate::train::optim::{clip_grad_norm, Adam, AdamConfig};
+use crate::train::trainer::step_losses;
+use anyhow::{ensure, Result};
+use candle_core::{Device, Tensor};
+use clap::{Args, ValueEnum};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::time::Instant;
+
+/// Which model the benchmark trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchModel {
+    /// The MulT architecture (no alignment losses).
+    Mult,
+    /// MICA: backbone + MMD (alpha 0.8) + PEA (beta 0.5, tau 0.25).
+    Mica,
+}
+
+/// Input and model size of a benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchShape {
+    /// B = 24, text 50×300, audio 375×74, vision 500×35, d = 40, 8 heads, 4 layers.
+    Bench,
+    /// A tiny shape for smoke tests (B = 4, lengths 10/12/14, d = 16, 4 heads, 2 layers).
+    Small,
+}
+
+/// `mica bench` options.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Architecture: mult or mica.
+    #[arg(long, value_enum, default_value = "mult")]
+    pub model: BenchModel,
+    /// Shape: bench (the paper's MOSI setting) or small.
+    #[arg(long, value_enum, default_value = "bench")]
+    pub shape: BenchShape,
+    /// Timed repetitions of each measurement (after one untimed warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Attention implementation (default: the config default).
+    #[arg(long, value_enum)]
+    pub attention: Option<AttentionKernel>,
+    /// Print exactly one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Seed of the weights and inputs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Override the shape's batch size (e.g. to compare with the plain kernel where its
+    /// `[B, h, T_q, T_k]` maps do not fit in memory at B = 24).
+    #[arg(long)]
+    pub batch: Option<usize>,
+}
+
+/// Result of a benchmark (the JSON of `--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Median wall milliseconds of forward + backward + clip + Adam.
+    pub train_step_ms: f64,
+    /// Median wall milliseconds of an eval-mode forward of one batch.
+    pub eval_batch_ms: f64,
+    /// Peak resident set size of the process (VmHWM), MiB.
+    pub peak_rss_mb: f64,
+    /// Threads candle (and the fused kernel) use.
+    pub threads: usize,
+    /// `mult` or `mica`.
+    pub model: BenchModel,
+}
+
+/// The benchmark's config and batch size.
+pub fn bench_config(
+    model: BenchModel,
+    shape: BenchShape,
+    attention: AttentionKernel,
+) -> (Config, usize) {
+    let variant = match model {
+        BenchModel::Mult => Variant::Mult,
+        BenchModel::Mica => Variant::Mica,
+    };
+    let (preset, dims, lens, batch) = match shape {
+        BenchShape::Bench => (Preset::Mosi, [300, 74, 35], [50, 375, 500], 24),
+        BenchShape::Small => (Preset::SynthSmall, [12, 6, 5], [10, 12, 14], 4),
+    };
+    let mut cfg = Config::preset(preset, variant, Task::Mosi, dims, lens);
+    if model == BenchModel::Mica {
+        cfg.align.alpha = 0.8;
+        cfg.align.beta = 0.5;
+        cfg.align.tau = 0.25;
+    }
+    cfg.model.attention = attention;
+    cfg.train.batch_size = batch;
+    (cfg, batch)
+}
+
+/// Seeded random inputs `[B, T, D]` with left padding (0 to a third of `T` zero frames
+/// per sample and modality) and sentiment labels `[B, 1]`.
+pub fn random_batch(cfg: &Config, batch: usize, seed: u64, device: &Device) -> Result<Batch> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let m = &cfg.model;
+    let mut modality = |t: usize, d: usize| -> Result<Tensor> {
+        let mut v = vec![0f32; batch * t * d];
+        for b in 0..batch {
+            let pad = rng.gen_range(0..=t / 3);
+            for s in pad..t {
+                for x in &mut v[(b * t + s) * d..(b * t + s + 1) * d] {
+                    *x = rng.gen_range(-1.0..1.0);
+                }
+            }
+        }
+        Ok(Tensor::from_vec(v, (batch, t, d), device)?)
+    };
+    let inputs = Inputs {
+        text: modality(m.l_len, m.orig_d_l)?,
+        audio: modality(m.a_len, m.orig_d_a)?,
+        vision: modality(m.v_len, m.orig_d_v)?,
+    };
+    let labels: Vec<f32> = (0..batch).map(|_| rng.gen_range(-3.0..3.0)).collect();
+    Ok(Batch {
+        inputs,
+        labels: Tensor::from_vec(labels, (batch, 1), device)?,
+        indices: (0..batch).collect(),
+    })
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM`), 0 when unavailable.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Runs the benchmark.
+pub fn run_bench(args: &BenchArgs) -> Result<BenchReport> {
+    ensure!(args.steps >= 1, "--steps must be at least 1");
+    let device = Device::Cpu;
+    let kernel = args.attention.unwrap_or_default();
+    let (mut cfg, batch) = bench_config(args.model, args.shape, kernel);
+    let batch = args.batch.unwrap_or(batch);
+    ensure!(batch >= 1, "--batch must be at least 1");
+    cfg.train.batch_size = batch;
+    cfg.validate()?;
+    let mut init = Initializer::new(args.seed, &device);
+    let model = Model::new(&mut init, &cfg.model)?;
+    let store = init.into_store();
+    let data = random_batch(&cfg, batch, mix64(args.seed ^ 0xBE7C), &device)?;
+    let mut adam = Adam::new(AdamConfig {
+        lr: cfg.train.lr,
+        ..Default::default()
+    });
+    let mut train_ms = Vec::with_capacity(args.steps);
+    for step in 0..=args.steps {
+        let t0 = Instant::now();
+        let seed = mix64(args.seed ^ mix64(step as u64));
+        let ctx = Ctx::train(seed);
+        let losses = step_losses(&model, &cfg, &data, &ctx, mix64(seed))?;
+        let mut grads = losses.total.backward()?;
+        clip_grad_norm(&store, &mut grads, cfg.train.clip)?;
+        adam.step(&store, &grads)?;
+        if step > 0 {
+            train_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let mut eval_ms = Vec::with_capacity(args.steps);
+    for step in 0..=args.steps {
+        let t0 = Instant::now();
+        let out = model.forward(&Ctx::eval(), &data.inputs, ForwardOpts::default())?;
+        // Force the result (candle is eager, but read it as a consumer would).
+        let _: Vec<f32> = out.output.flatten_all()?.to_vec1()?;
+        if step > 0 {
+            eval_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(BenchReport {
+        train_step_ms: median(train_ms),
+        eval_batch_ms: median(eval_ms),
+        peak_rss_mb: peak_rss_mb(),
+        threads: candle_core::utils::get_num_threads(),
+        model: args.model,
+    })
+}
+
+/// `mica bench`.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let r = run_bench(args)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        let kernel = args.attention.unwrap_or_default();
+        println!(
+            "model {:?}, shape {:?}, batch {}, attention {:?}, threads {}, {} timed steps",
+            r.model,
+            args.shape,
+            args.batch
+                .unwrap_or(bench_config(args.model, args.shape, kernel).1),
+            kernel,
+            r.threads,
+            args.steps
+        );
+        println!("train step (median): {:.1} ms", r.train_step_ms);
+        println!("eval batch (median): {:.1} ms", r.eval_batch_ms);
+        println!("peak RSS: {:.0} MiB", r.peak_rss_mb);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_bench_runs_and_reports() {
+        for model in [BenchModel::Mult, BenchModel::Mica] {
+            let r = run_bench(&BenchArgs {
+                model,
+                shape: BenchShape::Small,
+                steps: 1,
+                attention: Some(AttentionKernel::Fused),
+                json: true,
+                seed: 1,
+                batch: None,
+            })
+            .unwrap();
+            assert!(r.train_step_ms > 0.0 && r.eval_batch_ms > 0.0);
+            assert!(r.peak_rss_mb > 0.0);
+            assert!(r.threads >= 1);
+            let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+            let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+            assert_eq!(
+                keys.len(),
+                5,
+                "exactly train_step_ms, eval_batch_ms, peak_rss_mb, threads, model: {keys:?}"
+            );
+            assert_eq!(
+                v["model"],
+                if model == BenchModel::Mult {
+                    "mult"
+                } else {
+                    "mica"
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn bench_shape_is_the_papers_mosi_setting() {
+        let (c, b) = bench_config(BenchModel::Mica, BenchShape::Bench, AttentionKernel::Fused);
+        let m = &c.model;
+        assert_eq!(b, 24);
+        assert_eq!((m.l_len, m.a_len, m.v_len), (50, 375, 500));
+        assert_eq!((m.orig_d_l, m.orig_d_a, m.orig_d_v), (300, 74, 35));
+        assert_eq!((m.d, m.num_heads, m.layers), (40, 8, 4));
+        assert_eq!((c.align.alpha, c.align.beta, c.align.tau), (0.8, 0.5, 0.25));
+        assert_eq!(m.attention, AttentionKernel::Fused);
+        let (c, _) = bench_config(BenchModel::Mult, BenchShape::Bench, AttentionKernel::Plain);
+        assert_eq!(c.model.arch, crate::model::config::Arch::Mult);
+        assert_eq!((c.align.alpha, c.align.beta), (0.0, 0.0));
+    }
+
+    #[test]
+    fn padding_is_left_and_zero() {
+        let (c, b) = bench_config(BenchModel::Mult, BenchShape::Small, AttentionKernel::Plain);
+        let batch = random_batch(&c, b, 3, &Device::Cpu).unwrap();
+        let v: Vec<Vec<Vec<f32>>> = batch.inputs.audio.to_vec3().unwrap();
+        for sample in &v {
+            let first_real = sample.iter().position(|r| r.iter().any(|x| *x != 0.0));
+            let first_real = first_real.expect("some real frames");
+            assert!(sample[first_real..]
+                .iter()
+                .all(|r| r.iter().all(|x| *x != 0.0)));
+        }
+    }
+}
