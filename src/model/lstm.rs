@@ -34,7 +34,7 @@ use super::config::ModelConfig;
 use super::ctx::Ctx;
 use super::mult::{ForwardOpts, ForwardOutput, Head, Inputs, MOD_SHORT};
 use super::params::{Init, ParamSource};
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use candle_core::{Device, Tensor, D};
 use candle_nn::ops::sigmoid;
 use std::collections::BTreeMap;
@@ -191,34 +191,9 @@ pub fn resample_to(
     Ok(flat.index_select(&idx, 0)?.reshape((b, t_dst, d))?)
 }
 
-/// Checks the inputs' rank, batch and feature dims against the config.
+/// Checks the inputs' rank, batch and feature dims (no conv kernel: the LSTMs have none).
 fn check(cfg: &ModelConfig, x: &Inputs) -> Result<()> {
-    let names = ["text", "audio", "vision"];
-    let b = x.text.dim(0)?;
-    for (m, t) in [&x.text, &x.audio, &x.vision].into_iter().enumerate() {
-        let dims = t.dims();
-        ensure!(
-            dims.len() == 3,
-            "input `{}` must be [B, T, D], got {:?}",
-            names[m],
-            dims
-        );
-        ensure!(
-            dims[0] == b,
-            "input `{}` has batch {} but `text` has {}",
-            names[m],
-            dims[0],
-            b
-        );
-        ensure!(
-            dims[2] == cfg.orig_dims()[m],
-            "input `{}` has feature dim {} but the model expects {}",
-            names[m],
-            dims[2],
-            cfg.orig_dims()[m]
-        );
-    }
-    Ok(())
+    super::mult::check_shapes(cfg, x)
 }
 
 /// `[B * T]` flags of the real steps of each modality (the LSTMs' padding rule).

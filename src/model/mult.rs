@@ -316,8 +316,9 @@ pub fn drops(cfg: &ModelConfig, attn: f32) -> EncoderDropouts {
     }
 }
 
-/// Checks input shapes against the config; the error names the modality.
-pub fn check_inputs(cfg: &ModelConfig, x: &Inputs) -> Result<()> {
+/// Checks the inputs' rank, batch and feature dims against the config; the error names
+/// the modality.
+pub fn check_shapes(cfg: &ModelConfig, x: &Inputs) -> Result<()> {
     let names = ["text", "audio", "vision"];
     let b = x.text.dim(0)?;
     for (m, t) in [&x.text, &x.audio, &x.vision].into_iter().enumerate() {
@@ -342,11 +343,19 @@ pub fn check_inputs(cfg: &ModelConfig, x: &Inputs) -> Result<()> {
             dims[2],
             cfg.orig_dims()[m]
         );
+    }
+    Ok(())
+}
+
+/// [`check_shapes`], plus every sequence at least as long as its conv kernel.
+pub fn check_inputs(cfg: &ModelConfig, x: &Inputs) -> Result<()> {
+    check_shapes(cfg, x)?;
+    for (m, t) in [&x.text, &x.audio, &x.vision].into_iter().enumerate() {
+        let len = t.dim(1)?;
         ensure!(
-            dims[1] >= cfg.kernels()[m],
-            "input `{}` has length {} shorter than its conv kernel {}",
-            names[m],
-            dims[1],
+            len >= cfg.kernels()[m],
+            "input `{}` has length {len} shorter than its conv kernel {}",
+            ["text", "audio", "vision"][m],
             cfg.kernels()[m]
         );
     }
