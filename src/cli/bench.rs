@@ -33,6 +33,10 @@ pub enum BenchModel {
     Mult,
     /// MICA: backbone + MMD (alpha 0.8) + PEA (beta 0.5, tau 0.25).
     Mica,
+    /// MICA's backbone without alignment losses (to price L_m and L_e).
+    Backbone,
+    /// MICA's backbone + MMD only (alpha 0.8).
+    Mmd,
 }
 
 /// Input and model size of a benchmark.
@@ -95,6 +99,8 @@ pub fn bench_config(
     let variant = match model {
         BenchModel::Mult => Variant::Mult,
         BenchModel::Mica => Variant::Mica,
+        BenchModel::Backbone => Variant::Backbone,
+        BenchModel::Mmd => Variant::Mmd,
     };
     let (preset, dims, lens, batch) = match shape {
         BenchShape::Bench => (Preset::Mosi, [300, 74, 35], [50, 375, 500], 24),
