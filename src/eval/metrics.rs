@@ -111,19 +111,20 @@ pub enum MetricsError {
 // Building blocks
 // ---------------------------------------------------------------------------------------
 
-/// numpy's float32 pairwise summation (`pairwise_sum_FLOAT`, block size 128, 8-way
-/// unrolled), as used by `np.add.reduce` / `np.mean` on a contiguous float32 array.
-pub fn pairwise_sum_f32(a: &[f32]) -> f32 {
+/// numpy's pairwise summation (`pairwise_sum_FLOAT` / `_DOUBLE`: block size 128, 8-way
+/// unrolled), as used by `np.add.reduce` / `np.mean` on a contiguous array, in the
+/// arithmetic of `T`.
+fn pairwise_sum<T: Copy + Default + std::ops::Add<Output = T> + std::ops::AddAssign>(a: &[T]) -> T {
     const BLOCK: usize = 128;
     let n = a.len();
     if n < 8 {
-        let mut res = 0.0f32;
+        let mut res = T::default();
         for &x in a {
             res += x;
         }
         res
     } else if n <= BLOCK {
-        let mut r = [0.0f32; 8];
+        let mut r = [T::default(); 8];
         r.copy_from_slice(&a[..8]);
         let mut i = 8;
         while i < n - (n % 8) {
@@ -141,41 +142,18 @@ pub fn pairwise_sum_f32(a: &[f32]) -> f32 {
     } else {
         let mut n2 = n / 2;
         n2 -= n2 % 8;
-        pairwise_sum_f32(&a[..n2]) + pairwise_sum_f32(&a[n2..])
+        pairwise_sum(&a[..n2]) + pairwise_sum(&a[n2..])
     }
 }
 
-/// numpy's float64 pairwise summation (same algorithm as [`pairwise_sum_f32`]).
+/// numpy's float32 pairwise summation (see [`pairwise_sum`]).
+pub fn pairwise_sum_f32(a: &[f32]) -> f32 {
+    pairwise_sum(a)
+}
+
+/// numpy's float64 pairwise summation (see [`pairwise_sum`]).
 pub fn pairwise_sum_f64(a: &[f64]) -> f64 {
-    const BLOCK: usize = 128;
-    let n = a.len();
-    if n < 8 {
-        let mut res = 0.0f64;
-        for &x in a {
-            res += x;
-        }
-        res
-    } else if n <= BLOCK {
-        let mut r = [0.0f64; 8];
-        r.copy_from_slice(&a[..8]);
-        let mut i = 8;
-        while i < n - (n % 8) {
-            for j in 0..8 {
-                r[j] += a[i + j];
-            }
-            i += 8;
-        }
-        let mut res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        while i < n {
-            res += a[i];
-            i += 1;
-        }
-        res
-    } else {
-        let mut n2 = n / 2;
-        n2 -= n2 % 8;
-        pairwise_sum_f64(&a[..n2]) + pairwise_sum_f64(&a[n2..])
-    }
+    pairwise_sum(a)
 }
 
 /// Mean absolute error computed the way MulT / MMSA do: both vectors cast to `f32`,
