@@ -122,7 +122,24 @@ pub fn mmd_biased(x: &Tensor, y: &Tensor) -> Result<Tensor> {
 
 /// [`mmd_biased`] with an optional fixed bandwidth (`None`: the pooled mean squared
 /// distance). Exposed so gradients can be checked against finite differences.
+///
+/// f32 tensors on the CPU take the fused sweep of [`super::mmd_kernel`] (no `[N, N]`
+/// tensor; value and gradient in one pass); others the composed ops of
+/// [`mmd_biased_composed`], its reference.
 pub fn mmd_biased_bw(x: &Tensor, y: &Tensor, bw: Option<f64>) -> Result<Tensor> {
+    let fused = [x, y]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32);
+    if fused {
+        super::mmd_kernel::mmd_fused(x, y, bw)
+    } else {
+        mmd_biased_composed(x, y, bw)
+    }
+}
+
+/// [`mmd_biased_bw`] with composed candle ops (any device): `[N, N]` distance and
+/// kernel matrices, bandwidth as the mean of the off-diagonal distances.
+pub fn mmd_biased_composed(x: &Tensor, y: &Tensor, bw: Option<f64>) -> Result<Tensor> {
     let (n, m) = (x.dim(0)?, y.dim(0)?);
     ensure!(n > 0 && m > 0, "MMD needs at least one element per side");
     let z = Tensor::cat(&[x, y], 0)?;

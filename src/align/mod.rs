@@ -2,14 +2,18 @@
 //! alignment (L_e), computed from the traces of the crossmodal blocks of a forward pass.
 
 pub mod mmd;
+pub mod mmd_kernel;
 pub mod pea;
+pub mod pea_kernel;
+pub mod precomputed;
 
 use crate::config::{AlignConfig, LeReduction, MmdEstimator};
 use crate::model::ctx::mix64;
 use crate::model::mult::{BlockTrace, ForwardOutput};
 use anyhow::{Context, Result};
 use candle_core::Tensor;
-use pea::{masked_sq_distance, top_tau_mask, MapDims};
+use pea::MapDims;
+use pea_kernel::{distance_tensor, pea_block, MaskBits, PeaBlock, PeaParams};
 use std::collections::BTreeMap;
 
 /// The two alignment losses of one forward pass (scalars with gradient).
@@ -22,11 +26,10 @@ pub struct AlignLosses {
 }
 
 /// Computes `L_m` (when `alpha > 0` or `force`) and `L_e` (when `beta > 0` or `force`).
-/// `seed` drives the MMD subsampling. `heads` is the model's number of heads.
+/// `seed` drives the MMD subsampling.
 pub fn alignment_losses(
     out: &ForwardOutput,
     cfg: &AlignConfig,
-    heads: usize,
     seed: u64,
     force: bool,
 ) -> Result<AlignLosses> {
@@ -36,7 +39,7 @@ pub fn alignment_losses(
         None
     };
     let le = if cfg.beta > 0.0 || force {
-        Some(pea_loss(out, cfg, heads)?)
+        Some(pea_loss(out, cfg)?)
     } else {
         None
     };
@@ -83,60 +86,75 @@ pub fn mmd_loss(out: &ForwardOutput, cfg: &AlignConfig, seed: u64) -> Result<Ten
 /// PEA masks by `(layer, target, source)`, with the shape of their maps.
 pub type PeaMasks = BTreeMap<(usize, usize, usize), (MapDims, Vec<bool>)>;
 
+/// PEA of every traced block in `(layer, target, source)` order, each block's mask
+/// propagated from the previous layer of the same (target, source) pair when
+/// `propagate`: `V[l] = W[0] | .. | W[l]`. Computed from the per-head traces
+/// ([`pea_kernel`]), never from materialised probability maps.
+pub fn pea_blocks<'a>(
+    out: &'a ForwardOutput,
+    cfg: &AlignConfig,
+) -> Result<Vec<(&'a BlockTrace, PeaBlock)>> {
+    let mut order: Vec<&BlockTrace> = out.blocks.iter().collect();
+    order.sort_by_key(|b| (b.layer, b.target, b.source));
+    let mut last: BTreeMap<(usize, usize), MaskBits> = BTreeMap::new();
+    let mut res = Vec::with_capacity(order.len());
+    for block in order {
+        let heads = block
+            .attn
+            .heads
+            .as_ref()
+            .context("PEA needs the per-head attention trace (forward with trace = true)")?;
+        let prev = if cfg.propagate {
+            last.get(&(block.target, block.source))
+        } else {
+            None
+        };
+        let pb = pea_block(
+            &heads.qh,
+            &heads.kh,
+            &heads.lse,
+            PeaParams {
+                causal: heads.causal_offset,
+                valid_q: &out.valid[block.target],
+                valid_k: &out.valid[block.source],
+                tau: cfg.tau,
+                prev,
+            },
+        )?;
+        last.insert((block.target, block.source), pb.mask.clone());
+        res.push((block, pb));
+    }
+    Ok(res)
+}
+
 /// The PEA masks of every traced block, keyed by `(layer, target, source)`: `W[l]`, or
 /// `V[l] = W[0] | .. | W[l]` of the same (target, source) pair when `propagate`.
 pub fn pea_masks(out: &ForwardOutput, cfg: &AlignConfig) -> Result<PeaMasks> {
-    let mut propagated: BTreeMap<(usize, usize), Vec<bool>> = BTreeMap::new();
-    let mut order: Vec<&BlockTrace> = out.blocks.iter().collect();
-    order.sort_by_key(|b| (b.layer, b.target, b.source));
     let mut masks = BTreeMap::new();
-    for block in order {
-        let probs = block
-            .attn
-            .probs
-            .as_ref()
-            .context("PEA needs the attention probabilities (forward with probs)")?;
-        let (b, h, tq, tk) = probs.dims4()?;
-        let dims = MapDims { b, h, tq, tk };
-        let p: Vec<f32> = probs.flatten_all()?.to_vec1()?;
-        let w = top_tau_mask(
-            &p,
-            dims,
-            &out.valid[block.target],
-            &out.valid[block.source],
-            cfg.tau,
-        )?;
-        let v = if cfg.propagate {
-            let acc = propagated
-                .entry((block.target, block.source))
-                .or_insert_with(|| vec![false; w.len()]);
-            for (a, x) in acc.iter_mut().zip(&w) {
-                *a |= *x;
-            }
-            acc.clone()
-        } else {
-            w
+    for (block, pb) in pea_blocks(out, cfg)? {
+        let d = pb.mask.dims;
+        let dims = MapDims {
+            b: d.b,
+            h: d.h,
+            tq: d.tq,
+            tk: d.tk,
         };
-        masks.insert((block.layer, block.target, block.source), (dims, v));
+        masks.insert(
+            (block.layer, block.target, block.source),
+            (dims, pb.mask.to_bools()),
+        );
     }
     Ok(masks)
 }
 
 /// `L_e`: per block, top-τ masks of the probabilities (OR-ed over the layers of the same
 /// block when `propagate`), distance of the selected pairs, reduced per `le_reduction`.
-pub fn pea_loss(out: &ForwardOutput, cfg: &AlignConfig, heads: usize) -> Result<Tensor> {
-    let masks = pea_masks(out, cfg)?;
-    let mut terms = Vec::with_capacity(masks.len());
-    for block in &out.blocks {
-        let (dims, v) = &masks[&(block.layer, block.target, block.source)];
-        let selected = v.iter().filter(|x| **x).count();
-        let mask: Vec<f32> = v.iter().map(|&x| if x { 1.0 } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(
-            mask,
-            (dims.b, dims.h, dims.tq, dims.tk),
-            block.attn.q.device(),
-        )?;
-        let d = masked_sq_distance(&block.attn.q, &block.attn.k, &mask, heads)?;
+pub fn pea_loss(out: &ForwardOutput, cfg: &AlignConfig) -> Result<Tensor> {
+    let mut terms = Vec::with_capacity(out.blocks.len());
+    for (block, pb) in pea_blocks(out, cfg)? {
+        let heads = block.attn.heads.as_ref().expect("checked by pea_blocks");
+        let selected = pb.selected;
+        let d = distance_tensor(&heads.qh, &heads.kh, pb)?;
         terms.push(match cfg.le_reduction {
             LeReduction::Sum => d,
             LeReduction::Mean => (d / selected.max(1) as f64)?,

@@ -685,6 +685,7 @@ mod tests {
                 q: t((0..3 * 2).map(|x| x as f32).collect(), &[1, 3, 2]),
                 k: t((0..4 * 2).map(|x| -(x as f32)).collect(), &[1, 4, 2]),
                 probs: Some(probs),
+                heads: None,
             },
         };
         let valid = [

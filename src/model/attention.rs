@@ -49,6 +49,9 @@ pub struct AttnCall<'a> {
     pub dropout: f32,
     /// Also return the probabilities (before dropout).
     pub want_probs: bool,
+    /// Also return the row log-sum-exp `L` (`p_ij = exp(q_i·k_j + M_ij − L_i)`): all that
+    /// PEA needs besides `q` and `k` to recompute the probabilities on the fly.
+    pub want_lse: bool,
 }
 
 /// Result of one attention call.
@@ -58,6 +61,8 @@ pub struct AttnResult {
     pub out: Tensor,
     /// `[B, h, T_q, T_k]` probabilities before dropout, when requested.
     pub probs: Option<Tensor>,
+    /// `[B, h, T_q]` row log-sum-exp (no gradient), when requested.
+    pub lse: Option<Tensor>,
 }
 
 /// Computes `softmax(q k^T + M) (dropout) v` with the chosen kernel.
@@ -97,7 +102,11 @@ fn fused(ctx: &Ctx, call: AttnCall) -> Result<AttnResult> {
     } else {
         None
     };
-    Ok(AttnResult { out, probs })
+    Ok(AttnResult {
+        out,
+        probs,
+        lse: call.want_lse.then_some(lse),
+    })
 }
 
 fn plain(ctx: &Ctx, call: AttnCall, tq: usize, tk: usize) -> Result<AttnResult> {
@@ -107,10 +116,22 @@ fn plain(ctx: &Ctx, call: AttnCall, tq: usize, tk: usize) -> Result<AttnResult> 
         scores = scores.broadcast_add(&mask)?;
     }
     let probs = softmax_last(&scores)?;
+    let lse = if call.want_lse {
+        let s = scores.detach();
+        let max = s.max_keepdim(candle_core::D::Minus1)?;
+        let sum = s
+            .broadcast_sub(&max)?
+            .exp()?
+            .sum_keepdim(candle_core::D::Minus1)?;
+        Some((sum.log()? + max)?.squeeze(candle_core::D::Minus1)?)
+    } else {
+        None
+    };
     let dropped = ctx.dropout(&probs, call.dropout)?;
     let out = dropped.matmul(&call.v.contiguous()?)?;
     Ok(AttnResult {
         out,
         probs: call.want_probs.then_some(probs),
+        lse,
     })
 }

@@ -7,7 +7,7 @@ use super::attention::{attend, AttentionKernel, AttnCall};
 use super::ctx::Ctx;
 use super::layers::{linear, positional_embedding, relu, LayerNorm, Linear};
 use super::params::{Init, ParamSource};
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::Tensor;
 
 /// Dropout rates of one encoder (spec/mult.md).
@@ -30,8 +30,45 @@ pub struct AttnTrace {
     pub q: Tensor,
     /// Keys `LN0(z_s) W_K + b_K`, `[B, T_k, E]`.
     pub k: Tensor,
-    /// Probabilities `[B, h, T_q, T_k]` (before dropout), when requested.
+    /// Probabilities `[B, h, T_q, T_k]` (before dropout), when requested
+    /// ([`AttnTrace::with_probs`]).
     pub probs: Option<Tensor>,
+    /// The attention's per-head inputs and row log-sum-exp, from which PEA recomputes
+    /// the probabilities tile by tile (None in hand-built traces).
+    pub heads: Option<HeadTrace>,
+}
+
+/// The per-head view of one attention call: enough to recompute its probabilities.
+#[derive(Debug, Clone)]
+pub struct HeadTrace {
+    /// Scaled queries `q · hd^-0.5`, `[B, h, T_q, hd]` (as the kernel saw them).
+    pub qh: Tensor,
+    /// Keys `[B, h, T_k, hd]`.
+    pub kh: Tensor,
+    /// Row log-sum-exp `[B, h, T_q]` (no gradient).
+    pub lse: Tensor,
+    /// Whether the causal-offset mask was on.
+    pub causal_offset: bool,
+}
+
+impl AttnTrace {
+    /// Fills `probs` (`[B, h, T_q, T_k]`, no gradient) from the per-head trace, when
+    /// not already there.
+    pub fn with_probs(mut self) -> Result<Self> {
+        if self.probs.is_none() {
+            let h = self
+                .heads
+                .as_ref()
+                .context("attention trace without its per-head inputs")?;
+            self.probs = Some(super::fused::fused_probs(
+                &h.qh,
+                &h.kh,
+                &h.lse,
+                h.causal_offset,
+            )?);
+        }
+        Ok(self)
+    }
 }
 
 /// Multi-head attention with the packed `in_proj` (rows Q, K, V) and `out_proj`.
@@ -130,16 +167,26 @@ impl MultiheadAttention {
                 v: &vh,
                 causal_offset,
                 dropout,
-                want_probs: trace,
+                want_probs: false,
+                want_lse: trace,
             },
         )?;
         let out = res.out.transpose(1, 2)?.contiguous()?.reshape((b, tq, e))?;
         let out = self.out_proj.forward(&out)?;
-        let tr = trace.then(|| AttnTrace {
-            q,
-            k,
-            probs: res.probs,
-        });
+        let tr = match (trace, res.lse) {
+            (true, Some(lse)) => Some(AttnTrace {
+                q,
+                k,
+                probs: None,
+                heads: Some(HeadTrace {
+                    qh,
+                    kh,
+                    lse,
+                    causal_offset,
+                }),
+            }),
+            _ => None,
+        };
         Ok((out, tr))
     }
 }

@@ -119,7 +119,7 @@ impl Dims {
     }
     /// Last key query `i` may see (exclusive bound).
     #[inline]
-    fn key_end(&self, i: usize, causal: bool) -> usize {
+    pub fn key_end(&self, i: usize, causal: bool) -> usize {
         if causal {
             (i + self.tq.abs_diff(self.tk) + 1).min(self.tk)
         } else {
@@ -187,6 +187,14 @@ pub fn fused_probs(
         dispatch!(probs_task(dims, causal_offset, q, &kt, l, dst));
     });
     Tensor::from_vec(probs, (b, h, tq, tk), q.device())
+}
+
+/// Probabilities of one (batch, head) task into `dst` `[T_q, T_k]` from the scaled
+/// queries `q` `[T_q, hd]`, the transposed keys `kt` `[hd, T_k]` and the row log-sum-exp
+/// `lse` `[T_q]`: `exp(q_i·k_j − L_i)`, the very values [`fused_probs`] returns. Entries
+/// the causal-offset mask hides are left untouched (callers zero `dst` first).
+pub fn task_probs(dims: Dims, causal: bool, q: &[f32], kt: &[f32], lse: &[f32], dst: &mut [f32]) {
+    dispatch!(probs_task(dims, causal, q, kt, lse, dst))
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
@@ -276,7 +284,7 @@ impl CustomOp3 for FusedAttention {
 
 /// Runs `f` on every item, spread over candle's thread count (contiguous groups: every
 /// task of one call costs the same).
-fn for_each_task<T: Send>(threads: usize, items: Vec<T>, f: impl Fn(T) + Sync) {
+pub(crate) fn for_each_task<T: Send>(threads: usize, items: Vec<T>, f: impl Fn(T) + Sync) {
     let threads = threads.max(1).min(items.len());
     if threads <= 1 {
         items.into_iter().for_each(f);
@@ -302,7 +310,7 @@ fn for_each_task<T: Send>(threads: usize, items: Vec<T>, f: impl Fn(T) + Sync) {
 }
 
 /// `[rows, cols]` row-major to `[cols, rows]`.
-fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0f32; rows * cols];
     for r in 0..rows {
         for c in 0..cols {
@@ -796,6 +804,7 @@ mod tests {
                 causal_offset: case.causal,
                 dropout: case.dropout,
                 want_probs: true,
+                want_lse: false,
             },
         )
         .unwrap();
@@ -975,6 +984,7 @@ mod tests {
                 causal_offset: true,
                 dropout: p,
                 want_probs: false,
+                want_lse: false,
             };
             let out = attend(&ctx, AttentionKernel::Fused, call).unwrap().out;
             (out, ctx.next_stream())

@@ -182,8 +182,8 @@ impl Mica {
                         want_trace,
                     )?;
                     if let Some(mut attn) = tr {
-                        if !opts.probs {
-                            attn.probs = None;
+                        if opts.probs {
+                            attn = attn.with_probs()?;
                         }
                         traces.push(BlockTrace {
                             target: t,

@@ -246,8 +246,8 @@ impl Mult {
                     );
                 }
                 for (layer, mut attn) in o.traces.into_iter().enumerate() {
-                    if !opts.probs {
-                        attn.probs = None;
+                    if opts.probs {
+                        attn = attn.with_probs()?;
                     }
                     blocks.push(BlockTrace {
                         target: t,

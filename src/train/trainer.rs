@@ -119,13 +119,13 @@ pub fn step_losses(
     let a = &cfg.align;
     let opts = ForwardOpts {
         trace: a.alpha > 0.0 || a.beta > 0.0,
-        probs: a.beta > 0.0,
+        probs: false,
         intermediates: false,
     };
     let out = model.forward(ctx, &batch.inputs, opts)?;
     let lp = task_loss(cfg.task, &out.output, &batch.labels)?;
     let mut total = lp.clone();
-    let al = alignment_losses(&out, a, cfg.model.num_heads, mmd_seed, false)?;
+    let al = alignment_losses(&out, a, mmd_seed, false)?;
     let mut lm_v = 0.0;
     let mut le_v = 0.0;
     if let Some(lm) = &al.lm {

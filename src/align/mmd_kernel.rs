@@ -1,0 +1,308 @@
+//! The biased multi-kernel MMD² of [`super::mmd::mmd_biased_bw`] as one fused CPU sweep:
+//! value and gradient together, without any `[N, N]` tensor.
+//!
+//! With `z = [x; y]` (`N = n + m` rows), `d_ij = max(|z_i|² + |z_j|² − 2 z_i·z_j, 0)` and
+//! the five Gaussian kernels `k_j(d) = exp(−d / (bw 2^(j−2)))`, the estimate is
+//! `Σ_ij w_ij K(d_ij)`, `K = Σ_j k_j`, with `w = 1/n²` inside x, `1/m²` inside y and
+//! `−1/(nm)` across. The bandwidths are powers of two apart, so with
+//! `u = exp(−d / (4 bw))` the five kernels are `u, u², u⁴, u⁸, u¹⁶`: one `exp` and four
+//! products per pair (the products add ≤ ~2e-6 relative rounding to the smallest kernel
+//! values, where they are negligible). The gradient,
+//! `∂/∂z_a = 4 Σ_j w_aj K'(d_aj) (z_a − z_j)` with `K'(d) = −Σ_j k_j / (bw 2^(j−2))`
+//! (0 where the distance was clamped), is accumulated in the same sweep, one row of
+//! pairs at a time, vectorised over the partner rows `j` from a transposed `[D, N]` copy.
+//!
+//! Without a fixed bandwidth, `bw` is the mean off-diagonal squared distance of the pooled
+//! sample in closed form, `(2N Σ|z_i|² − 2|Σ z_i|²) / (N² − N)` in f64 (no gradient).
+
+use super::precomputed::scalar_with_grads;
+use crate::model::fused::{exp_approx, for_each_task, transpose};
+use anyhow::{ensure, Result};
+use candle_core::utils::get_num_threads;
+use candle_core::Tensor;
+
+/// Rows of pairs per parallel task.
+const ROWS_PER_TASK: usize = 16;
+
+/// Mean off-diagonal squared distance of the rows of `z` `[N, D]` (1 when degenerate).
+pub fn closed_form_bandwidth(z: &[f32], n: usize, dim: usize) -> f64 {
+    let mut sq = 0f64;
+    let mut sum = vec![0f64; dim];
+    for row in z.chunks(dim) {
+        for (s, &v) in sum.iter_mut().zip(row) {
+            sq += (v as f64) * (v as f64);
+            *s += v as f64;
+        }
+    }
+    let total = 2.0 * n as f64 * sq - 2.0 * sum.iter().map(|s| s * s).sum::<f64>();
+    let pairs = (n * n - n).max(1) as f64;
+    let bw = total / pairs;
+    if bw > 0.0 && bw.is_finite() {
+        bw
+    } else {
+        1.0
+    }
+}
+
+/// Biased multi-kernel MMD² between the rows of `x` `[n, D]` and `y` `[m, D]` (f32, CPU)
+/// as a scalar with gradient; `bw` fixes the bandwidth (None: pooled mean squared
+/// distance, no gradient through it).
+pub fn mmd_fused(x: &Tensor, y: &Tensor, bw: Option<f64>) -> Result<Tensor> {
+    let (n, dim) = x.dims2()?;
+    let (m, dim_y) = y.dims2()?;
+    ensure!(n > 0 && m > 0, "MMD needs at least one element per side");
+    ensure!(dim == dim_y, "MMD: rows of width {dim} and {dim_y}");
+    let mut z: Vec<f32> = x.detach().flatten_all()?.to_vec1()?;
+    z.extend(y.detach().flatten_all()?.to_vec1::<f32>()?);
+    let total = n + m;
+    let bw = bw.unwrap_or_else(|| closed_form_bandwidth(&z, total, dim));
+    let (value, grad) = sweep_all(&z, n, m, dim, bw);
+    let gy = grad[n * dim..].to_vec();
+    let mut gx = grad;
+    gx.truncate(n * dim);
+    scalar_with_grads(x, y, value as f32, gx, gy)
+}
+
+/// Value and gradient `[N, D]` of the estimate on the pooled rows `z`.
+fn sweep_all(z: &[f32], n: usize, m: usize, dim: usize, bw: f64) -> (f64, Vec<f32>) {
+    let total = n + m;
+    let zt = transpose(z, total, dim);
+    let norms: Vec<f32> = z
+        .chunks(dim)
+        .map(|r| r.iter().map(|v| v * v).sum())
+        .collect();
+    let ctx = Sweep {
+        z,
+        zt: &zt,
+        norms: &norms,
+        n,
+        total,
+        dim,
+        m4: (1.0 / (4.0 * bw)) as f32,
+        w: [
+            1.0 / (n * n) as f64,
+            1.0 / (m * m) as f64,
+            -1.0 / (n * m) as f64,
+        ],
+    };
+    let mut grad = vec![0f32; total * dim];
+    let mut values = vec![0f64; total.div_ceil(ROWS_PER_TASK)];
+    let items: Vec<_> = grad
+        .chunks_mut(ROWS_PER_TASK * dim)
+        .zip(values.iter_mut())
+        .enumerate()
+        .collect();
+    for_each_task(get_num_threads(), items, |(t, (g, v))| {
+        let first = t * ROWS_PER_TASK;
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                *v = unsafe { rows_avx2(&ctx, first, g) };
+                return;
+            }
+        }
+        *v = rows(&ctx, first, g);
+    });
+    (values.iter().sum(), grad)
+}
+
+struct Sweep<'a> {
+    z: &'a [f32],
+    zt: &'a [f32],
+    norms: &'a [f32],
+    n: usize,
+    total: usize,
+    dim: usize,
+    /// `1 / (4 bw)`.
+    m4: f32,
+    /// Pair weights: inside x, inside y, across.
+    w: [f64; 3],
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn rows_avx2(s: &Sweep, first: usize, grad: &mut [f32]) -> f64 {
+    rows(s, first, grad)
+}
+
+/// Rows `first..first + grad.len() / D` of the sweep; returns their share of the value.
+#[inline(always)]
+fn rows(s: &Sweep, first: usize, grad: &mut [f32]) -> f64 {
+    let (n, total, dim) = (s.n, s.total, s.dim);
+    let mut dist = vec![0f32; total];
+    let mut kval = vec![0f32; total];
+    let mut value = 0f64;
+    for (r, g) in grad.chunks_mut(dim).enumerate() {
+        let i = first + r;
+        let zi = &s.z[i * dim..(i + 1) * dim];
+        // d_ij = |z_i|² + |z_j|² − 2 z_i·z_j, clamped at 0.
+        for (d, &nj) in dist.iter_mut().zip(s.norms) {
+            *d = s.norms[i] + nj;
+        }
+        for (c, &zc) in zi.iter().enumerate() {
+            let a = -2.0 * zc;
+            for (d, &zj) in dist.iter_mut().zip(&s.zt[c * total..(c + 1) * total]) {
+                *d += a * zj;
+            }
+        }
+        // K and the coefficient G_ij = w_ij K'(d_ij) (in place of the distance).
+        for (d, k) in dist.iter_mut().zip(kval.iter_mut()) {
+            let clamped = *d <= 0.0;
+            let dd = if clamped { 0.0 } else { *d };
+            let k4 = exp_approx(-dd * s.m4);
+            let k3 = k4 * k4;
+            let k2 = k3 * k3;
+            let k1 = k2 * k2;
+            let k0 = k1 * k1;
+            *k = (((k0 + k1) + k2) + k3) + k4;
+            let dk = -s.m4 * (16.0 * k0 + 8.0 * k1 + 4.0 * k2 + 2.0 * k3 + k4);
+            *d = if clamped { 0.0 } else { dk };
+        }
+        let (w_same, w_cross) = if i < n {
+            (s.w[0], s.w[2])
+        } else {
+            (s.w[1], s.w[2])
+        };
+        let (sx, sy) = (sum(&kval[..n]) as f64, sum(&kval[n..]) as f64);
+        let (gx, gy) = (sum(&dist[..n]), sum(&dist[n..]));
+        value += if i < n {
+            w_same * sx + w_cross * sy
+        } else {
+            w_cross * sx + w_same * sy
+        };
+        // Scale the coefficients by the pair weights: G_ij = w_ij K'(d_ij).
+        let (wx, wy) = if i < n {
+            (w_same as f32, w_cross as f32)
+        } else {
+            (w_cross as f32, w_same as f32)
+        };
+        for d in dist[..n].iter_mut() {
+            *d *= wx;
+        }
+        for d in dist[n..].iter_mut() {
+            *d *= wy;
+        }
+        let gsum = wx * gx + wy * gy;
+        for (c, gc) in g.iter_mut().enumerate() {
+            let cross = dot(&dist, &s.zt[c * total..(c + 1) * total]);
+            *gc = 4.0 * (gsum * zi[c] - cross);
+        }
+    }
+    value
+}
+
+/// `Σ a_j` in 16 lanes.
+#[inline(always)]
+fn sum(a: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0f32; L];
+    let mut c = a.chunks_exact(L);
+    for x in c.by_ref() {
+        for l in 0..L {
+            acc[l] += x[l];
+        }
+    }
+    acc.iter().sum::<f32>() + c.remainder().iter().sum::<f32>()
+}
+
+/// `Σ a_j b_j` in 16 lanes.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0f32; L];
+    let mut ca = a.chunks_exact(L);
+    let mut cb = b.chunks_exact(L);
+    for (x, y) in ca.by_ref().zip(cb.by_ref()) {
+        for l in 0..L {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::align::mmd::{mmd_biased_composed, pairwise_sq_dists};
+    use candle_core::{Device, Var};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn rand_t(rng: &mut ChaCha8Rng, n: usize, d: usize, shift: f32) -> Var {
+        let v: Vec<f32> = (0..n * d)
+            .map(|_| rng.gen_range(-1.0f32..1.0) + shift)
+            .collect();
+        Var::from_vec(v, (n, d), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn closed_form_bandwidth_is_the_mean_off_diagonal_distance() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let z = rand_t(&mut rng, 37, 6, 0.3);
+        let d = pairwise_sq_dists(z.as_tensor(), z.as_tensor()).unwrap();
+        let want = d.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64 / (37.0 * 36.0);
+        let v: Vec<f32> = z.flatten_all().unwrap().to_vec1().unwrap();
+        let got = closed_form_bandwidth(&v, 37, 6);
+        assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
+        assert_eq!(closed_form_bandwidth(&[2.0; 12], 4, 3), 1.0);
+    }
+
+    #[test]
+    fn fused_matches_composed_value_and_gradients() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        // Odd sizes (tails of the 16-lane loops), unequal sides, a duplicate row (a
+        // clamped zero distance across the two sides).
+        for (n, m, d, shift, bw) in [
+            (37, 21, 5, 0.4, None),
+            (16, 16, 40, 0.0, None),
+            (3, 50, 7, 1.0, Some(2.5)),
+        ] {
+            let x = rand_t(&mut rng, n, d, 0.0);
+            let y = rand_t(&mut rng, m, d, shift);
+            if n == 3 {
+                let mut yv: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+                let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+                yv[..d].copy_from_slice(&xv[..d]);
+                y.set(&Tensor::from_vec(yv, (m, d), &Device::Cpu).unwrap())
+                    .unwrap();
+            }
+            let got = mmd_fused(x.as_tensor(), y.as_tensor(), bw).unwrap();
+            let want = mmd_biased_composed(x.as_tensor(), y.as_tensor(), bw).unwrap();
+            let (g, w) = (
+                got.to_scalar::<f32>().unwrap(),
+                want.to_scalar::<f32>().unwrap(),
+            );
+            // The value is a difference of means of O(1) kernels: compare absolutely.
+            assert!((g - w).abs() < 2e-6, "n {n} m {m}: {g} vs {w}");
+            let (gg, gw) = (got.backward().unwrap(), want.backward().unwrap());
+            for v in [&x, &y] {
+                let a: Vec<f32> = gg
+                    .get(v.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let b: Vec<f32> = gw
+                    .get(v.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let scale = b.iter().fold(0f32, |s, x| s.max(x.abs()));
+                assert!(scale > 0.0);
+                for (p, q) in a.iter().zip(&b) {
+                    assert!((p - q).abs() <= 1e-4 * scale, "n {n} m {m}: {p} vs {q}");
+                }
+            }
+        }
+    }
+}
