@@ -17,6 +17,7 @@
 
 use super::precomputed::scalar_with_grads;
 use crate::model::fused::{exp_approx, for_each_task, transpose};
+use crate::model::simd::{self, simd_dispatch};
 use anyhow::{ensure, Result};
 use candle_core::utils::get_num_threads;
 use candle_core::Tensor;
@@ -92,17 +93,9 @@ fn sweep_all(z: &[f32], n: usize, m: usize, dim: usize, bw: f64) -> (f64, Vec<f3
         .zip(values.iter_mut())
         .enumerate()
         .collect();
+    let level = simd::current();
     for_each_task(get_num_threads(), items, |(t, (g, v))| {
-        let first = t * ROWS_PER_TASK;
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                *v = unsafe { rows_avx2(&ctx, first, g) };
-                return;
-            }
-        }
-        *v = rows(&ctx, first, g);
+        *v = simd_dispatch!(level, builds, rows(&ctx, t * ROWS_PER_TASK, g));
     });
     (values.iter().sum(), grad)
 }
@@ -120,10 +113,34 @@ struct Sweep<'a> {
     w: [f64; 3],
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn rows_avx2(s: &Sweep, first: usize, grad: &mut [f32]) -> f64 {
-    rows(s, first, grad)
+/// [`rows`] in each SIMD build (see [`crate::model::simd`]).
+mod builds {
+    use super::Sweep;
+
+    macro_rules! simd_builds {
+        ($($module:ident: $features:literal),*) => {$(
+            #[cfg(target_arch = "x86_64")]
+            pub mod $module {
+                use super::Sweep;
+
+                /// [`super::super::rows`] in this build.
+                #[target_feature(enable = $features)]
+                pub fn rows(s: &Sweep, first: usize, grad: &mut [f32]) -> f64 {
+                    super::super::rows(s, first, grad)
+                }
+            }
+        )*};
+    }
+    simd_builds!(
+        avx2: "avx2,fma",
+        avx512: "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"
+    );
+
+    /// The portable build.
+    #[inline(always)]
+    pub fn rows<const F: bool>(s: &Sweep, first: usize, grad: &mut [f32]) -> f64 {
+        super::rows(s, first, grad)
+    }
 }
 
 /// Rows `first..first + grad.len() / D` of the sweep; returns their share of the value.
@@ -240,6 +257,40 @@ mod tests {
             .map(|_| rng.gen_range(-1.0f32..1.0) + shift)
             .collect();
         Var::from_vec(v, (n, d), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn every_simd_build_computes_the_same_estimate() {
+        use crate::model::simd::{best, with_simd, Simd};
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let x = rand_t(&mut rng, 45, 40, 0.0);
+        let y = rand_t(&mut rng, 33, 40, 0.3);
+        let run = |level| {
+            with_simd(level, || {
+                let l = mmd_fused(x.as_tensor(), y.as_tensor(), None).unwrap();
+                let g = l.backward().unwrap();
+                let gx: Vec<f32> = g
+                    .get(x.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                (l.to_scalar::<f32>().unwrap(), gx)
+            })
+        };
+        let (v0, g0) = run(Simd::Portable);
+        let scale = g0.iter().fold(0f32, |s, x| s.max(x.abs()));
+        for level in [Simd::Avx2, Simd::Avx512]
+            .into_iter()
+            .filter(|&l| l <= best())
+        {
+            let (v, g) = run(level);
+            assert!((v - v0).abs() < 1e-6, "{level:?}: {v} vs {v0}");
+            for (a, b) in g.iter().zip(&g0) {
+                assert!((a - b).abs() <= 1e-5 * scale, "{level:?}: {a} vs {b}");
+            }
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@
 use super::pea::keep_count;
 use super::precomputed::scalar_with_grads;
 use crate::model::fused::{for_each_task, task_probs, transpose, Dims};
+use crate::model::simd::{self, simd_dispatch, Simd};
 use anyhow::{ensure, Result};
 use candle_core::utils::get_num_threads;
 use candle_core::Tensor;
@@ -137,6 +138,7 @@ pub fn pea_block(qh: &Tensor, kh: &Tensor, lse: &Tensor, p: PeaParams) -> Result
     let mut dq = vec![0f32; dims.tasks() * tq * hd];
     let mut dk = vec![0f32; dims.tasks() * tk * hd];
     let mut per_task = vec![(0f64, 0usize); dims.tasks()];
+    let level = simd::current();
     let items: Vec<_> = mask
         .bits
         .chunks_mut(tq * words)
@@ -160,7 +162,7 @@ pub fn pea_block(qh: &Tensor, kh: &Tensor, lse: &Tensor, p: PeaParams) -> Result
                 .prev
                 .map(|m| &m.bits[t * tq * words..(t + 1) * tq * words]),
         };
-        *out = run_task(&task, bits, dq, dk);
+        *out = run_task(level, &task, bits, dq, dk);
     });
     Ok(PeaBlock {
         mask,
@@ -191,20 +193,19 @@ struct TaskIn<'a> {
 
 /// One task; returns (distance, selected). `bits` `[T_t][words]` is written, `dq`
 /// `[T_t, hd]` and `dk` `[T_s, hd]` are written.
-fn run_task(t: &TaskIn, bits: &mut [u64], dq: &mut [f32], dk: &mut [f32]) -> (f64, usize) {
+fn run_task(
+    level: Simd,
+    t: &TaskIn,
+    bits: &mut [u64],
+    dq: &mut [f32],
+    dk: &mut [f32],
+) -> (f64, usize) {
     let Dims { tq, tk, hd, .. } = t.dims;
     let kt = transpose(t.k, tk, hd);
     let mut probs = vec![0f32; tq * tk];
-    task_probs(t.dims, t.causal, t.q, &kt, t.lse, &mut probs);
+    task_probs(level, t.dims, t.causal, t.q, &kt, t.lse, &mut probs);
     let gamma = threshold(t, &probs);
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { sweep_avx2(t, &kt, &probs, gamma, bits, dq, dk) };
-        }
-    }
-    sweep(t, &kt, &probs, gamma, bits, dq, dk)
+    simd_dispatch!(level, sweeps, sweep(t, &kt, &probs, gamma, bits, dq, dk))
 }
 
 /// γ of one task (`f32::INFINITY` when nothing is to be selected).
@@ -251,18 +252,50 @@ fn threshold(t: &TaskIn, probs: &[f32]) -> f32 {
     *g
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn sweep_avx2(
-    t: &TaskIn,
-    kt: &[f32],
-    probs: &[f32],
-    gamma: f32,
-    bits: &mut [u64],
-    dq: &mut [f32],
-    dk: &mut [f32],
-) -> (f64, usize) {
-    sweep(t, kt, probs, gamma, bits, dq, dk)
+/// The sweep in each SIMD build (see [`crate::model::simd`]).
+mod sweeps {
+    use super::TaskIn;
+
+    macro_rules! simd_builds {
+        ($($module:ident: $features:literal),*) => {$(
+            #[cfg(target_arch = "x86_64")]
+            pub mod $module {
+                use super::TaskIn;
+
+                /// [`super::sweep`] in this build.
+                #[target_feature(enable = $features)]
+                pub fn sweep(
+                    t: &TaskIn,
+                    kt: &[f32],
+                    probs: &[f32],
+                    gamma: f32,
+                    bits: &mut [u64],
+                    dq: &mut [f32],
+                    dk: &mut [f32],
+                ) -> (f64, usize) {
+                    super::super::sweep(t, kt, probs, gamma, bits, dq, dk)
+                }
+            }
+        )*};
+    }
+    simd_builds!(
+        avx2: "avx2,fma",
+        avx512: "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"
+    );
+
+    /// The portable build.
+    #[inline(always)]
+    pub fn sweep<const F: bool>(
+        t: &TaskIn,
+        kt: &[f32],
+        probs: &[f32],
+        gamma: f32,
+        bits: &mut [u64],
+        dq: &mut [f32],
+        dk: &mut [f32],
+    ) -> (f64, usize) {
+        super::sweep(t, kt, probs, gamma, bits, dq, dk)
+    }
 }
 
 /// Step 3 of the module doc for one task.

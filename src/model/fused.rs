@@ -29,28 +29,15 @@
 //!   second time with AVX2 + FMA and picked at run time.
 
 use super::ctx::mix64;
+use super::simd::{self, Simd};
 use candle_core::utils::get_num_threads;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-/// Calls `name::<FMA>(args)`: the AVX2 + FMA build when the CPU has it, else the
-/// portable one.
+/// Calls kernel `name` in the SIMD build `level` (see [`super::simd`]).
 macro_rules! dispatch {
-    ($name:ident ( $($arg:expr),* $(,)? )) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA (checked just above), the only
-                // requirement of the `#[target_feature]` function.
-                unsafe { kernels::avx2::$name($($arg),*) }
-            } else {
-                kernels::$name::<false>($($arg),*)
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            kernels::$name::<false>($($arg),*)
-        }
-    }};
+    ($level:expr; $name:ident ( $($arg:expr),* $(,)? )) => {
+        super::simd::simd_dispatch!($level, kernels, $name($($arg),*))
+    };
 }
 
 /// Keys processed per online-softmax block (a block of scores stays in L1).
@@ -180,11 +167,12 @@ pub fn fused_probs(
     let lv = lse.detach().flatten_all()?.to_vec1::<f32>()?;
     let mut probs = vec![0f32; dims.tasks() * tq * tk];
     let items: Vec<_> = probs.chunks_mut(tq * tk).enumerate().collect();
+    let level = simd::current();
     for_each_task(get_num_threads(), items, |(t, dst)| {
         let kt = transpose(&kv[t * tk * hd..(t + 1) * tk * hd], tk, hd);
         let q = &qv[t * tq * hd..(t + 1) * tq * hd];
         let l = &lv[t * tq..(t + 1) * tq];
-        dispatch!(probs_task(dims, causal_offset, q, &kt, l, dst));
+        dispatch!(level; probs_task(dims, causal_offset, q, &kt, l, dst));
     });
     Tensor::from_vec(probs, (b, h, tq, tk), q.device())
 }
@@ -193,8 +181,16 @@ pub fn fused_probs(
 /// queries `q` `[T_q, hd]`, the transposed keys `kt` `[hd, T_k]` and the row log-sum-exp
 /// `lse` `[T_q]`: `exp(q_i·k_j − L_i)`, the very values [`fused_probs`] returns. Entries
 /// the causal-offset mask hides are left untouched (callers zero `dst` first).
-pub fn task_probs(dims: Dims, causal: bool, q: &[f32], kt: &[f32], lse: &[f32], dst: &mut [f32]) {
-    dispatch!(probs_task(dims, causal, q, kt, lse, dst))
+pub fn task_probs(
+    level: Simd,
+    dims: Dims,
+    causal: bool,
+    q: &[f32],
+    kt: &[f32],
+    lse: &[f32],
+    dst: &mut [f32],
+) {
+    dispatch!(level; probs_task(dims, causal, q, kt, lse, dst))
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
@@ -320,6 +316,100 @@ pub(crate) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
+/// Head widths with a chunk-major build ([`kernels::forward_task_hd`]); others take the
+/// generic kernels.
+const FAST_HD: [usize; 4] = [4, 5, 8, 10];
+
+/// `[rows, cols]` row-major to `[cols, stride]` (zero padded to `stride ≥ rows`).
+fn transpose_padded(x: &[f32], rows: usize, cols: usize, stride: usize) -> Vec<f32> {
+    let mut t = vec![0f32; cols * stride];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * stride + r] = x[r * cols + c];
+        }
+    }
+    t
+}
+
+/// Calls `$f::<HD>($args)` for the head widths of [`FAST_HD`].
+macro_rules! by_hd {
+    ($hd:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
+        match $hd {
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            8 => $f::<8>($($arg),*),
+            10 => $f::<10>($($arg),*),
+            other => unreachable!("no chunk-major build for head width {other}"),
+        }
+    };
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_hd<const HD: usize>(
+    level: Simd,
+    dims: Dims,
+    causal: bool,
+    drop: Option<FusedDropout>,
+    task: usize,
+    q: &[f32],
+    kt: &[f32],
+    vt: &[f32],
+    tkp: usize,
+    dst: &mut [f32],
+) {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Simd::Avx512` is only selected when the CPU has the features.
+        Simd::Avx512 => unsafe {
+            kernels::avx512::forward_task_hd::<HD>(dims, causal, drop, task, q, kt, vt, tkp, dst)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for AVX2 + FMA.
+        Simd::Avx2 => unsafe {
+            kernels::avx2::forward_task_hd::<HD>(dims, causal, drop, task, q, kt, vt, tkp, dst)
+        },
+        _ => kernels::forward_task_hd::<false, HD>(dims, causal, drop, task, q, kt, vt, tkp, dst),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_hd<const HD: usize>(
+    level: Simd,
+    dims: Dims,
+    causal: bool,
+    drop: Option<FusedDropout>,
+    task: usize,
+    q: &[f32],
+    kt: &[f32],
+    vt: &[f32],
+    tkp: usize,
+    o: &[f32],
+    g: &[f32],
+    dq: &mut [f32],
+    dkt: &mut [f32],
+    dvt: &mut [f32],
+) {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Simd::Avx512` is only selected when the CPU has the features.
+        Simd::Avx512 => unsafe {
+            kernels::avx512::backward_task_hd::<HD>(
+                dims, causal, drop, task, q, kt, vt, tkp, o, g, dq, dkt, dvt,
+            )
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for AVX2 + FMA.
+        Simd::Avx2 => unsafe {
+            kernels::avx2::backward_task_hd::<HD>(
+                dims, causal, drop, task, q, kt, vt, tkp, o, g, dq, dkt, dvt,
+            )
+        },
+        _ => kernels::backward_task_hd::<false, HD>(
+            dims, causal, drop, task, q, kt, vt, tkp, o, g, dq, dkt, dvt,
+        ),
+    }
+}
+
 fn forward_all(
     threads: usize,
     dims: Dims,
@@ -332,11 +422,26 @@ fn forward_all(
     let Dims { tq, tk, hd, .. } = dims;
     let mut out = vec![0f32; dims.tasks() * tq * (hd + 1)];
     let items: Vec<_> = out.chunks_mut(tq * (hd + 1)).enumerate().collect();
+    let level = simd::current();
+    let fast = FAST_HD.contains(&hd);
+    let tkp = tk.next_multiple_of(16);
     for_each_task(threads, items, |(t, dst)| {
-        let kt = transpose(&k[t * tk * hd..(t + 1) * tk * hd], tk, hd);
-        let vt = transpose(&v[t * tk * hd..(t + 1) * tk * hd], tk, hd);
+        let (k, v) = (
+            &k[t * tk * hd..(t + 1) * tk * hd],
+            &v[t * tk * hd..(t + 1) * tk * hd],
+        );
         let q = &q[t * tq * hd..(t + 1) * tq * hd];
-        dispatch!(forward_task(dims, causal, drop, t, q, &kt, &vt, dst));
+        if fast {
+            let kt = transpose_padded(k, tk, hd, tkp);
+            let vt = transpose_padded(v, tk, hd, tkp);
+            by_hd!(
+                hd,
+                forward_hd(level, dims, causal, drop, t, q, &kt, &vt, tkp, dst)
+            );
+        } else {
+            let (kt, vt) = (transpose(k, tk, hd), transpose(v, tk, hd));
+            dispatch!(level; forward_task(dims, causal, drop, t, q, &kt, &vt, dst));
+        }
     });
     out
 }
@@ -364,21 +469,38 @@ fn backward_all(
         .zip(dv.chunks_mut(tk * hd))
         .enumerate()
         .collect();
+    let level = simd::current();
+    let fast = FAST_HD.contains(&hd);
+    let tkp = if fast { tk.next_multiple_of(16) } else { tk };
     for_each_task(threads, items, |(t, ((dq, dk), dv))| {
-        let kt = transpose(&k[t * tk * hd..(t + 1) * tk * hd], tk, hd);
-        let vt = transpose(&v[t * tk * hd..(t + 1) * tk * hd], tk, hd);
+        let (ks, vs) = (
+            &k[t * tk * hd..(t + 1) * tk * hd],
+            &v[t * tk * hd..(t + 1) * tk * hd],
+        );
         let q = &q[t * tq * hd..(t + 1) * tq * hd];
         let o = &o[t * tq * (hd + 1)..(t + 1) * tq * (hd + 1)];
         let g = &g[t * tq * (hd + 1)..(t + 1) * tq * (hd + 1)];
-        let mut dkt = vec![0f32; hd * tk];
-        let mut dvt = vec![0f32; hd * tk];
-        dispatch!(backward_task(
-            dims, causal, drop, t, q, &kt, &vt, o, g, dq, &mut dkt, &mut dvt
-        ));
+        let mut dkt = vec![0f32; hd * tkp];
+        let mut dvt = vec![0f32; hd * tkp];
+        if fast {
+            let kt = transpose_padded(ks, tk, hd, tkp);
+            let vt = transpose_padded(vs, tk, hd, tkp);
+            by_hd!(
+                hd,
+                backward_hd(
+                    level, dims, causal, drop, t, q, &kt, &vt, tkp, o, g, dq, &mut dkt, &mut dvt
+                )
+            );
+        } else {
+            let (kt, vt) = (transpose(ks, tk, hd), transpose(vs, tk, hd));
+            dispatch!(level; backward_task(
+                dims, causal, drop, t, q, &kt, &vt, o, g, dq, &mut dkt, &mut dvt
+            ));
+        }
         for j in 0..tk {
             for d in 0..hd {
-                dk[j * hd + d] = dkt[d * tk + j];
-                dv[j * hd + d] = dvt[d * tk + j];
+                dk[j * hd + d] = dkt[d * tkp + j];
+                dv[j * hd + d] = dvt[d * tkp + j];
             }
         }
     });
@@ -679,60 +801,328 @@ mod kernels {
         }
     }
 
-    /// The kernels compiled with AVX2 + FMA.
-    #[cfg(target_arch = "x86_64")]
-    pub mod avx2 {
-        use super::super::{Dims, FusedDropout};
+    /// Horizontal sum of 16 lanes.
+    #[inline(always)]
+    fn hsum(x: &[f32; LANES]) -> f32 {
+        x.iter().sum()
+    }
 
-        /// [`super::forward_task`] with FMA.
-        #[allow(clippy::too_many_arguments)]
-        #[target_feature(enable = "avx2,fma")]
-        pub fn forward_task(
-            dims: Dims,
-            causal: bool,
-            drop: Option<FusedDropout>,
-            task: usize,
-            q: &[f32],
-            kt: &[f32],
-            vt: &[f32],
-            dst: &mut [f32],
-        ) {
-            super::forward_task::<true>(dims, causal, drop, task, q, kt, vt, dst)
+    /// Scores of the 16 keys from `j0` for a query of width `HD`: `Σ_d q[d] kt[d][j0 + l]`
+    /// (`kt` `[HD, tkp]`), all `HD` products accumulated in one 16-lane register.
+    #[inline(always)]
+    fn chunk_dot<const F: bool, const HD: usize>(
+        q: &[f32; HD],
+        kt: &[f32],
+        tkp: usize,
+        j0: usize,
+    ) -> [f32; LANES] {
+        let mut s = [0f32; LANES];
+        for d in 0..HD {
+            let k: &[f32; LANES] = kt[d * tkp + j0..d * tkp + j0 + LANES].try_into().unwrap();
+            for l in 0..LANES {
+                s[l] = fmadd::<F>(q[d], k[l], s[l]);
+            }
         }
+        s
+    }
 
-        /// [`super::backward_task`] with FMA.
-        #[allow(clippy::too_many_arguments)]
-        #[target_feature(enable = "avx2,fma")]
-        pub fn backward_task(
-            dims: Dims,
-            causal: bool,
-            drop: Option<FusedDropout>,
-            task: usize,
-            q: &[f32],
-            kt: &[f32],
-            vt: &[f32],
-            o: &[f32],
-            g: &[f32],
-            dq: &mut [f32],
-            dkt: &mut [f32],
-            dvt: &mut [f32],
-        ) {
-            super::backward_task::<true>(dims, causal, drop, task, q, kt, vt, o, g, dq, dkt, dvt)
+    /// Keep multipliers (`1/(1−r)` or 0) of the 16 entries from flat index `idx0`.
+    #[inline(always)]
+    fn keep_chunk(d: &FusedDropout, idx0: u64) -> [f32; LANES] {
+        let mut z = [0f32; LANES];
+        for (l, z) in z.iter_mut().enumerate() {
+            *z = if d.keep(idx0 + l as u64) {
+                d.scale
+            } else {
+                0.0
+            };
         }
+        z
+    }
 
-        /// [`super::probs_task`] with FMA.
-        #[target_feature(enable = "avx2,fma")]
-        pub fn probs_task(
-            dims: Dims,
-            causal: bool,
-            q: &[f32],
-            kt: &[f32],
-            lse: &[f32],
-            dst: &mut [f32],
-        ) {
-            super::probs_task::<true>(dims, causal, q, kt, lse, dst)
+    /// [`forward_task`] for head width `HD` with keys and values padded to `tkp` (a
+    /// multiple of 16) and processed chunk-major: each 16-key chunk's scores are built in
+    /// one register from `HD` FMAs, and the output accumulates in `HD` 16-lane
+    /// accumulators, so the inner loops touch every key once per pass.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn forward_task_hd<const F: bool, const HD: usize>(
+        dims: Dims,
+        causal: bool,
+        drop: Option<FusedDropout>,
+        task: usize,
+        q: &[f32],
+        kt: &[f32],
+        vt: &[f32],
+        tkp: usize,
+        dst: &mut [f32],
+    ) {
+        let Dims { tq, tk, .. } = dims;
+        const BLOCK: usize = KEY_BLOCK / LANES;
+        let mut buf = [[0f32; LANES]; BLOCK];
+        for i in 0..tq {
+            let qi: &[f32; HD] = q[i * HD..(i + 1) * HD].try_into().unwrap();
+            let jend = dims.key_end(i, causal);
+            let chunks = jend.div_ceil(LANES);
+            let row_base = ((task * tq + i) * tk) as u64;
+            let mut m = f32::NEG_INFINITY;
+            let mut lsum = 0f32;
+            let mut acc = [[0f32; LANES]; HD];
+            let mut c0 = 0;
+            while c0 < chunks {
+                let nc = BLOCK.min(chunks - c0);
+                let mut bmax = [f32::NEG_INFINITY; LANES];
+                for (c, s) in buf[..nc].iter_mut().enumerate() {
+                    let j0 = (c0 + c) * LANES;
+                    *s = chunk_dot::<F, HD>(qi, kt, tkp, j0);
+                    if j0 + LANES > jend {
+                        // The row's last chunk: hide the keys past `jend`.
+                        for (l, x) in s.iter_mut().enumerate() {
+                            if j0 + l >= jend {
+                                *x = f32::NEG_INFINITY;
+                            }
+                        }
+                    }
+                    for l in 0..LANES {
+                        bmax[l] = if s[l] > bmax[l] { s[l] } else { bmax[l] };
+                    }
+                }
+                let m_new = bmax.iter().fold(m, |a, &b| if b > a { b } else { a });
+                if m_new > m {
+                    // First block: m = -inf, lsum and acc are still 0.
+                    let c = if m == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        (m - m_new).exp()
+                    };
+                    lsum *= c;
+                    for a in acc.iter_mut() {
+                        for x in a.iter_mut() {
+                            *x *= c;
+                        }
+                    }
+                    m = m_new;
+                }
+                let mut psum = [0f32; LANES];
+                for (c, s) in buf[..nc].iter().enumerate() {
+                    let j0 = (c0 + c) * LANES;
+                    let mut p = [0f32; LANES];
+                    for l in 0..LANES {
+                        p[l] = exp_generic::<F>(s[l] - m);
+                    }
+                    if j0 + LANES > jend {
+                        p[jend - j0..].iter_mut().for_each(|x| *x = 0.0);
+                    }
+                    for l in 0..LANES {
+                        psum[l] += p[l];
+                    }
+                    if let Some(d) = &drop {
+                        let z = keep_chunk(d, row_base + j0 as u64);
+                        for l in 0..LANES {
+                            p[l] *= z[l];
+                        }
+                    }
+                    for (dd, a) in acc.iter_mut().enumerate() {
+                        let v: &[f32; LANES] =
+                            vt[dd * tkp + j0..dd * tkp + j0 + LANES].try_into().unwrap();
+                        for l in 0..LANES {
+                            a[l] = fmadd::<F>(p[l], v[l], a[l]);
+                        }
+                    }
+                }
+                lsum += hsum(&psum);
+                c0 += nc;
+            }
+            let row = &mut dst[i * (HD + 1)..(i + 1) * (HD + 1)];
+            let inv = 1.0 / lsum;
+            for (o, a) in row.iter_mut().zip(&acc) {
+                *o = hsum(a) * inv;
+            }
+            row[HD] = m + lsum.ln();
         }
     }
+
+    /// [`backward_task`] for head width `HD`, chunk-major like [`forward_task_hd`]:
+    /// `dkt`/`dvt` `[HD, tkp]` are accumulated, `dq` `[T_q, HD]` written.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn backward_task_hd<const F: bool, const HD: usize>(
+        dims: Dims,
+        causal: bool,
+        drop: Option<FusedDropout>,
+        task: usize,
+        q: &[f32],
+        kt: &[f32],
+        vt: &[f32],
+        tkp: usize,
+        o: &[f32],
+        g: &[f32],
+        dq: &mut [f32],
+        dkt: &mut [f32],
+        dvt: &mut [f32],
+    ) {
+        let Dims { tq, tk, .. } = dims;
+        for i in 0..tq {
+            let qi: &[f32; HD] = q[i * HD..(i + 1) * HD].try_into().unwrap();
+            let oi = &o[i * (HD + 1)..(i + 1) * (HD + 1)];
+            let gi: &[f32; HD] = g[i * (HD + 1)..i * (HD + 1) + HD].try_into().unwrap();
+            let lse = oi[HD];
+            let di: f32 = gi.iter().zip(oi).map(|(a, b)| a * b).sum();
+            let jend = dims.key_end(i, causal);
+            let row_base = ((task * tq + i) * tk) as u64;
+            let mut dq_acc = [[0f32; LANES]; HD];
+            for c in 0..jend.div_ceil(LANES) {
+                let j0 = c * LANES;
+                let s = chunk_dot::<F, HD>(qi, kt, tkp, j0);
+                let mut p = [0f32; LANES];
+                for l in 0..LANES {
+                    p[l] = exp_generic::<F>(s[l] - lse);
+                }
+                if j0 + LANES > jend {
+                    p[jend - j0..].iter_mut().for_each(|x| *x = 0.0);
+                }
+                // dP_raw[j] = dO_i · v_j.
+                let mut dp = chunk_dot::<F, HD>(gi, vt, tkp, j0);
+                let mut pz = p;
+                if let Some(d) = &drop {
+                    let z = keep_chunk(d, row_base + j0 as u64);
+                    for l in 0..LANES {
+                        pz[l] *= z[l];
+                        dp[l] *= z[l];
+                    }
+                }
+                let mut ds = [0f32; LANES];
+                for l in 0..LANES {
+                    ds[l] = p[l] * (dp[l] - di);
+                }
+                for d in 0..HD {
+                    let at = d * tkp + j0..d * tkp + j0 + LANES;
+                    let dv: &mut [f32; LANES] = (&mut dvt[at.clone()]).try_into().unwrap();
+                    for l in 0..LANES {
+                        dv[l] = fmadd::<F>(gi[d], pz[l], dv[l]);
+                    }
+                    let k: &[f32; LANES] = kt[at.clone()].try_into().unwrap();
+                    for l in 0..LANES {
+                        dq_acc[d][l] = fmadd::<F>(ds[l], k[l], dq_acc[d][l]);
+                    }
+                    let dk: &mut [f32; LANES] = (&mut dkt[at]).try_into().unwrap();
+                    for l in 0..LANES {
+                        dk[l] = fmadd::<F>(qi[d], ds[l], dk[l]);
+                    }
+                }
+            }
+            for (x, a) in dq[i * HD..(i + 1) * HD].iter_mut().zip(&dq_acc) {
+                *x = hsum(a);
+            }
+        }
+    }
+
+    /// The `#[target_feature]` builds of the kernels: `avx2` (AVX2 + FMA) and `avx512`.
+    macro_rules! simd_builds {
+        ($($module:ident: $features:literal),*) => {$(
+            #[cfg(target_arch = "x86_64")]
+            pub mod $module {
+                use super::super::{Dims, FusedDropout};
+
+                /// [`super::forward_task`] in this build.
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = $features)]
+                pub fn forward_task(
+                    dims: Dims,
+                    causal: bool,
+                    drop: Option<FusedDropout>,
+                    task: usize,
+                    q: &[f32],
+                    kt: &[f32],
+                    vt: &[f32],
+                    dst: &mut [f32],
+                ) {
+                    super::forward_task::<true>(dims, causal, drop, task, q, kt, vt, dst)
+                }
+
+                /// [`super::backward_task`] in this build.
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = $features)]
+                pub fn backward_task(
+                    dims: Dims,
+                    causal: bool,
+                    drop: Option<FusedDropout>,
+                    task: usize,
+                    q: &[f32],
+                    kt: &[f32],
+                    vt: &[f32],
+                    o: &[f32],
+                    g: &[f32],
+                    dq: &mut [f32],
+                    dkt: &mut [f32],
+                    dvt: &mut [f32],
+                ) {
+                    super::backward_task::<true>(
+                        dims, causal, drop, task, q, kt, vt, o, g, dq, dkt, dvt,
+                    )
+                }
+
+                /// [`super::forward_task_hd`] in this build.
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = $features)]
+                pub fn forward_task_hd<const HD: usize>(
+                    dims: Dims,
+                    causal: bool,
+                    drop: Option<FusedDropout>,
+                    task: usize,
+                    q: &[f32],
+                    kt: &[f32],
+                    vt: &[f32],
+                    tkp: usize,
+                    dst: &mut [f32],
+                ) {
+                    super::forward_task_hd::<true, HD>(
+                        dims, causal, drop, task, q, kt, vt, tkp, dst,
+                    )
+                }
+
+                /// [`super::backward_task_hd`] in this build.
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = $features)]
+                pub fn backward_task_hd<const HD: usize>(
+                    dims: Dims,
+                    causal: bool,
+                    drop: Option<FusedDropout>,
+                    task: usize,
+                    q: &[f32],
+                    kt: &[f32],
+                    vt: &[f32],
+                    tkp: usize,
+                    o: &[f32],
+                    g: &[f32],
+                    dq: &mut [f32],
+                    dkt: &mut [f32],
+                    dvt: &mut [f32],
+                ) {
+                    super::backward_task_hd::<true, HD>(
+                        dims, causal, drop, task, q, kt, vt, tkp, o, g, dq, dkt, dvt,
+                    )
+                }
+
+                /// [`super::probs_task`] in this build.
+                #[target_feature(enable = $features)]
+                pub fn probs_task(
+                    dims: Dims,
+                    causal: bool,
+                    q: &[f32],
+                    kt: &[f32],
+                    lse: &[f32],
+                    dst: &mut [f32],
+                ) {
+                    super::probs_task::<true>(dims, causal, q, kt, lse, dst)
+                }
+            }
+        )*};
+    }
+    simd_builds!(
+        avx2: "avx2,fma",
+        avx512: "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"
+    );
 }
 
 #[cfg(test)]
@@ -897,6 +1287,28 @@ mod tests {
             }
         }
         println!("no dropout: worst relative error {worst:.3e}");
+    }
+
+    #[test]
+    fn every_simd_build_computes_the_same_attention() {
+        use crate::model::simd::{best, with_simd, Simd};
+        let case = Case {
+            dims: dims(2, 3, 37, 300, 5),
+            causal: true,
+            dropout: 0.2,
+            scale: 1.5,
+        };
+        let reference = with_simd(Simd::Portable, || run(case, AttentionKernel::Fused, 7));
+        for level in [Simd::Avx2, Simd::Avx512]
+            .into_iter()
+            .filter(|&l| l <= best())
+        {
+            let got = with_simd(level, || run(case, AttentionKernel::Fused, 7));
+            for (g, r) in got.iter().zip(&reference) {
+                let e = rel_err(g, r);
+                assert!(e < 1e-5, "{level:?}: relative error {e:.3e}");
+            }
+        }
     }
 
     #[test]

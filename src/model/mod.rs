@@ -12,6 +12,7 @@ pub mod mica;
 pub mod mult;
 pub mod params;
 pub mod rowops;
+pub mod simd;
 
 use anyhow::Result;
 use config::{Arch, ModelConfig};
