@@ -90,6 +90,62 @@ pub struct BenchReport {
     pub model: BenchModel,
 }
 
+/// Multiply-add FLOPs (2 per multiply-accumulate) of one forward pass of `cfg` at batch
+/// `batch`, counting what PyTorch's `FlopCounterMode` counts: every matmul (convolution,
+/// projections, attention scores and `p·v` over the full `T_q × T_k`, causal mask or
+/// not, feed-forward, gates, head). Elementwise work is not counted. A training step is
+/// taken as 3× the forward (the backward of a matmul is two matmuls).
+pub fn forward_flops(cfg: &crate::model::config::ModelConfig, batch: usize) -> f64 {
+    use crate::model::config::Arch;
+    let b = batch as f64;
+    let mm = |m: f64, k: f64, n: f64| 2.0 * m * k * n;
+    let t = cfg.model_lens().map(|x| x as f64);
+    let d = cfg.d as f64;
+    let dims = cfg.orig_dims();
+    let ks = cfg.kernels();
+    // Front end: Conv1d (k taps) or identity when the input already has width d.
+    let mut f: f64 = (0..3)
+        .filter(|&m| dims[m] != cfg.d)
+        .map(|m| mm(b * t[m], (ks[m] * dims[m]) as f64, d))
+        .sum();
+    // One pre-LN encoder layer of width e, tq queries over tk keys.
+    let layer = |e: f64, tq: f64, tk: f64| {
+        mm(b * tq, e, e) // q
+            + 2.0 * mm(b * tk, e, e) // k, v
+            + 2.0 * mm(b * tq, e, tk) // scores and p·v (all heads together)
+            + mm(b * tq, e, e) // out_proj
+            + 2.0 * mm(b * tq, e, 4.0 * e) // fc1, fc2
+    };
+    let pairs = [(0, [1, 2]), (1, [0, 2]), (2, [0, 1])];
+    let n_self = cfg.layers.max(3) as f64;
+    let l = cfg.layers as f64;
+    match cfg.arch {
+        Arch::Mult => {
+            for (tt, ss) in pairs {
+                for s in ss {
+                    f += l * layer(d, t[tt], t[s]);
+                }
+                f += n_self * layer(2.0 * d, t[tt], t[tt]);
+            }
+            let c = 6.0 * d;
+            f += mm(b, c, c) * 2.0 + mm(b, c, cfg.output_dim as f64);
+        }
+        Arch::Mica => {
+            for (tt, ss) in pairs {
+                for s in ss {
+                    f += l * layer(d, t[tt], t[s]);
+                }
+                f += l * 2.0 * mm(b * t[tt], d, d); // gate W1, W2
+                f += n_self * layer(d, t[tt], t[tt]);
+            }
+            let c = 3.0 * d;
+            f += mm(b, c, c) * 2.0 + mm(b, c, cfg.output_dim as f64);
+        }
+        Arch::EfLstm | Arch::LfLstm => return f64::NAN,
+    }
+    f
+}
+
 /// The benchmark's config and batch size.
 pub fn bench_config(
     model: BenchModel,
@@ -237,8 +293,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             r.threads,
             args.steps
         );
-        println!("train step (median): {:.1} ms", r.train_step_ms);
-        println!("eval batch (median): {:.1} ms", r.eval_batch_ms);
+        let (cfg, batch) = bench_config(args.model, args.shape, kernel);
+        let fwd = forward_flops(&cfg.model, args.batch.unwrap_or(batch));
+        println!(
+            "matmul FLOPs: {:.2} GFLOP per forward, {:.2} GFLOP per training step (3x)",
+            fwd / 1e9,
+            3.0 * fwd / 1e9
+        );
+        println!(
+            "train step (median): {:.1} ms ({:.1} GFLOP/s)",
+            r.train_step_ms,
+            3.0 * fwd / r.train_step_ms / 1e6
+        );
+        println!(
+            "eval batch (median): {:.1} ms ({:.1} GFLOP/s)",
+            r.eval_batch_ms,
+            fwd / r.eval_batch_ms / 1e6
+        );
         println!("peak RSS: {:.0} MiB", r.peak_rss_mb);
     }
     Ok(())
@@ -295,6 +366,36 @@ mod tests {
         let (c, _) = bench_config(BenchModel::Mult, BenchShape::Bench, AttentionKernel::Plain);
         assert_eq!(c.model.arch, crate::model::config::Arch::Mult);
         assert_eq!((c.align.alpha, c.align.beta), (0.0, 0.0));
+    }
+
+    #[test]
+    fn flop_count_matches_a_hand_count_of_a_tiny_mult() {
+        let (mut c, _) = bench_config(BenchModel::Mult, BenchShape::Small, AttentionKernel::Plain);
+        // d 16, 2 layers (memory encoders 3), lengths 10/12/14 after conv kernels.
+        let m = &mut c.model;
+        m.d = 2;
+        m.layers = 1;
+        (m.orig_d_l, m.orig_d_a, m.orig_d_v) = (2, 2, 2); // identity front end
+        (m.l_len, m.a_len, m.v_len) = (1, 2, 3);
+        m.output_dim = 1;
+        let b = 1.0;
+        let layer = |e: f64, tq: f64, tk: f64| {
+            2.0 * (tq * e * e
+                + 2.0 * tk * e * e
+                + 2.0 * tq * e * tk
+                + tq * e * e
+                + 8.0 * tq * e * e)
+        };
+        let t = [1.0, 2.0, 3.0];
+        let mut want = 0.0;
+        for (tt, ss) in [(0, [1, 2]), (1, [0, 2]), (2, [0, 1])] {
+            for s in ss {
+                want += layer(2.0, t[tt], t[s]);
+            }
+            want += 3.0 * layer(4.0, t[tt], t[tt]);
+        }
+        want += b * 2.0 * (2.0 * 12.0 * 12.0 + 12.0);
+        assert_eq!(forward_flops(&c.model, 1), want);
     }
 
     #[test]
