@@ -204,44 +204,62 @@ fn run_task(
     let kt = transpose(t.k, tk, hd);
     let mut probs = vec![0f32; tq * tk];
     task_probs(level, t.dims, t.causal, t.q, &kt, t.lse, &mut probs);
-    let gamma = threshold(t, &probs);
-    simd_dispatch!(level, sweeps, sweep(t, &kt, &probs, gamma, bits, dq, dk))
+    simd_dispatch!(level, sweeps, sweep(t, &kt, &probs, bits, dq, dk))
 }
 
 /// γ of one task (`f32::INFINITY` when nothing is to be selected).
+#[inline(always)]
 fn threshold(t: &TaskIn, probs: &[f32]) -> f32 {
     let Dims { tq, tk, .. } = t.dims;
     let nq = t.vq.iter().filter(|x| **x).count();
     let nk = t.vk.iter().filter(|x| **x).count();
-    let mut hist = vec![0u32; BINS];
-    let mut eligible = 0usize;
+    // Histogram key of each entry: 1 + the bin of an eligible probability, 0 otherwise
+    // (computed branch-free a row at a time, then counted into four interleaved
+    // histograms so consecutive increments do not wait on each other).
+    let vk: Vec<u32> = t.vk.iter().map(|&v| v as u32).collect();
+    let keys = |row: &[f32], out: &mut [u32]| {
+        for ((o, &p), &v) in out.iter_mut().zip(row).zip(&vk) {
+            let elig = (p > 0.0) as u32 & v;
+            *o = elig * ((p.to_bits() >> 20) + 1);
+        }
+    };
+    let mut key = vec![0u32; tk];
+    let mut hist = vec![[0u32; 4]; BINS + 1];
     for i in (0..tq).filter(|&i| t.vq[i]) {
-        for (j, &p) in probs[i * tk..(i + 1) * tk].iter().enumerate() {
-            if p > 0.0 && t.vk[j] {
-                hist[(p.to_bits() >> 20) as usize] += 1;
-                eligible += 1;
+        keys(&probs[i * tk..(i + 1) * tk], &mut key);
+        let mut quads = key.chunks_exact(4);
+        for q in quads.by_ref() {
+            for (lane, &k) in q.iter().enumerate() {
+                hist[k as usize][lane] += 1;
             }
         }
+        for &k in quads.remainder() {
+            hist[k as usize][0] += 1;
+        }
     }
+    let count = |b: usize| hist[b].iter().sum::<u32>() as usize;
+    let eligible: usize = (1..=BINS).map(count).sum();
     let k = keep_count(t.tau, nq, nk, eligible);
     if k == 0 {
         return f32::INFINITY;
     }
-    // The bin holding the k-th largest value, and how many values lie above it.
+    // The key holding the k-th largest value, and how many values lie above it.
     let mut above = 0usize;
-    let mut bin = BINS - 1;
+    let mut bin = BINS;
     loop {
-        let c = hist[bin] as usize;
+        let c = count(bin);
         if above + c >= k {
             break;
         }
         above += c;
-        bin -= 1; // k ≤ eligible, so the loop stops at or before bin 0.
+        bin -= 1; // k ≤ eligible, so the loop stops at or before key 1.
     }
-    let mut inside: Vec<f32> = Vec::with_capacity(hist[bin] as usize);
+    let mut inside: Vec<f32> = Vec::with_capacity(count(bin));
     for i in (0..tq).filter(|&i| t.vq[i]) {
-        for (j, &p) in probs[i * tk..(i + 1) * tk].iter().enumerate() {
-            if p > 0.0 && t.vk[j] && (p.to_bits() >> 20) as usize == bin {
+        let row = &probs[i * tk..(i + 1) * tk];
+        keys(row, &mut key);
+        for (&kk, &p) in key.iter().zip(row) {
+            if kk as usize == bin {
                 inside.push(p);
             }
         }
@@ -262,17 +280,17 @@ mod sweeps {
             pub mod $module {
                 use super::TaskIn;
 
-                /// [`super::sweep`] in this build.
+                /// Threshold and sweep in this build.
                 #[target_feature(enable = $features)]
                 pub fn sweep(
                     t: &TaskIn,
                     kt: &[f32],
                     probs: &[f32],
-                    gamma: f32,
                     bits: &mut [u64],
                     dq: &mut [f32],
                     dk: &mut [f32],
                 ) -> (f64, usize) {
+                    let gamma = super::super::threshold(t, probs);
                     super::super::sweep(t, kt, probs, gamma, bits, dq, dk)
                 }
             }
@@ -289,11 +307,11 @@ mod sweeps {
         t: &TaskIn,
         kt: &[f32],
         probs: &[f32],
-        gamma: f32,
         bits: &mut [u64],
         dq: &mut [f32],
         dk: &mut [f32],
     ) -> (f64, usize) {
+        let gamma = super::threshold(t, probs);
         super::sweep(t, kt, probs, gamma, bits, dq, dk)
     }
 }
