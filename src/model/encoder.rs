@@ -5,7 +5,7 @@
 
 use super::attention::{attend, AttentionKernel, AttnCall};
 use super::ctx::Ctx;
-use super::layers::{linear, positional_embedding, relu, LayerNorm, Linear};
+use super::layers::{linear, positional_embedding, LayerNorm, Linear};
 use super::params::{Init, ParamSource};
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
@@ -214,12 +214,12 @@ impl EncoderLayer {
                     .forward(ctx, kernel, &xq, &k, &v, causal_offset, drop.attn, trace)?
             }
         };
-        let x = (residual + ctx.dropout(&attn, drop.res)?)?;
+        let x = ctx.residual_dropout(residual, &attn, drop.res)?;
         let residual = &x;
         let h = self.layer_norms[1].forward(&x)?;
-        let h = ctx.dropout(&relu(&self.fc1.forward(&h)?)?, drop.relu)?;
+        let h = ctx.relu_dropout(&self.fc1.forward(&h)?, drop.relu)?;
         let h = self.fc2.forward(&h)?;
-        let x = (residual + ctx.dropout(&h, drop.res)?)?;
+        let x = ctx.residual_dropout(residual, &h, drop.res)?;
         Ok((x, tr))
     }
 }
@@ -314,7 +314,19 @@ impl Encoder {
 }
 
 /// `dropout(sqrt(E) * x + PE(x), p)` with the padding rule of [`positional_embedding`].
+///
+/// On f32 CPU tensors one op keeping only its output ([`super::pointwise::embed`], the
+/// same values); the dropout draws one stream when active, as [`Ctx::dropout`].
 pub fn embed(ctx: &Ctx, x: &Tensor, embed_dim: usize, p: f32) -> Result<Tensor> {
+    if super::pointwise::applies(&[x]) {
+        let d = ctx.dropout_active(p).then(|| ctx.next_dropout(p));
+        return Ok(super::pointwise::embed(x, (embed_dim as f64).sqrt(), d)?);
+    }
+    embed_composed(ctx, x, embed_dim, p)
+}
+
+/// [`embed`] with composed ops.
+pub fn embed_composed(ctx: &Ctx, x: &Tensor, embed_dim: usize, p: f32) -> Result<Tensor> {
     let pe = positional_embedding(x)?;
     let scaled = (x * (embed_dim as f64).sqrt())?;
     ctx.dropout(&(scaled + pe)?, p)

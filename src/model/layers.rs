@@ -157,7 +157,18 @@ impl Conv1d {
 
 /// ReLU whose gradient is 0 at exactly 0, as PyTorch's (candle's own `relu` passes the
 /// gradient at 0, which differs on the exactly-zero rows that padding produces).
+///
+/// On f32 CPU tensors one op that keeps only its output (same values as the composed
+/// `x * [x > 0]`, see [`super::pointwise`]).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if super::pointwise::applies(&[x]) {
+        return Ok(super::pointwise::relu_dropout(x, None)?);
+    }
+    relu_composed(x)
+}
+
+/// `x * [x > 0]` with composed ops (the reference of the fused ReLU).
+pub fn relu_composed(x: &Tensor) -> Result<Tensor> {
     let mask = x.gt(0.0)?.to_dtype(x.dtype())?;
     Ok(x.mul(&mask)?)
 }
