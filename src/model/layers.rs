@@ -57,10 +57,11 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let dims = x.dims().to_vec();
     let din = *dims.last().expect("linear on a scalar");
     let rows: usize = dims[..dims.len() - 1].iter().product();
-    let y = x.reshape((rows, din))?.matmul(&weight.t()?)?;
+    let x2 = x.reshape((rows, din))?;
     let y = match bias {
-        Some(b) => super::rowops::add_bias(&y, b)?,
-        None => y,
+        // One op keeping only its output (CPU f32), else `add_bias(x Wᵀ, b)`.
+        Some(b) => super::rowops::linear_bias(&x2, weight, b)?,
+        None => x2.matmul(&weight.t()?)?,
     };
     let mut out_dims = dims;
     *out_dims.last_mut().unwrap() = weight.dim(0)?;
@@ -91,7 +92,18 @@ impl LayerNorm {
     }
 
     /// Normalises `[..., E]`.
+    ///
+    /// On f32 CPU tensors one op ([`super::rowops::layer_norm`]) that keeps only its
+    /// output and gives bit-identical values; elsewhere the composed ops below.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = super::rowops::layer_norm(x, &self.weight, &self.bias, self.eps)? {
+            return Ok(y);
+        }
+        self.forward_composed(x)
+    }
+
+    /// The composed-ops LayerNorm (the reference of the fused op).
+    pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
