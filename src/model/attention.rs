@@ -14,7 +14,7 @@
 //! f32 on the CPU fall back to the plain path.
 
 use super::ctx::Ctx;
-use super::fused::{fused_attention, fused_probs, FusedDropout};
+use super::fused::{fused_attention_packed, fused_probs, FusedDropout};
 use super::layers::{causal_offset_mask, softmax_last};
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
@@ -58,6 +58,9 @@ pub struct AttnResult {
     pub out: Tensor,
     /// `[B, h, T_q, T_k]` probabilities before dropout, when requested.
     pub probs: Option<Tensor>,
+    /// The fused kernel's packed output `[B, h, T_q, hd + 1]` (`out` is its first `hd`
+    /// columns), when the fused kernel ran.
+    pub packed: Option<Tensor>,
 }
 
 /// Computes `softmax(q k^T + M) (dropout) v` with the chosen kernel.
@@ -91,13 +94,20 @@ fn fused(ctx: &Ctx, call: AttnCall) -> Result<AttnResult> {
     let drop = ctx
         .dropout_active(call.dropout)
         .then(|| FusedDropout::new(ctx.seed, ctx.next_stream(), call.dropout));
-    let (out, lse) = fused_attention(call.q, call.k, call.v, call.causal_offset, drop)?;
+    let packed = fused_attention_packed(call.q, call.k, call.v, call.causal_offset, drop)?;
+    let hd = call.q.dim(3)?;
+    let out = packed.narrow(3, 0, hd)?;
     let probs = if call.want_probs {
+        let lse = packed.narrow(3, hd, 1)?.squeeze(3)?.detach();
         Some(fused_probs(call.q, call.k, &lse, call.causal_offset)?)
     } else {
         None
     };
-    Ok(AttnResult { out, probs })
+    Ok(AttnResult {
+        out,
+        probs,
+        packed: Some(packed),
+    })
 }
 
 fn plain(ctx: &Ctx, call: AttnCall, tq: usize, tk: usize) -> Result<AttnResult> {
@@ -112,5 +122,6 @@ fn plain(ctx: &Ctx, call: AttnCall, tq: usize, tk: usize) -> Result<AttnResult> 
     Ok(AttnResult {
         out,
         probs: call.want_probs.then_some(probs),
+        packed: None,
     })
 }

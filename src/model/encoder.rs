@@ -91,6 +91,28 @@ impl MultiheadAttention {
         linear(x, &w, Some(&b))
     }
 
+    /// Projection `which` of `x` `[B, T, E]` split into heads `[B, h, T, hd]` and multiplied
+    /// by `scale` when given, as one op keeping only its output (the values and gradients
+    /// of `split_heads(project(x, which) * scale)`); `None` when the op does not apply
+    /// (not f32 on the CPU).
+    fn project_heads(
+        &self,
+        x: &Tensor,
+        which: usize,
+        scale: Option<f64>,
+    ) -> Result<Option<Tensor>> {
+        let e = self.embed_dim;
+        let w = self.in_proj_weight.narrow(0, which * e, e)?;
+        let b = self.in_proj_bias.narrow(0, which * e, e)?;
+        Ok(super::rowops::linear_bias_to_heads(
+            x,
+            &w,
+            &b,
+            self.num_heads,
+            scale,
+        )?)
+    }
+
     /// `[B, T, E] -> [B, h, T, hd]`.
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -114,13 +136,28 @@ impl MultiheadAttention {
         trace: bool,
     ) -> Result<(Tensor, Option<AttnTrace>)> {
         let (b, tq, e) = x_q.dims3()?;
-        let q = self.project(x_q, 0)?;
-        let k = self.project(x_k, 1)?;
-        let v = self.project(x_v, 2)?;
         let scaling = (self.head_dim() as f64).powf(-0.5);
-        let qh = self.split_heads(&(&q * scaling)?)?;
-        let kh = self.split_heads(&k)?;
-        let vh = self.split_heads(&v)?;
+        // A trace exposes the unsplit q and k (with gradients), so they go the composed way.
+        let fast = match trace {
+            true => None,
+            false => self
+                .project_heads(x_q, 0, Some(scaling))?
+                .zip(self.project_heads(x_k, 1, None)?),
+        };
+        let (qh, kh, qk) = match fast {
+            Some((qh, kh)) => (qh, kh, None),
+            None => {
+                let q = self.project(x_q, 0)?;
+                let k = self.project(x_k, 1)?;
+                let qh = self.split_heads(&(&q * scaling)?)?;
+                let kh = self.split_heads(&k)?;
+                (qh, kh, Some((q, k)))
+            }
+        };
+        let vh = match self.project_heads(x_v, 2, None)? {
+            Some(vh) => vh,
+            None => self.split_heads(&self.project(x_v, 2)?)?,
+        };
         let res = attend(
             ctx,
             kernel,
@@ -133,13 +170,27 @@ impl MultiheadAttention {
                 want_probs: trace,
             },
         )?;
-        let out = res.out.transpose(1, 2)?.contiguous()?.reshape((b, tq, e))?;
-        let out = self.out_proj.forward(&out)?;
-        let tr = trace.then(|| AttnTrace {
-            q,
-            k,
-            probs: res.probs,
-        });
+        let fused_out = match (&res.packed, &self.out_proj.bias) {
+            (Some(packed), Some(bias)) => {
+                super::rowops::linear_bias_from_heads(packed, &self.out_proj.weight, bias)?
+            }
+            _ => None,
+        };
+        let out = match fused_out {
+            Some(out) => out.reshape((b, tq, e))?,
+            None => {
+                let out = res.out.transpose(1, 2)?.contiguous()?.reshape((b, tq, e))?;
+                self.out_proj.forward(&out)?
+            }
+        };
+        let tr = match (trace, qk) {
+            (true, Some((q, k))) => Some(AttnTrace {
+                q,
+                k,
+                probs: res.probs,
+            }),
+            _ => None,
+        };
         Ok((out, tr))
     }
 }
@@ -217,7 +268,7 @@ impl EncoderLayer {
         let x = ctx.residual_dropout(residual, &attn, drop.res)?;
         let residual = &x;
         let h = self.layer_norms[1].forward(&x)?;
-        let h = ctx.relu_dropout(&self.fc1.forward(&h)?, drop.relu)?;
+        let h = self.fc1.forward_relu_dropout(ctx, &h, drop.relu)?;
         let h = self.fc2.forward(&h)?;
         let x = ctx.residual_dropout(residual, &h, drop.res)?;
         Ok((x, tr))
@@ -330,4 +381,80 @@ pub fn embed_composed(ctx: &Ctx, x: &Tensor, embed_dim: usize, p: f32) -> Result
     let pe = positional_embedding(x)?;
     let scaled = (x * (embed_dim as f64).sqrt())?;
     ctx.dropout(&(scaled + pe)?, p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::params::Initializer;
+    use candle_core::{Device, Var};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn rand_var(shape: &[usize], rng: &mut ChaCha8Rng) -> Var {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        Var::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    }
+
+    /// The trace path projects q and k with the composed ops (linear, `* scaling`,
+    /// `split_heads`); without a trace they come from the head-layout linear op. A whole
+    /// crossmodal layer in training mode gives bit-identical outputs and gradients both ways.
+    #[test]
+    fn fused_projections_give_the_trace_paths_bits() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let mut init = Initializer::new(1, &Device::Cpu);
+        let layer = EncoderLayer::new(&mut init, "l", 8, 2).unwrap();
+        let store = init.into_store();
+        for var in store.vars.values() {
+            var.set(rand_var(var.dims(), &mut rng).as_tensor()).unwrap();
+        }
+        let x = rand_var(&[2, 5, 8], &mut rng);
+        let k = rand_var(&[2, 7, 8], &mut rng);
+        let v = rand_var(&[2, 7, 8], &mut rng);
+        let drop = EncoderDropouts {
+            attn: 0.2,
+            relu: 0.2,
+            res: 0.2,
+            embed: 0.2,
+        };
+        let up = rand_var(&[2, 5, 8], &mut rng);
+        let run = |trace: bool| {
+            let ctx = Ctx::train(17);
+            let (out, tr) = layer
+                .forward(
+                    &ctx,
+                    AttentionKernel::Fused,
+                    x.as_tensor(),
+                    Some((k.as_tensor(), v.as_tensor())),
+                    true,
+                    &drop,
+                    trace,
+                )
+                .unwrap();
+            assert_eq!(tr.is_some(), trace);
+            let g = (&out * up.as_tensor())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let mut all = vec![bits(&out)];
+            for t in [&x, &k, &v].into_iter().chain(store.vars.values()) {
+                all.push(bits(g.get(t.as_tensor()).expect("a gradient")));
+            }
+            all
+        };
+        assert_eq!(run(false), run(true));
+    }
 }

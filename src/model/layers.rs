@@ -50,6 +50,33 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         linear(x, &self.weight, self.bias.as_ref())
     }
+
+    /// `ctx.relu_dropout(self.forward(x), p)` (one dropout draw when active); on f32 CPU
+    /// tensors one op that keeps only its output (the same values and gradients).
+    pub fn forward_relu_dropout(
+        &self,
+        ctx: &super::ctx::Ctx,
+        x: &Tensor,
+        p: f32,
+    ) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let din = *dims.last().expect("linear on a scalar");
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        if let Some(b) = &self.bias {
+            let x2 = x.reshape((rows, din))?;
+            if super::pointwise::applies(&[&x2, &self.weight, b]) {
+                let d = ctx.dropout_active(p).then(|| ctx.next_dropout(p));
+                if let Some(y) = super::rowops::linear_relu_dropout(&x2, &self.weight, b, d)? {
+                    let mut out_dims = dims;
+                    *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+                    return Ok(y.reshape(out_dims)?);
+                }
+                // (Not reached: the op applies to every f32 CPU 2-D input.)
+                anyhow::bail!("fused linear unexpectedly refused its input");
+            }
+        }
+        ctx.relu_dropout(&self.forward(x)?, p)
+    }
 }
 
 /// `x W^T + b` for `x` of any rank (flattened to 2-D for one matmul).

@@ -51,7 +51,7 @@ pub(crate) fn with_f32<R>(
 /// The multiplier of flat element `i` under `d`: `1/(1-p)` if kept, else 0 (exactly the
 /// value of [`super::ctx::Ctx::dropout_mask`]).
 #[inline]
-fn mask_value(d: &FusedDropout, i: usize) -> f32 {
+pub(crate) fn mask_value(d: &FusedDropout, i: usize) -> f32 {
     if d.keep(i as u64) {
         d.scale
     } else {

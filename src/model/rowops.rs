@@ -8,6 +8,8 @@
 //! order (rows summed one after the other, products formed the same way), so results
 //! are bit-identical to the composed ops; only the column sums are done row-wise.
 
+use super::fused::FusedDropout;
+use super::pointwise::{mask_value, with_f32};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Option<&'a [f32]> {
@@ -146,12 +148,113 @@ impl CustomOp3 for ScaleShift {
     }
 }
 
-/// `x Wᵀ + b` for 2-D `x` `[rows, in]`, `W` `[out, in]`, `b` `[out]`, keeping only the
-/// output: the forward is candle's own CPU matmul on exactly the layouts
-/// `x.matmul(&W.t())` uses, then the bias added in place, so the values are those of the
-/// composed `add_bias(x.matmul(W.t()), b)` bit for bit; the backward forms the same
-/// products as candle's matmul backward (`dx = dy W`, `dW = (xᵀ dy)ᵀ`, `db` column sums).
-struct LinearBias;
+/// Where a fused linear reads its input rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinearIn {
+    /// `x` is `[rows, in]`.
+    Rows,
+    /// `x` is the fused attention's packed output `[B, h, T, hd + 1]`
+    /// ([`super::fused::fused_attention_packed`]): the input rows are its heads merged,
+    /// row `(b, t)` = `[x[b, 0, t, ..hd], .., x[b, h−1, t, ..hd]]`, exactly what
+    /// `x.narrow(3, 0, hd).transpose(1, 2).contiguous().reshape((B·T, h·hd))` holds.
+    MergeHeads,
+}
+
+/// How a fused linear lays out its output.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum LinearOut {
+    /// `[rows, out]`.
+    Rows,
+    /// Split into heads, `[B, h, T, out/h]` with `rows = B·T`, each value first multiplied
+    /// by `scale` as candle's `y * scale` does (`v · s + 0`), when given: the layout of
+    /// `(y * scale).reshape((B, T, h, hd)).transpose(1, 2).contiguous()`.
+    Heads {
+        batch: usize,
+        heads: usize,
+        scale: Option<f32>,
+    },
+}
+
+/// `x Wᵀ + b` with `W` `[out, in]`, `b` `[out]`, keeping only the output, optionally
+/// followed by `dropout(relu(·))` and with its input / output in the attention's head
+/// layouts ([`LinearIn`], [`LinearOut`]).
+///
+/// The forward is candle's own CPU matmul on exactly the layouts `x.matmul(&W.t())` uses,
+/// then the bias added in place (and the epilogue, scale, permutation, each with the f32
+/// operations of the composed ops), so the values are those of the composed ops bit for
+/// bit. The backward forms the same products as candle's matmul backward (`dx = dy W`,
+/// `dW = (xᵀ dy)ᵀ`, `db` column sums), on the same incoming gradient: bit-identical
+/// gradients too. ReLU's mask comes from the output (`out > 0` iff the pre-activation is
+/// positive wherever the dropout keeps it), dropout's from its generator.
+#[derive(Debug, Clone, Copy)]
+struct LinearBias {
+    input: LinearIn,
+    out: LinearOut,
+    relu: bool,
+    drop: Option<FusedDropout>,
+}
+
+/// `(B, h, T, hd)` of a packed attention output `[B, h, T, hd + 1]`.
+fn packed_dims(shape: &Shape) -> candle_core::Result<(usize, usize, usize, usize)> {
+    let (b, h, t, hd1) = shape.dims4()?;
+    if hd1 == 0 {
+        candle_core::bail!("linear: empty packed attention output")
+    }
+    Ok((b, h, t, hd1 - 1))
+}
+
+/// Heads of a packed `[B, h, T, hd + 1]` buffer merged into rows `[B·T, h·hd]`.
+fn merge_heads(x: &[f32], (b, h, t, hd): (usize, usize, usize, usize)) -> Vec<f32> {
+    let mut out = vec![0f32; b * t * h * hd];
+    for bi in 0..b {
+        for hi in 0..h {
+            for ti in 0..t {
+                let src = ((bi * h + hi) * t + ti) * (hd + 1);
+                let dst = (bi * t + ti) * h * hd + hi * hd;
+                out[dst..dst + hd].copy_from_slice(&x[src..src + hd]);
+            }
+        }
+    }
+    out
+}
+
+/// Rows `[B·T, h·hd]` scattered back to a packed `[B, h, T, hd + 1]` buffer (last column 0).
+fn unmerge_heads(y: &[f32], (b, h, t, hd): (usize, usize, usize, usize)) -> Vec<f32> {
+    let mut out = vec![0f32; b * h * t * (hd + 1)];
+    for bi in 0..b {
+        for hi in 0..h {
+            for ti in 0..t {
+                let dst = ((bi * h + hi) * t + ti) * (hd + 1);
+                let src = (bi * t + ti) * h * hd + hi * hd;
+                out[dst..dst + hd].copy_from_slice(&y[src..src + hd]);
+            }
+        }
+    }
+    out
+}
+
+impl LinearBias {
+    fn plain() -> Self {
+        LinearBias {
+            input: LinearIn::Rows,
+            out: LinearOut::Rows,
+            relu: false,
+            drop: None,
+        }
+    }
+
+    /// The input rows as a `[rows, in]` tensor (the packed heads merged, for `MergeHeads`).
+    fn input_rows(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.input {
+            LinearIn::Rows => Ok(x.clone()),
+            LinearIn::MergeHeads => {
+                let d = packed_dims(x.shape())?;
+                let rows = with_f32(x, |v| Ok(merge_heads(v, d)))?;
+                Tensor::from_vec(rows, (d.0 * d.2, d.1 * d.3), x.device())
+            }
+        }
+    }
+}
 
 impl CustomOp3 for LinearBias {
     fn name(&self) -> &'static str {
@@ -168,16 +271,28 @@ impl CustomOp3 for LinearBias {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         use candle_core::backend::BackendStorage;
-        let (m, k) = l1.shape().dims2()?;
+        let merged;
+        let (xs, xl) = match self.input {
+            LinearIn::Rows => (s1, l1.clone()),
+            LinearIn::MergeHeads => {
+                let Some(x) = f32_slice(s1, l1) else {
+                    candle_core::bail!("linear: contiguous f32 packed heads expected")
+                };
+                let d = packed_dims(l1.shape())?;
+                merged = CpuStorage::F32(merge_heads(x, d));
+                (&merged, Layout::contiguous((d.0 * d.2, d.1 * d.3)))
+            }
+        };
+        let (m, k) = xl.shape().dims2()?;
         let (n, k2) = l2.shape().dims2()?;
         if k != k2 {
-            candle_core::bail!("linear: x {:?} and W {:?} do not fit", l1.dims(), l2.dims())
+            candle_core::bail!("linear: x {:?} and W {:?} do not fit", xl.dims(), l2.dims())
         }
         let Some(b) = f32_slice(s3, l3).filter(|b| b.len() == n) else {
             candle_core::bail!("linear: contiguous f32 bias of length {n} expected")
         };
         let wt = l2.transpose(0, 1)?;
-        let CpuStorage::F32(mut y) = s1.matmul(s2, (1, m, n, k), l1, &wt)? else {
+        let CpuStorage::F32(mut y) = xs.matmul(s2, (1, m, n, k), &xl, &wt)? else {
             candle_core::bail!("linear: f32 inputs expected")
         };
         if n > 0 {
@@ -187,7 +302,48 @@ impl CustomOp3 for LinearBias {
                 }
             }
         }
-        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+        if self.relu {
+            // `x * [x > 0]`, as layers::relu.
+            for v in y.iter_mut() {
+                *v *= if *v > 0.0 { 1.0 } else { 0.0 };
+            }
+        }
+        if let Some(d) = &self.drop {
+            for (i, v) in y.iter_mut().enumerate() {
+                *v *= mask_value(d, i);
+            }
+        }
+        match self.out {
+            LinearOut::Rows => Ok((CpuStorage::F32(y), Shape::from((m, n)))),
+            LinearOut::Heads {
+                batch,
+                heads,
+                scale,
+            } => {
+                if batch == 0 || m % batch != 0 || heads == 0 || n % heads != 0 {
+                    candle_core::bail!(
+                        "linear: cannot split [{m}, {n}] into {batch} x {heads} heads"
+                    )
+                }
+                if let Some(s) = scale {
+                    for v in y.iter_mut() {
+                        *v = *v * s + 0.0;
+                    }
+                }
+                let (t, hd) = (m / batch, n / heads);
+                let mut out = vec![0f32; m * n];
+                for bi in 0..batch {
+                    for hi in 0..heads {
+                        for ti in 0..t {
+                            let dst = ((bi * heads + hi) * t + ti) * hd;
+                            let src = (bi * t + ti) * n + hi * hd;
+                            out[dst..dst + hd].copy_from_slice(&y[src..src + hd]);
+                        }
+                    }
+                }
+                Ok((CpuStorage::F32(out), Shape::from((batch, heads, t, hd))))
+            }
+        }
     }
 
     fn bwd(
@@ -195,23 +351,83 @@ impl CustomOp3 for LinearBias {
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let n = w.dim(0)?;
+        // The gradient w.r.t. the rows `[rows, out]` after bias (and epilogue).
+        let grad = match self.out {
+            LinearOut::Rows => grad.clone(),
+            LinearOut::Heads { scale, .. } => {
+                let (bb, h, t, hd) = grad.dims4()?;
+                let mut g = vec![0f32; bb * t * n];
+                with_f32(grad, |gv| {
+                    for bi in 0..bb {
+                        for hi in 0..h {
+                            for ti in 0..t {
+                                let src = ((bi * h + hi) * t + ti) * hd;
+                                let dst = (bi * t + ti) * n + hi * hd;
+                                g[dst..dst + hd].copy_from_slice(&gv[src..src + hd]);
+                            }
+                        }
+                    }
+                    Ok(())
+                })?;
+                if let Some(s) = scale {
+                    // The backward of candle's affine: `g · s + 0`.
+                    for v in g.iter_mut() {
+                        *v = *v * s + 0.0;
+                    }
+                }
+                Tensor::from_vec(g, (bb * t, n), grad.device())?
+            }
+        };
+        // Through the epilogue: `(g · m) · [out > 0]`, the composed ops' products.
+        let grad = if self.relu || self.drop.is_some() {
+            let g = with_f32(&grad, |g| {
+                with_f32(res, |out| {
+                    Ok(g.iter()
+                        .zip(out)
+                        .enumerate()
+                        .map(|(i, (g, o))| {
+                            let mut v = *g;
+                            if let Some(d) = &self.drop {
+                                v *= mask_value(d, i);
+                            }
+                            if self.relu {
+                                v *= if *o > 0.0 { 1.0 } else { 0.0 };
+                            }
+                            v
+                        })
+                        .collect::<Vec<f32>>())
+                })
+            })?;
+            Tensor::from_vec(g, grad.shape(), grad.device())?
+        } else {
+            grad
+        };
         // candle's Matmul backward on `x.matmul(&W.t())`: `dx = dy (Wᵀ)ᵀ`, and the
         // transpose's backward turns `xᵀ dy` into `dW`.
         let dx = if x.track_op() {
-            Some(grad.matmul(&w.t()?.t()?)?)
+            let dx = grad.matmul(&w.t()?.t()?)?;
+            Some(match self.input {
+                LinearIn::Rows => dx,
+                LinearIn::MergeHeads => {
+                    let d = packed_dims(x.shape())?;
+                    let v = with_f32(&dx, |v| Ok(unmerge_heads(v, d)))?;
+                    Tensor::from_vec(v, x.shape(), x.device())?
+                }
+            })
         } else {
             None
         };
         let dw = if w.track_op() {
-            Some(x.t()?.matmul(grad)?.t()?)
+            Some(self.input_rows(x)?.t()?.matmul(&grad)?.t()?)
         } else {
             None
         };
         let db = if b.track_op() {
-            let sums = crate::model::pointwise::with_f32(grad, |g| Ok(col_sums(g, b.dim(0)?)))?;
+            let sums = with_f32(&grad, |g| Ok(col_sums(g, n)))?;
             Some(Tensor::from_vec(sums, b.shape(), b.device())?)
         } else {
             None
@@ -220,20 +436,96 @@ impl CustomOp3 for LinearBias {
     }
 }
 
+fn linear_applies(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<bool> {
+    Ok(w.rank() == 2
+        && b.dims() == [w.dim(0)?]
+        && [x, w, b]
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32))
+}
+
 /// `x Wᵀ + b` for `x` `[rows, in]` (2-D), `W` `[out, in]`, `b` `[out]`: the same values and
 /// gradients as `add_bias(&x.matmul(&W.t()?)?, b)`, keeping only the output on the CPU.
 pub fn linear_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    let fits = x.rank() == 2 && w.rank() == 2 && b.dims() == [w.dim(0)?];
-    if fits
-        && x.device().is_cpu()
-        && [x, w, b]
-            .iter()
-            .all(|t| t.dtype() == candle_core::DType::F32)
-    {
-        x.apply_op3(w, &b.contiguous()?, LinearBias)
+    if x.rank() == 2 && linear_applies(x, w, b)? {
+        x.apply_op3(w, &b.contiguous()?, LinearBias::plain())
     } else {
         add_bias(&x.matmul(&w.t()?)?, b)
     }
+}
+
+/// `dropout(relu(x Wᵀ + b))` for 2-D `x` as one op keeping only its output (the FFN's
+/// first layer); `drop` `None`: no dropout. The values and gradients of
+/// `relu_dropout(linear_bias(x, W, b))`. `None` when the op does not apply (not f32 on
+/// the CPU).
+pub fn linear_relu_dropout(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    drop: Option<FusedDropout>,
+) -> candle_core::Result<Option<Tensor>> {
+    if !(x.rank() == 2 && linear_applies(x, w, b)?) {
+        return Ok(None);
+    }
+    let op = LinearBias {
+        relu: true,
+        drop,
+        ..LinearBias::plain()
+    };
+    Ok(Some(x.apply_op3(w, &b.contiguous()?, op)?))
+}
+
+/// `x Wᵀ + b` for `x` `[B, T, in]`, split into `heads` heads `[B, h, T, out/h]` and
+/// multiplied by `scale` (as `(y * scale)` does) when given: the values and gradients of
+/// `(linear(x) * scale).reshape((B, T, h, hd)).transpose(1, 2).contiguous()` without its
+/// intermediates. `None` when the op does not apply.
+pub fn linear_bias_to_heads(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    heads: usize,
+    scale: Option<f64>,
+) -> candle_core::Result<Option<Tensor>> {
+    let (bb, t, din) = x.dims3()?;
+    if !linear_applies(x, w, b)? || heads == 0 || w.dim(0)? % heads != 0 || bb == 0 {
+        return Ok(None);
+    }
+    let op = LinearBias {
+        out: LinearOut::Heads {
+            batch: bb,
+            heads,
+            scale: scale.map(|s| s as f32),
+        },
+        ..LinearBias::plain()
+    };
+    let x2 = x.reshape((bb * t, din))?;
+    Ok(Some(x2.apply_op3(w, &b.contiguous()?, op)?))
+}
+
+/// `merge(packed) Wᵀ + b` where `packed` `[B, h, T, hd + 1]` is the fused attention's packed
+/// output ([`super::fused::fused_attention_packed`]) and `merge` joins its heads into
+/// `[B·T, h·hd]` rows: the values and gradients of
+/// `linear(packed.narrow(3, 0, hd).transpose(1, 2).contiguous().reshape((B·T, h·hd)))`
+/// without the merged copy (the backward merges again). Returns `[B·T, out]`; `None` when
+/// the op does not apply.
+pub fn linear_bias_from_heads(
+    packed: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+) -> candle_core::Result<Option<Tensor>> {
+    let (_, h, _, hd) = packed_dims(packed.shape())?;
+    if !linear_applies(packed, w, b)? || w.dim(1)? != h * hd {
+        return Ok(None);
+    }
+    let op = LinearBias {
+        input: LinearIn::MergeHeads,
+        ..LinearBias::plain()
+    };
+    Ok(Some(packed.contiguous()?.apply_op3(
+        w,
+        &b.contiguous()?,
+        op,
+    )?))
 }
 
 /// Row statistics of LayerNorm, computed exactly as the composed graph of
@@ -313,7 +605,6 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        use crate::model::pointwise::with_f32;
         let e = w.dim(0)?;
         let (inv_n, eps) = self.consts(e);
         let wv = vec_of(w)?;
@@ -579,6 +870,173 @@ mod tests {
         check_fd(&x, &gx, &(0..24).collect::<Vec<_>>(), f);
         let f = |t: &Tensor| loss(x.as_tensor(), t).to_scalar::<f32>().unwrap();
         check_fd(&w, &gw, &(0..12).collect::<Vec<_>>(), f);
+    }
+
+    #[test]
+    fn linear_relu_dropout_is_bit_identical_to_the_composed_ops() {
+        use crate::model::ctx::Ctx;
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        let (rows, din, dout) = (30, 8, 32);
+        let x = rand_var(&[rows, din], &mut rng);
+        let w = rand_var(&[dout, din], &mut rng);
+        let mut bv = vals(rand_var(&[dout], &mut rng).as_tensor());
+        // A zero weight row + zero bias: exact-zero pre-activations (ReLU gradient 0).
+        bv[3] = 0.0;
+        let b = Var::from_vec(bv, dout, &Device::Cpu).unwrap();
+        let w = {
+            let mut v = vals(w.as_tensor());
+            v[3 * din..4 * din].fill(0.0);
+            Var::from_vec(v, (dout, din), &Device::Cpu).unwrap()
+        };
+        let up = rand_t(&[rows, dout], &mut rng);
+        for p in [0.0, 0.3] {
+            let run = |fast: bool| {
+                let ctx = Ctx::train(13);
+                ctx.next_stream();
+                let xin = x.as_tensor().sqr().unwrap();
+                let out = if fast {
+                    let d = ctx.dropout_active(p).then(|| ctx.next_dropout(p));
+                    linear_relu_dropout(&xin, w.as_tensor(), b.as_tensor(), d)
+                        .unwrap()
+                        .expect("applies")
+                } else {
+                    let y = add_bias(
+                        &xin.matmul(&w.as_tensor().t().unwrap()).unwrap(),
+                        b.as_tensor(),
+                    )
+                    .unwrap();
+                    let r = crate::model::layers::relu_composed(&y).unwrap();
+                    let mask = ctx.dropout_mask(&[rows, dout], p, &Device::Cpu);
+                    match ctx.dropout_active(p) {
+                        true => r.mul(&mask.unwrap()).unwrap(),
+                        false => r,
+                    }
+                };
+                let g = (&out * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                (
+                    bits(&out),
+                    vals(g.get(x.as_tensor()).unwrap()),
+                    vals(g.get(w.as_tensor()).unwrap()),
+                    vals(g.get(b.as_tensor()).unwrap()),
+                )
+            };
+            assert_eq!(run(true), run(false), "p {p}");
+        }
+    }
+
+    #[test]
+    fn linear_to_heads_is_bit_identical_to_split_heads() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let (bb, t, e, h) = (3, 7, 12, 4);
+        let x = rand_var(&[bb, t, e], &mut rng);
+        let wp = rand_var(&[3 * e, e], &mut rng);
+        let bp = rand_var(&[3 * e], &mut rng);
+        let up = rand_t(&[bb, h, t, e / h], &mut rng);
+        for scale in [None, Some(0.5f64.sqrt())] {
+            let run = |fast: bool| {
+                let xin = x.as_tensor().sqr().unwrap();
+                let w = wp.as_tensor().narrow(0, e, e).unwrap();
+                let b = bp.as_tensor().narrow(0, e, e).unwrap();
+                let out = if fast {
+                    linear_bias_to_heads(&xin, &w, &b, h, scale)
+                        .unwrap()
+                        .expect("applies")
+                } else {
+                    let y = crate::model::layers::linear(&xin, &w, Some(&b)).unwrap();
+                    let y = match scale {
+                        Some(s) => (y * s).unwrap(),
+                        None => y,
+                    };
+                    y.reshape((bb, t, h, e / h))
+                        .unwrap()
+                        .transpose(1, 2)
+                        .unwrap()
+                        .contiguous()
+                        .unwrap()
+                };
+                assert_eq!(out.dims(), [bb, h, t, e / h]);
+                let g = (&out * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                (
+                    bits(&out),
+                    vals(g.get(x.as_tensor()).unwrap()),
+                    vals(g.get(wp.as_tensor()).unwrap()),
+                    vals(g.get(bp.as_tensor()).unwrap()),
+                )
+            };
+            assert_eq!(run(true), run(false), "scale {scale:?}");
+        }
+    }
+
+    #[test]
+    fn linear_from_packed_heads_is_bit_identical_to_merging_them() {
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let (bb, h, t, hd, dout) = (2, 3, 5, 4, 7);
+        let packed = rand_var(&[bb, h, t, hd + 1], &mut rng);
+        let w = rand_var(&[dout, h * hd], &mut rng);
+        let b = rand_var(&[dout], &mut rng);
+        let up = rand_t(&[bb * t, dout], &mut rng);
+        let run = |fast: bool| {
+            let pin = packed.as_tensor().sqr().unwrap();
+            let out = if fast {
+                linear_bias_from_heads(&pin, w.as_tensor(), b.as_tensor())
+                    .unwrap()
+                    .expect("applies")
+            } else {
+                let merged = pin
+                    .narrow(3, 0, hd)
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+                    .reshape((bb * t, h * hd))
+                    .unwrap();
+                crate::model::layers::linear(&merged, w.as_tensor(), Some(b.as_tensor())).unwrap()
+            };
+            let g = (&out * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            (
+                bits(&out),
+                vals(g.get(packed.as_tensor()).unwrap()),
+                vals(g.get(w.as_tensor()).unwrap()),
+                vals(g.get(b.as_tensor()).unwrap()),
+            )
+        };
+        let fast = run(true);
+        assert_eq!(fast, run(false));
+        // The log-sum-exp column gets no gradient.
+        for (i, g) in fast.1.iter().enumerate() {
+            if i % (hd + 1) == hd {
+                assert_eq!(*g, 0.0);
+            }
+        }
+    }
+
+    #[test]
+    fn head_layout_linears_match_finite_differences() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let (bb, t, e, h) = (2, 3, 6, 2);
+        let x = rand_var(&[bb, t, e], &mut rng);
+        let w = rand_var(&[e, e], &mut rng);
+        let b = rand_var(&[e], &mut rng);
+        let w2 = rand_var(&[4, e], &mut rng);
+        let b2 = rand_var(&[4], &mut rng);
+        let up = rand_t(&[bb * t, 4], &mut rng);
+        // heads → fake packed output (an lse column of zeros) → out-projection.
+        let loss = |x: &Tensor| {
+            let qh = linear_bias_to_heads(x, w.as_tensor(), b.as_tensor(), h, Some(0.7))
+                .unwrap()
+                .unwrap();
+            let zeros = qh.narrow(3, 0, 1).unwrap().zeros_like().unwrap();
+            let packed = Tensor::cat(&[&qh, &zeros], 3).unwrap();
+            let y = linear_bias_from_heads(&packed, w2.as_tensor(), b2.as_tensor())
+                .unwrap()
+                .unwrap();
+            (y * &up).unwrap().sum_all().unwrap()
+        };
+        let g = loss(x.as_tensor()).backward().unwrap();
+        let gx = vals(g.get(x.as_tensor()).unwrap());
+        let f = |t: &Tensor| loss(t).to_scalar::<f32>().unwrap();
+        check_fd(&x, &gx, &(0..36).collect::<Vec<_>>(), f);
     }
 
     fn layer_norm_ref() -> (Var, Var, Var, Tensor, crate::model::layers::LayerNorm) {
