@@ -407,9 +407,12 @@ impl CustomOp3 for LinearBias {
             grad
         };
         // candle's Matmul backward on `x.matmul(&W.t())`: `dx = dy (Wᵀ)ᵀ`, and the
-        // transpose's backward turns `xᵀ dy` into `dW`.
+        // transpose's backward turns `xᵀ dy` into `dW`. On detached operands: a product
+        // with a tracked `x` or `W` would carry an op holding `dy`, and a weight's
+        // gradient (never detached by candle's backward) would keep it alive to the end.
+        let (x_in, w_in) = (x.detach(), w.detach());
         let dx = if x.track_op() {
-            let dx = grad.matmul(&w.t()?.t()?)?;
+            let dx = grad.matmul(&w_in.t()?.t()?)?;
             Some(match self.input {
                 LinearIn::Rows => dx,
                 LinearIn::MergeHeads => {
@@ -422,7 +425,7 @@ impl CustomOp3 for LinearBias {
             None
         };
         let dw = if w.track_op() {
-            Some(self.input_rows(x)?.t()?.matmul(&grad)?.t()?)
+            Some(self.input_rows(&x_in)?.t()?.matmul(&grad)?.t()?)
         } else {
             None
         };
