@@ -64,15 +64,12 @@ impl Linear {
         let rows: usize = dims[..dims.len() - 1].iter().product();
         if let Some(b) = &self.bias {
             let x2 = x.reshape((rows, din))?;
-            if super::pointwise::applies(&[&x2, &self.weight, b]) {
+            if super::rowops::linear_applies(&x2, &self.weight, b)? {
                 let d = ctx.dropout_active(p).then(|| ctx.next_dropout(p));
-                if let Some(y) = super::rowops::linear_relu_dropout(&x2, &self.weight, b, d)? {
-                    let mut out_dims = dims;
-                    *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
-                    return Ok(y.reshape(out_dims)?);
-                }
-                // (Not reached: the op applies to every f32 CPU 2-D input.)
-                anyhow::bail!("fused linear unexpectedly refused its input");
+                let y = super::rowops::linear_relu_dropout(&x2, &self.weight, b, d)?;
+                let mut out_dims = dims;
+                *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+                return Ok(y.reshape(out_dims)?);
             }
         }
         ctx.relu_dropout(&self.forward(x)?, p)

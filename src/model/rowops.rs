@@ -439,8 +439,11 @@ impl CustomOp3 for LinearBias {
     }
 }
 
-fn linear_applies(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<bool> {
-    Ok(w.rank() == 2
+/// True when the fused linear ops apply to `x` `[rows, in]` (2-D), `W`, `b`: f32 on the
+/// CPU, `W` 2-D and `b` as long as `W` has rows.
+pub fn linear_applies(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<bool> {
+    Ok(x.rank() == 2
+        && w.rank() == 2
         && b.dims() == [w.dim(0)?]
         && [x, w, b]
             .iter()
@@ -450,7 +453,7 @@ fn linear_applies(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<boo
 /// `x Wᵀ + b` for `x` `[rows, in]` (2-D), `W` `[out, in]`, `b` `[out]`: the same values and
 /// gradients as `add_bias(&x.matmul(&W.t()?)?, b)`, keeping only the output on the CPU.
 pub fn linear_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    if x.rank() == 2 && linear_applies(x, w, b)? {
+    if linear_applies(x, w, b)? {
         x.apply_op3(w, &b.contiguous()?, LinearBias::plain())
     } else {
         add_bias(&x.matmul(&w.t()?)?, b)
@@ -459,23 +462,22 @@ pub fn linear_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Te
 
 /// `dropout(relu(x Wᵀ + b))` for 2-D `x` as one op keeping only its output (the FFN's
 /// first layer); `drop` `None`: no dropout. The values and gradients of
-/// `relu_dropout(linear_bias(x, W, b))`. `None` when the op does not apply (not f32 on
-/// the CPU).
+/// `relu_dropout(linear_bias(x, W, b))`. Only where [`linear_applies`].
 pub fn linear_relu_dropout(
     x: &Tensor,
     w: &Tensor,
     b: &Tensor,
     drop: Option<FusedDropout>,
-) -> candle_core::Result<Option<Tensor>> {
-    if !(x.rank() == 2 && linear_applies(x, w, b)?) {
-        return Ok(None);
+) -> candle_core::Result<Tensor> {
+    if !linear_applies(x, w, b)? {
+        candle_core::bail!("fused linear: f32 CPU x [rows, in], W [out, in], b [out] expected")
     }
     let op = LinearBias {
         relu: true,
         drop,
         ..LinearBias::plain()
     };
-    Ok(Some(x.apply_op3(w, &b.contiguous()?, op)?))
+    x.apply_op3(w, &b.contiguous()?, op)
 }
 
 /// `x Wᵀ + b` for `x` `[B, T, in]`, split into `heads` heads `[B, h, T, out/h]` and
@@ -490,7 +492,8 @@ pub fn linear_bias_to_heads(
     scale: Option<f64>,
 ) -> candle_core::Result<Option<Tensor>> {
     let (bb, t, din) = x.dims3()?;
-    if !linear_applies(x, w, b)? || heads == 0 || w.dim(0)? % heads != 0 || bb == 0 {
+    let x2 = x.reshape((bb * t, din))?;
+    if !linear_applies(&x2, w, b)? || heads == 0 || w.dim(0)? % heads != 0 || bb == 0 {
         return Ok(None);
     }
     let op = LinearBias {
@@ -501,7 +504,6 @@ pub fn linear_bias_to_heads(
         },
         ..LinearBias::plain()
     };
-    let x2 = x.reshape((bb * t, din))?;
     Ok(Some(x2.apply_op3(w, &b.contiguous()?, op)?))
 }
 
@@ -517,7 +519,8 @@ pub fn linear_bias_from_heads(
     b: &Tensor,
 ) -> candle_core::Result<Option<Tensor>> {
     let (_, h, _, hd) = packed_dims(packed.shape())?;
-    if !linear_applies(packed, w, b)? || w.dim(1)? != h * hd {
+    let fits = w.rank() == 2 && b.dims() == [w.dim(0)?] && w.dim(1)? == h * hd;
+    if !(fits && crate::model::pointwise::applies(&[packed, w, b])) {
         return Ok(None);
     }
     let op = LinearBias {
@@ -899,9 +902,7 @@ mod tests {
                 let xin = x.as_tensor().sqr().unwrap();
                 let out = if fast {
                     let d = ctx.dropout_active(p).then(|| ctx.next_dropout(p));
-                    linear_relu_dropout(&xin, w.as_tensor(), b.as_tensor(), d)
-                        .unwrap()
-                        .expect("applies")
+                    linear_relu_dropout(&xin, w.as_tensor(), b.as_tensor(), d).unwrap()
                 } else {
                     let y = add_bias(
                         &xin.matmul(&w.as_tensor().t().unwrap()).unwrap(),
