@@ -113,6 +113,30 @@ impl MultiheadAttention {
         )?)
     }
 
+    /// [`Self::project_heads`] of `ln(x)`, the LayerNorm applied inside the op (its output
+    /// is never kept); `None` when the op does not apply.
+    fn ln_project_heads(
+        &self,
+        ln: &LayerNorm,
+        x: &Tensor,
+        which: usize,
+        scale: Option<f64>,
+    ) -> Result<Option<Tensor>> {
+        let e = self.embed_dim;
+        let w = self.in_proj_weight.narrow(0, which * e, e)?;
+        let b = self.in_proj_bias.narrow(0, which * e, e)?;
+        Ok(super::rowops::ln_linear_to_heads(
+            x,
+            &ln.weight,
+            &ln.bias,
+            ln.eps,
+            &w,
+            &b,
+            self.num_heads,
+            scale,
+        )?)
+    }
+
     /// `[B, T, E] -> [B, h, T, hd]`.
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -121,42 +145,59 @@ impl MultiheadAttention {
             .contiguous()?)
     }
 
-    /// Attention of queries `x_q` over keys `x_k` / values `x_v` (all `[B, T, E]`).
+    /// Attention of queries `ln(x)` over keys `ln(k)` / values `ln(v)` (`kv` = `(k, v)`, all
+    /// `[B, T, E]`), or over `ln(x)` itself when `kv` is `None` (self-attention).
     /// Returns the output `[B, T_q, E]` and, when `trace`, the projections and probabilities.
+    ///
+    /// On f32 CPU tensors the projections are ops writing the head layout directly; in a
+    /// crossmodal call each also applies the LayerNorm itself, so no normalised copy is
+    /// kept (self-attention keeps its one, shared by q, k and v). The values and
+    /// gradients are those of the composed ops.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         ctx: &Ctx,
         kernel: AttentionKernel,
-        x_q: &Tensor,
-        x_k: &Tensor,
-        x_v: &Tensor,
+        ln: &LayerNorm,
+        x: &Tensor,
+        kv: Option<(&Tensor, &Tensor)>,
         causal_offset: bool,
         dropout: f32,
         trace: bool,
     ) -> Result<(Tensor, Option<AttnTrace>)> {
-        let (b, tq, e) = x_q.dims3()?;
+        let (b, tq, e) = x.dims3()?;
         let scaling = (self.head_dim() as f64).powf(-0.5);
+        let shared = match kv {
+            None => Some(ln.forward(x)?),
+            Some(_) => None,
+        };
+        let (x_k, x_v) = kv.unwrap_or((x, x));
+        let heads = |src: &Tensor, which: usize, scale: Option<f64>| match &shared {
+            Some(n) => self.project_heads(n, which, scale),
+            None => self.ln_project_heads(ln, src, which, scale),
+        };
+        let normed = |src: &Tensor| match &shared {
+            Some(n) => Ok(n.clone()),
+            None => ln.forward(src),
+        };
         // A trace exposes the unsplit q and k (with gradients), so they go the composed way.
         let fast = match trace {
             true => None,
-            false => self
-                .project_heads(x_q, 0, Some(scaling))?
-                .zip(self.project_heads(x_k, 1, None)?),
+            false => heads(x, 0, Some(scaling))?.zip(heads(x_k, 1, None)?),
         };
         let (qh, kh, qk) = match fast {
             Some((qh, kh)) => (qh, kh, None),
             None => {
-                let q = self.project(x_q, 0)?;
-                let k = self.project(x_k, 1)?;
+                let q = self.project(&normed(x)?, 0)?;
+                let k = self.project(&normed(x_k)?, 1)?;
                 let qh = self.split_heads(&(&q * scaling)?)?;
                 let kh = self.split_heads(&k)?;
                 (qh, kh, Some((q, k)))
             }
         };
-        let vh = match self.project_heads(x_v, 2, None)? {
+        let vh = match heads(x_v, 2, None)? {
             Some(vh) => vh,
-            None => self.split_heads(&self.project(x_v, 2)?)?,
+            None => self.split_heads(&self.project(&normed(x_v)?, 2)?)?,
         };
         let res = attend(
             ctx,
@@ -244,31 +285,22 @@ impl EncoderLayer {
         drop: &EncoderDropouts,
         trace: bool,
     ) -> Result<(Tensor, Option<AttnTrace>)> {
-        let ln0 = &self.layer_norms[0];
         let residual = x;
-        let xq = ln0.forward(x)?;
-        let (attn, tr) = match kv {
-            None => self.self_attn.forward(
-                ctx,
-                kernel,
-                &xq,
-                &xq,
-                &xq,
-                causal_offset,
-                drop.attn,
-                trace,
-            )?,
-            Some((k, v)) => {
-                let k = ln0.forward(k)?;
-                let v = ln0.forward(v)?;
-                self.self_attn
-                    .forward(ctx, kernel, &xq, &k, &v, causal_offset, drop.attn, trace)?
-            }
-        };
+        let (attn, tr) = self.self_attn.forward(
+            ctx,
+            kernel,
+            &self.layer_norms[0],
+            x,
+            kv,
+            causal_offset,
+            drop.attn,
+            trace,
+        )?;
         let x = ctx.residual_dropout(residual, &attn, drop.res)?;
         let residual = &x;
-        let h = self.layer_norms[1].forward(&x)?;
-        let h = self.fc1.forward_relu_dropout(ctx, &h, drop.relu)?;
+        let h = self
+            .fc1
+            .forward_ln_relu_dropout(ctx, &self.layer_norms[1], &x, drop.relu)?;
         let h = self.fc2.forward(&h)?;
         let x = ctx.residual_dropout(residual, &h, drop.res)?;
         Ok((x, tr))
@@ -407,9 +439,10 @@ mod tests {
             .collect()
     }
 
-    /// The trace path projects q and k with the composed ops (linear, `* scaling`,
-    /// `split_heads`); without a trace they come from the head-layout linear op. A whole
-    /// crossmodal layer in training mode gives bit-identical outputs and gradients both ways.
+    /// The trace path projects q and k with the composed ops (LayerNorm op, linear,
+    /// `* scaling`, `split_heads`); without a trace they come from the head-layout linear
+    /// op (with the LayerNorm inside it in a crossmodal layer). A whole layer in training
+    /// mode gives bit-identical outputs and gradients both ways.
     #[test]
     fn fused_projections_give_the_trace_paths_bits() {
         let mut rng = ChaCha8Rng::seed_from_u64(4);
@@ -429,14 +462,15 @@ mod tests {
             embed: 0.2,
         };
         let up = rand_var(&[2, 5, 8], &mut rng);
-        let run = |trace: bool| {
+        let run = |trace: bool, cross: bool| {
             let ctx = Ctx::train(17);
+            let kv = cross.then(|| (k.as_tensor(), v.as_tensor()));
             let (out, tr) = layer
                 .forward(
                     &ctx,
                     AttentionKernel::Fused,
                     x.as_tensor(),
-                    Some((k.as_tensor(), v.as_tensor())),
+                    kv,
                     true,
                     &drop,
                     trace,
@@ -450,11 +484,13 @@ mod tests {
                 .backward()
                 .unwrap();
             let mut all = vec![bits(&out)];
-            for t in [&x, &k, &v].into_iter().chain(store.vars.values()) {
+            let inputs = if cross { vec![&x, &k, &v] } else { vec![&x] };
+            for t in inputs.into_iter().chain(store.vars.values()) {
                 all.push(bits(g.get(t.as_tensor()).expect("a gradient")));
             }
             all
         };
-        assert_eq!(run(false), run(true));
+        assert_eq!(run(false, true), run(true, true), "crossmodal");
+        assert_eq!(run(false, false), run(true, false), "self-attention");
     }
 }

@@ -74,6 +74,39 @@ impl Linear {
         }
         ctx.relu_dropout(&self.forward(x)?, p)
     }
+
+    /// `ctx.relu_dropout(self.forward(ln.forward(x)), p)`; on f32 CPU tensors one op that
+    /// keeps only its output, the normalised rows included (the same values and gradients).
+    pub fn forward_ln_relu_dropout(
+        &self,
+        ctx: &super::ctx::Ctx,
+        ln: &LayerNorm,
+        x: &Tensor,
+        p: f32,
+    ) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let din = *dims.last().expect("linear on a scalar");
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        if let Some(b) = &self.bias {
+            let x2 = x.reshape((rows, din))?;
+            let draw = || ctx.dropout_active(p).then(|| ctx.next_dropout(p));
+            let fused = super::rowops::ln_linear_relu_dropout(
+                &x2,
+                &ln.weight,
+                &ln.bias,
+                ln.eps,
+                &self.weight,
+                b,
+                draw,
+            )?;
+            if let Some(y) = fused {
+                let mut out_dims = dims;
+                *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+                return Ok(y.reshape(out_dims)?);
+            }
+        }
+        self.forward_relu_dropout(ctx, &ln.forward(x)?, p)
+    }
 }
 
 /// `x W^T + b` for `x` of any rank (flattened to 2-D for one matmul).

@@ -193,6 +193,9 @@ impl CustomOp1 for Embed {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "embed")?;
         let (_b, t, e) = l.shape().dims3()?;
+        if x.is_empty() {
+            return Ok((CpuStorage::F32(vec![]), l.shape().clone()));
+        }
         let table = sinusoidal_table(t + 1, e);
         let zeros = vec![0f32; e];
         let mut out = vec![0f32; x.len()];

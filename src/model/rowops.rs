@@ -192,6 +192,10 @@ struct LinearBias {
     out: LinearOut,
     relu: bool,
     drop: Option<FusedDropout>,
+    /// A LayerNorm (this eps) applied to the input rows first: the third input is then
+    /// `[ln_w, ln_b, b]` (`2·in + out` values). The normalised rows are never kept: the
+    /// backward recomputes them, bit-identical to [`LayerNormOp`]'s output.
+    ln: Option<f64>,
 }
 
 /// `(B, h, T, hd)` of a packed attention output `[B, h, T, hd + 1]`.
@@ -240,6 +244,7 @@ impl LinearBias {
             out: LinearOut::Rows,
             relu: false,
             drop: None,
+            ln: None,
         }
     }
 
@@ -272,25 +277,38 @@ impl CustomOp3 for LinearBias {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         use candle_core::backend::BackendStorage;
         let merged;
-        let (xs, xl) = match self.input {
-            LinearIn::Rows => (s1, l1.clone()),
-            LinearIn::MergeHeads => {
+        let (n, k) = l2.shape().dims2()?;
+        let Some(p) = f32_slice(s3, l3) else {
+            candle_core::bail!("linear: contiguous f32 bias expected")
+        };
+        let (xs, xl, b) = match (self.input, self.ln) {
+            (LinearIn::Rows, None) => (s1, l1.clone(), p),
+            (LinearIn::Rows, Some(eps)) => {
+                let (Some(x), true) = (f32_slice(s1, l1), p.len() == 2 * k + n) else {
+                    candle_core::bail!("linear: contiguous f32 x and [ln_w, ln_b, b] expected")
+                };
+                merged = CpuStorage::F32(ln_forward_rows(x, &p[..k], &p[k..2 * k], eps));
+                (&merged, Layout::contiguous(l1.shape()), &p[2 * k..])
+            }
+            (LinearIn::MergeHeads, Some(_)) => {
+                candle_core::bail!("linear: no LayerNorm on packed heads")
+            }
+            (LinearIn::MergeHeads, None) => {
                 let Some(x) = f32_slice(s1, l1) else {
                     candle_core::bail!("linear: contiguous f32 packed heads expected")
                 };
                 let d = packed_dims(l1.shape())?;
                 merged = CpuStorage::F32(merge_heads(x, d));
-                (&merged, Layout::contiguous((d.0 * d.2, d.1 * d.3)))
+                (&merged, Layout::contiguous((d.0 * d.2, d.1 * d.3)), p)
             }
         };
-        let (m, k) = xl.shape().dims2()?;
-        let (n, k2) = l2.shape().dims2()?;
+        let (m, k2) = xl.shape().dims2()?;
         if k != k2 {
             candle_core::bail!("linear: x {:?} and W {:?} do not fit", xl.dims(), l2.dims())
         }
-        let Some(b) = f32_slice(s3, l3).filter(|b| b.len() == n) else {
-            candle_core::bail!("linear: contiguous f32 bias of length {n} expected")
-        };
+        if b.len() != n {
+            candle_core::bail!("linear: bias of length {n} expected")
+        }
         let wt = l2.transpose(0, 1)?;
         let CpuStorage::F32(mut y) = xs.matmul(s2, (1, m, n, k), &xl, &wt)? else {
             candle_core::bail!("linear: f32 inputs expected")
@@ -411,26 +429,57 @@ impl CustomOp3 for LinearBias {
         // with a tracked `x` or `W` would carry an op holding `dy`, and a weight's
         // gradient (never detached by candle's backward) would keep it alive to the end.
         let (x_in, w_in) = (x.detach(), w.detach());
-        let dx = if x.track_op() {
+        let k = w.dim(1)?;
+        let ln = match self.ln {
+            Some(eps) => Some((eps, vec_of(b)?)),
+            None => None,
+        };
+        // The gradient w.r.t. the matmul's input rows, and with a LayerNorm, its backward.
+        let mut ln_grads = None;
+        let dx = if x.track_op() || (ln.is_some() && b.track_op()) {
             let dx = grad.matmul(&w_in.t()?.t()?)?;
-            Some(match self.input {
-                LinearIn::Rows => dx,
-                LinearIn::MergeHeads => {
+            match (&ln, self.input) {
+                (Some((eps, p)), _) => {
+                    let (dx, dlw, dlb) = with_f32(&dx, |g| {
+                        with_f32(&x_in, |xv| Ok(ln_backward_rows(xv, g, &p[..k], *eps)))
+                    })?;
+                    ln_grads = Some((dlw, dlb));
+                    Some(Tensor::from_vec(dx, x.shape(), x.device())?)
+                }
+                (None, LinearIn::Rows) => Some(dx),
+                (None, LinearIn::MergeHeads) => {
                     let d = packed_dims(x.shape())?;
                     let v = with_f32(&dx, |v| Ok(unmerge_heads(v, d)))?;
-                    Tensor::from_vec(v, x.shape(), x.device())?
+                    Some(Tensor::from_vec(v, x.shape(), x.device())?)
                 }
-            })
+            }
         } else {
             None
         };
+        let dx = dx.filter(|_| x.track_op());
         let dw = if w.track_op() {
-            Some(self.input_rows(&x_in)?.t()?.matmul(&grad)?.t()?)
+            let rows = match &ln {
+                Some((eps, p)) => {
+                    let v = with_f32(&x_in, |xv| {
+                        Ok(ln_forward_rows(xv, &p[..k], &p[k..2 * k], *eps))
+                    })?;
+                    Tensor::from_vec(v, x.shape(), x.device())?
+                }
+                None => self.input_rows(&x_in)?,
+            };
+            Some(rows.t()?.matmul(&grad)?.t()?)
         } else {
             None
         };
         let db = if b.track_op() {
-            let sums = with_f32(&grad, |g| Ok(col_sums(g, n)))?;
+            let mut sums = with_f32(&grad, |g| Ok(col_sums(g, n)))?;
+            if let Some((dlw, mut dlb)) = ln_grads {
+                // `[d ln_w, d ln_b, db]`, the packed third input's gradient.
+                let mut all = dlw;
+                all.append(&mut dlb);
+                all.append(&mut sums);
+                sums = all;
+            }
             Some(Tensor::from_vec(sums, b.shape(), b.device())?)
         } else {
             None
@@ -478,6 +527,85 @@ pub fn linear_relu_dropout(
         ..LinearBias::plain()
     };
     x.apply_op3(w, &b.contiguous()?, op)
+}
+
+/// `[ln_w, ln_b, b]`, the third input of a linear with a LayerNorm prologue, when the
+/// LayerNorm's parameters fit `W` `[out, in]` (f32 CPU, `[in]` each).
+fn ln_params(
+    ln_w: &Tensor,
+    ln_b: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+) -> candle_core::Result<Option<Tensor>> {
+    let k = w.dim(1)?;
+    if ln_w.dims() != [k] || ln_b.dims() != [k] || !crate::model::pointwise::applies(&[ln_w, ln_b])
+    {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::cat(&[ln_w, ln_b, b], 0)?))
+}
+
+/// `dropout(relu(LN(x) Wᵀ + b))` for 2-D `x` as one op keeping only its output: the values
+/// and gradients of `linear_relu_dropout(layer_norm(x, ln_w, ln_b, eps), W, b, drop)`
+/// without the normalised rows. `None` when the op does not apply (then nothing is drawn
+/// from `drop`).
+#[allow(clippy::too_many_arguments)]
+pub fn ln_linear_relu_dropout(
+    x: &Tensor,
+    ln_w: &Tensor,
+    ln_b: &Tensor,
+    eps: f64,
+    w: &Tensor,
+    b: &Tensor,
+    drop: impl FnOnce() -> Option<FusedDropout>,
+) -> candle_core::Result<Option<Tensor>> {
+    if !linear_applies(x, w, b)? {
+        return Ok(None);
+    }
+    let Some(params) = ln_params(ln_w, ln_b, w, b)? else {
+        return Ok(None);
+    };
+    let op = LinearBias {
+        relu: true,
+        drop: drop(),
+        ln: Some(eps),
+        ..LinearBias::plain()
+    };
+    Ok(Some(x.contiguous()?.apply_op3(w, &params, op)?))
+}
+
+/// [`linear_bias_to_heads`] of `LN(x)` as one op: the values and gradients of
+/// `linear_bias_to_heads(layer_norm(x, ln_w, ln_b, eps), ..)` without the normalised rows.
+/// `None` when the op does not apply.
+#[allow(clippy::too_many_arguments)]
+pub fn ln_linear_to_heads(
+    x: &Tensor,
+    ln_w: &Tensor,
+    ln_b: &Tensor,
+    eps: f64,
+    w: &Tensor,
+    b: &Tensor,
+    heads: usize,
+    scale: Option<f64>,
+) -> candle_core::Result<Option<Tensor>> {
+    let (bb, t, din) = x.dims3()?;
+    let x2 = x.reshape((bb * t, din))?;
+    if !linear_applies(&x2, w, b)? || heads == 0 || w.dim(0)? % heads != 0 || bb == 0 {
+        return Ok(None);
+    }
+    let Some(params) = ln_params(ln_w, ln_b, w, b)? else {
+        return Ok(None);
+    };
+    let op = LinearBias {
+        out: LinearOut::Heads {
+            batch: bb,
+            heads,
+            scale: scale.map(|s| s as f32),
+        },
+        ln: Some(eps),
+        ..LinearBias::plain()
+    };
+    Ok(Some(x2.contiguous()?.apply_op3(w, &params, op)?))
 }
 
 /// `x Wᵀ + b` for `x` `[B, T, in]`, split into `heads` heads `[B, h, T, out/h]` and
@@ -556,17 +684,74 @@ fn ln_row(x: &[f32], xc: &mut [f32], sq: &mut [f32], inv_n: f32, eps: f32) -> f3
     (var * 1.0 + eps).sqrt()
 }
 
+/// candle's affine factors for LayerNorm over `e` features: `1/E` and `eps` as f32
+/// (`T::from_f64`).
+fn ln_consts(e: usize, eps: f64) -> (f32, f32) {
+    ((1f64 / e as f64) as f32, eps as f32)
+}
+
+/// LayerNorm of the rows of `x` (`w.len()` features each), bit-identical to the composed
+/// ops: `(x − mean) / std · w + b`.
+fn ln_forward_rows(x: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
+    let e = w.len();
+    let (inv_n, eps) = ln_consts(e, eps);
+    let mut out = vec![0f32; x.len()];
+    let mut xc = vec![0f32; e];
+    let mut sq = vec![0f32; e];
+    if e > 0 {
+        for (o, xr) in out.chunks_exact_mut(e).zip(x.chunks_exact(e)) {
+            let std = ln_row(xr, &mut xc, &mut sq, inv_n, eps);
+            for c in 0..e {
+                o[c] = (xc[c] / std) * w[c] + b[c];
+            }
+        }
+    }
+    out
+}
+
+/// LayerNorm's backward on rows: `(dx, dw, db)` from the input rows `x` and the output
+/// gradient `g`. `dw`, `db` are formed exactly as ScaleShift's backward (the normalised
+/// rows bit-identical to the forward's), `dx` = `(g' − mean(g') − x̂ mean(g' x̂)) / std`
+/// with `g' = g ⊙ w`, its row sums in f64.
+fn ln_backward_rows(x: &[f32], g: &[f32], w: &[f32], eps: f64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let e = w.len();
+    let (inv_n, eps) = ln_consts(e, eps);
+    let mut dx = vec![0f32; x.len()];
+    let mut dw = vec![0f32; e];
+    let mut xc = vec![0f32; e];
+    let mut sq = vec![0f32; e];
+    let mut xn = vec![0f32; e];
+    let mut gw = vec![0f32; e];
+    if e == 0 {
+        return (dx, dw, vec![]);
+    }
+    for ((dxr, gr), xr) in dx
+        .chunks_exact_mut(e)
+        .zip(g.chunks_exact(e))
+        .zip(x.chunks_exact(e))
+    {
+        let std = ln_row(xr, &mut xc, &mut sq, inv_n, eps);
+        let (mut s1, mut s2) = (0f64, 0f64);
+        for c in 0..e {
+            xn[c] = xc[c] / std;
+            dw[c] += gr[c] * xn[c];
+            gw[c] = gr[c] * w[c];
+            s1 += gw[c] as f64;
+            s2 += gw[c] as f64 * xn[c] as f64;
+        }
+        let (m1, m2) = (s1 / e as f64, s2 / e as f64);
+        let rstd = 1.0 / std as f64;
+        for c in 0..e {
+            dxr[c] = ((gw[c] as f64 - m1 - xn[c] as f64 * m2) * rstd) as f32;
+        }
+    }
+    (dx, dw, col_sums(g, e))
+}
+
 /// LayerNorm over the last axis (biased variance, affine) keeping only its output: the
 /// backward recomputes the row statistics from the input.
 struct LayerNormOp {
     eps: f64,
-}
-
-impl LayerNormOp {
-    fn consts(&self, e: usize) -> (f32, f32) {
-        // candle's affine converts its f64 factors with `T::from_f64`.
-        ((1f64 / e as f64) as f32, self.eps as f32)
-    }
 }
 
 impl CustomOp3 for LayerNormOp {
@@ -587,19 +772,7 @@ impl CustomOp3 for LayerNormOp {
         else {
             candle_core::bail!("layer norm: contiguous f32 inputs expected")
         };
-        let e = w.len();
-        let (inv_n, eps) = self.consts(e);
-        let mut out = vec![0f32; x.len()];
-        let mut xc = vec![0f32; e];
-        let mut sq = vec![0f32; e];
-        if e > 0 {
-            for (o, xr) in out.chunks_exact_mut(e).zip(x.chunks_exact(e)) {
-                let std = ln_row(xr, &mut xc, &mut sq, inv_n, eps);
-                for c in 0..e {
-                    o[c] = (xc[c] / std) * w[c] + b[c];
-                }
-            }
-        }
+        let out = ln_forward_rows(x, w, b, self.eps);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -611,43 +784,10 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let e = w.dim(0)?;
-        let (inv_n, eps) = self.consts(e);
         let wv = vec_of(w)?;
-        let mut dx = vec![0f32; x.elem_count()];
-        let mut dw = vec![0f32; e];
-        let mut xc = vec![0f32; e];
-        let mut sq = vec![0f32; e];
-        let mut xn = vec![0f32; e];
-        let mut gw = vec![0f32; e];
-        with_f32(grad, |g| {
-            with_f32(x, |xv| {
-                for ((dxr, gr), xr) in dx
-                    .chunks_exact_mut(e)
-                    .zip(g.chunks_exact(e))
-                    .zip(xv.chunks_exact(e))
-                {
-                    let std = ln_row(xr, &mut xc, &mut sq, inv_n, eps);
-                    // dW exactly as ScaleShift's backward (xn bit-identical to the forward's).
-                    let (mut s1, mut s2) = (0f64, 0f64);
-                    for c in 0..e {
-                        xn[c] = xc[c] / std;
-                        dw[c] += gr[c] * xn[c];
-                        gw[c] = gr[c] * wv[c];
-                        s1 += gw[c] as f64;
-                        s2 += gw[c] as f64 * xn[c] as f64;
-                    }
-                    // dx = (g' − mean(g') − x̂ mean(g' x̂)) / std with g' = g ⊙ w.
-                    let (m1, m2) = (s1 / e as f64, s2 / e as f64);
-                    let rstd = 1.0 / std as f64;
-                    for c in 0..e {
-                        dxr[c] = ((gw[c] as f64 - m1 - xn[c] as f64 * m2) * rstd) as f32;
-                    }
-                }
-                Ok(())
-            })
+        let (dx, dw, db) = with_f32(grad, |g| {
+            with_f32(x, |xv| Ok(ln_backward_rows(xv, g, &wv, self.eps)))
         })?;
-        let db = with_f32(grad, |g| Ok(col_sums(g, e)))?;
         let dev = x.device();
         Ok((
             x.track_op()
@@ -1041,6 +1181,102 @@ mod tests {
         let gx = vals(g.get(x.as_tensor()).unwrap());
         let f = |t: &Tensor| loss(t).to_scalar::<f32>().unwrap();
         check_fd(&x, &gx, &(0..36).collect::<Vec<_>>(), f);
+    }
+
+    #[test]
+    fn layer_norm_prologue_is_bit_identical_to_a_layer_norm_op_first() {
+        use crate::model::ctx::Ctx;
+        let mut rng = ChaCha8Rng::seed_from_u64(10);
+        let (bb, t, e, h, dout) = (2, 6, 8, 2, 24);
+        let x = rand_var(&[bb, t, e], &mut rng);
+        let lw = rand_var(&[e], &mut rng);
+        let lb = rand_var(&[e], &mut rng);
+        let wp = rand_var(&[3 * e, e], &mut rng);
+        let bp = rand_var(&[3 * e], &mut rng);
+        let w1 = rand_var(&[dout, e], &mut rng);
+        let b1 = rand_var(&[dout], &mut rng);
+        let up_h = rand_t(&[bb, h, t, e / h], &mut rng);
+        let up_f = rand_t(&[bb * t, dout], &mut rng);
+        let run = |fast: bool| {
+            let ctx = Ctx::train(5);
+            let xin = x.as_tensor().sqr().unwrap();
+            let (lwt, lbt) = (lw.as_tensor(), lb.as_tensor());
+            let w = wp.as_tensor().narrow(0, e, e).unwrap();
+            let b = bp.as_tensor().narrow(0, e, e).unwrap();
+            let x2 = xin.reshape((bb * t, e)).unwrap();
+            let (heads, ffn) = if fast {
+                let heads = ln_linear_to_heads(&xin, lwt, lbt, 1e-5, &w, &b, h, Some(0.3))
+                    .unwrap()
+                    .expect("applies");
+                let draw = || Some(ctx.next_dropout(0.25));
+                let ffn = ln_linear_relu_dropout(
+                    &x2,
+                    lwt,
+                    lbt,
+                    1e-5,
+                    w1.as_tensor(),
+                    b1.as_tensor(),
+                    draw,
+                )
+                .unwrap()
+                .expect("applies");
+                (heads, ffn)
+            } else {
+                let n = layer_norm(&xin, lwt, lbt, 1e-5).unwrap().unwrap();
+                let heads = linear_bias_to_heads(&n, &w, &b, h, Some(0.3))
+                    .unwrap()
+                    .unwrap();
+                // Its own LayerNorm: each fused op normalises for one consumer only.
+                let n2 = layer_norm(&x2, lwt, lbt, 1e-5).unwrap().unwrap();
+                let d = Some(ctx.next_dropout(0.25));
+                let ffn = linear_relu_dropout(&n2, w1.as_tensor(), b1.as_tensor(), d).unwrap();
+                (heads, ffn)
+            };
+            let loss = ((&heads * &up_h).unwrap().sum_all().unwrap()
+                + (&ffn * &up_f).unwrap().sum_all().unwrap())
+            .unwrap();
+            let g = loss.backward().unwrap();
+            let mut all = vec![bits(&heads), bits(&ffn)];
+            for v in [&x, &lw, &lb, &wp, &bp, &w1, &b1] {
+                all.push(bits(g.get(v.as_tensor()).unwrap()));
+            }
+            all
+        };
+        assert_eq!(run(true), run(false));
+    }
+
+    #[test]
+    fn layer_norm_prologue_gradient_matches_finite_differences() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let (bb, t, e, h) = (2, 3, 6, 3);
+        let x = rand_var(&[bb, t, e], &mut rng);
+        let lw = rand_var(&[e], &mut rng);
+        let lb = rand_var(&[e], &mut rng);
+        let w = rand_var(&[e, e], &mut rng);
+        let b = rand_var(&[e], &mut rng);
+        let up = rand_t(&[bb, h, t, e / h], &mut rng);
+        let loss = |x: &Tensor, lw: &Tensor| {
+            let y = ln_linear_to_heads(
+                x,
+                lw,
+                lb.as_tensor(),
+                1e-5,
+                w.as_tensor(),
+                b.as_tensor(),
+                h,
+                None,
+            )
+            .unwrap()
+            .unwrap();
+            (y * &up).unwrap().sum_all().unwrap()
+        };
+        let g = loss(x.as_tensor(), lw.as_tensor()).backward().unwrap();
+        let gx = vals(g.get(x.as_tensor()).unwrap());
+        let glw = vals(g.get(lw.as_tensor()).unwrap());
+        let f = |t: &Tensor| loss(t, lw.as_tensor()).to_scalar::<f32>().unwrap();
+        check_fd(&x, &gx, &(0..36).collect::<Vec<_>>(), f);
+        let f = |t: &Tensor| loss(x.as_tensor(), t).to_scalar::<f32>().unwrap();
+        check_fd(&lw, &glw, &(0..6).collect::<Vec<_>>(), f);
     }
 
     fn layer_norm_ref() -> (Var, Var, Var, Tensor, crate::model::layers::LayerNorm) {
