@@ -14,7 +14,7 @@
 //! f32 on the CPU fall back to the plain path.
 
 use super::ctx::Ctx;
-use super::fused::{fused_attention, fused_probs, FusedDropout};
+use super::fused::{fused_attention_packed, fused_probs, FusedDropout};
 use super::layers::{causal_offset_mask, softmax_last};
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
@@ -63,6 +63,9 @@ pub struct AttnResult {
     pub probs: Option<Tensor>,
     /// `[B, h, T_q]` row log-sum-exp (no gradient), when requested.
     pub lse: Option<Tensor>,
+    /// The fused kernel's packed output `[B, h, T_q, hd + 1]` (`out` is its first `hd`
+    /// columns), when the fused kernel ran.
+    pub packed: Option<Tensor>,
 }
 
 /// Computes `softmax(q k^T + M) (dropout) v` with the chosen kernel.
@@ -96,16 +99,23 @@ fn fused(ctx: &Ctx, call: AttnCall) -> Result<AttnResult> {
     let drop = ctx
         .dropout_active(call.dropout)
         .then(|| FusedDropout::new(ctx.seed, ctx.next_stream(), call.dropout));
-    let (out, lse) = fused_attention(call.q, call.k, call.v, call.causal_offset, drop)?;
-    let probs = if call.want_probs {
-        Some(fused_probs(call.q, call.k, &lse, call.causal_offset)?)
+    let packed = fused_attention_packed(call.q, call.k, call.v, call.causal_offset, drop)?;
+    let hd = call.q.dim(3)?;
+    let out = packed.narrow(3, 0, hd)?;
+    let lse = if call.want_probs || call.want_lse {
+        Some(packed.narrow(3, hd, 1)?.squeeze(3)?.detach())
     } else {
         None
+    };
+    let probs = match (&lse, call.want_probs) {
+        (Some(lse), true) => Some(fused_probs(call.q, call.k, lse, call.causal_offset)?),
+        _ => None,
     };
     Ok(AttnResult {
         out,
         probs,
-        lse: call.want_lse.then_some(lse),
+        lse: if call.want_lse { lse } else { None },
+        packed: Some(packed),
     })
 }
 
@@ -133,5 +143,6 @@ fn plain(ctx: &Ctx, call: AttnCall, tq: usize, tk: usize) -> Result<AttnResult> 
         out,
         probs: call.want_probs.then_some(probs),
         lse,
+        packed: None,
     })
 }

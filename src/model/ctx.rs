@@ -5,6 +5,8 @@
 //! value iff `hash(seed, s, i)` falls above the drop rate. A fused kernel can therefore
 //! regenerate exactly the same mask (spec/kernels.md), and a seed fixes every draw.
 
+use super::fused::FusedDropout;
+use super::pointwise;
 use anyhow::Result;
 use candle_core::Tensor;
 use std::cell::Cell;
@@ -74,12 +76,49 @@ impl Ctx {
 
     /// Inverted dropout (PyTorch's `F.dropout`): zero with probability `p`, scale the
     /// kept values by `1/(1-p)`. Identity in eval mode or for `p == 0`.
+    ///
+    /// On f32 CPU tensors this is one op that keeps only its output (the backward
+    /// regenerates the mask); elsewhere `x * dropout_mask(..)`. Both give the same values.
     pub fn dropout(&self, x: &Tensor, p: f32) -> Result<Tensor> {
         if !self.dropout_active(p) {
             return Ok(x.clone());
         }
+        if pointwise::applies(&[x]) {
+            return Ok(pointwise::dropout(x, self.next_dropout(p))?);
+        }
         let mask = self.dropout_mask(x.dims(), p, x.device())?;
         Ok(x.mul(&mask)?)
+    }
+
+    /// `dropout(relu(x), p)` (one dropout draw when active, as [`Ctx::dropout`]); one op
+    /// keeping only its output on f32 CPU tensors.
+    pub fn relu_dropout(&self, x: &Tensor, p: f32) -> Result<Tensor> {
+        if pointwise::applies(&[x]) {
+            let d = self.dropout_active(p).then(|| self.next_dropout(p));
+            return Ok(pointwise::relu_dropout(x, d)?);
+        }
+        self.dropout(&super::layers::relu(x)?, p)
+    }
+
+    /// `residual + dropout(y, p)` (one dropout draw when active, as [`Ctx::dropout`]); one
+    /// op keeping only its output on f32 CPU tensors of the same shape.
+    pub fn residual_dropout(&self, residual: &Tensor, y: &Tensor, p: f32) -> Result<Tensor> {
+        if !self.dropout_active(p) {
+            return Ok((residual + y)?);
+        }
+        if pointwise::applies(&[residual, y]) && residual.shape() == y.shape() {
+            return Ok(pointwise::residual_dropout(
+                residual,
+                y,
+                self.next_dropout(p),
+            )?);
+        }
+        Ok((residual + self.dropout(y, p)?)?)
+    }
+
+    /// The keep bits of the next dropout draw of rate `p` (takes one stream).
+    pub fn next_dropout(&self, p: f32) -> FusedDropout {
+        FusedDropout::new(self.seed, self.next_stream(), p)
     }
 
     /// The multiplicative mask (`0` or `1/(1-p)`) of the next dropout draw of `shape`.
@@ -93,7 +132,7 @@ impl Ctx {
         let n: usize = shape.iter().product();
         // The same draws as `keep(seed, stream, i, p)`, with the per-stream hash hoisted
         // out of the loop (one mix64 per element instead of three).
-        let drop = super::fused::FusedDropout::new(self.seed, stream, p);
+        let drop = FusedDropout::new(self.seed, stream, p);
         let values: Vec<f32> = (0..n as u64)
             .map(|i| if drop.keep(i) { drop.scale } else { 0.0 })
             .collect();

@@ -5,7 +5,7 @@
 
 use super::attention::{attend, AttentionKernel, AttnCall};
 use super::ctx::Ctx;
-use super::layers::{linear, positional_embedding, relu, LayerNorm, Linear};
+use super::layers::{linear, positional_embedding, LayerNorm, Linear};
 use super::params::{Init, ParamSource};
 use anyhow::{ensure, Context, Result};
 use candle_core::Tensor;
@@ -128,6 +128,52 @@ impl MultiheadAttention {
         linear(x, &w, Some(&b))
     }
 
+    /// Projection `which` of `x` `[B, T, E]` split into heads `[B, h, T, hd]` and multiplied
+    /// by `scale` when given, as one op keeping only its output (the values and gradients
+    /// of `split_heads(project(x, which) * scale)`); `None` when the op does not apply
+    /// (not f32 on the CPU).
+    fn project_heads(
+        &self,
+        x: &Tensor,
+        which: usize,
+        scale: Option<f64>,
+    ) -> Result<Option<Tensor>> {
+        let e = self.embed_dim;
+        let w = self.in_proj_weight.narrow(0, which * e, e)?;
+        let b = self.in_proj_bias.narrow(0, which * e, e)?;
+        Ok(super::rowops::linear_bias_to_heads(
+            x,
+            &w,
+            &b,
+            self.num_heads,
+            scale,
+        )?)
+    }
+
+    /// [`Self::project_heads`] of `ln(x)`, the LayerNorm applied inside the op (its output
+    /// is never kept); `None` when the op does not apply.
+    fn ln_project_heads(
+        &self,
+        ln: &LayerNorm,
+        x: &Tensor,
+        which: usize,
+        scale: Option<f64>,
+    ) -> Result<Option<Tensor>> {
+        let e = self.embed_dim;
+        let w = self.in_proj_weight.narrow(0, which * e, e)?;
+        let b = self.in_proj_bias.narrow(0, which * e, e)?;
+        Ok(super::rowops::ln_linear_to_heads(
+            x,
+            &ln.weight,
+            &ln.bias,
+            ln.eps,
+            &w,
+            &b,
+            self.num_heads,
+            scale,
+        )?)
+    }
+
     /// `[B, T, E] -> [B, h, T, hd]`.
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -136,28 +182,60 @@ impl MultiheadAttention {
             .contiguous()?)
     }
 
-    /// Attention of queries `x_q` over keys `x_k` / values `x_v` (all `[B, T, E]`).
+    /// Attention of queries `ln(x)` over keys `ln(k)` / values `ln(v)` (`kv` = `(k, v)`, all
+    /// `[B, T, E]`), or over `ln(x)` itself when `kv` is `None` (self-attention).
     /// Returns the output `[B, T_q, E]` and, when `trace`, the projections and probabilities.
+    ///
+    /// On f32 CPU tensors the projections are ops writing the head layout directly; in a
+    /// crossmodal call each also applies the LayerNorm itself, so no normalised copy is
+    /// kept (self-attention keeps its one, shared by q, k and v). The values and
+    /// gradients are those of the composed ops.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         ctx: &Ctx,
         kernel: AttentionKernel,
-        x_q: &Tensor,
-        x_k: &Tensor,
-        x_v: &Tensor,
+        ln: &LayerNorm,
+        x: &Tensor,
+        kv: Option<(&Tensor, &Tensor)>,
         causal_offset: bool,
         dropout: f32,
         trace: bool,
     ) -> Result<(Tensor, Option<AttnTrace>)> {
-        let (b, tq, e) = x_q.dims3()?;
-        let q = self.project(x_q, 0)?;
-        let k = self.project(x_k, 1)?;
-        let v = self.project(x_v, 2)?;
+        let (b, tq, e) = x.dims3()?;
         let scaling = (self.head_dim() as f64).powf(-0.5);
-        let qh = self.split_heads(&(&q * scaling)?)?;
-        let kh = self.split_heads(&k)?;
-        let vh = self.split_heads(&v)?;
+        let shared = match kv {
+            None => Some(ln.forward(x)?),
+            Some(_) => None,
+        };
+        let (x_k, x_v) = kv.unwrap_or((x, x));
+        let heads = |src: &Tensor, which: usize, scale: Option<f64>| match &shared {
+            Some(n) => self.project_heads(n, which, scale),
+            None => self.ln_project_heads(ln, src, which, scale),
+        };
+        let normed = |src: &Tensor| match &shared {
+            Some(n) => Ok(n.clone()),
+            None => ln.forward(src),
+        };
+        // A trace exposes the unsplit q and k (with gradients), so they go the composed way.
+        let fast = match trace {
+            true => None,
+            false => heads(x, 0, Some(scaling))?.zip(heads(x_k, 1, None)?),
+        };
+        let (qh, kh, qk) = match fast {
+            Some((qh, kh)) => (qh, kh, None),
+            None => {
+                let q = self.project(&normed(x)?, 0)?;
+                let k = self.project(&normed(x_k)?, 1)?;
+                let qh = self.split_heads(&(&q * scaling)?)?;
+                let kh = self.split_heads(&k)?;
+                (qh, kh, Some((q, k)))
+            }
+        };
+        let vh = match heads(x_v, 2, None)? {
+            Some(vh) => vh,
+            None => self.split_heads(&self.project(&normed(x_v)?, 2)?)?,
+        };
         let res = attend(
             ctx,
             kernel,
@@ -171,10 +249,21 @@ impl MultiheadAttention {
                 want_lse: trace,
             },
         )?;
-        let out = res.out.transpose(1, 2)?.contiguous()?.reshape((b, tq, e))?;
-        let out = self.out_proj.forward(&out)?;
-        let tr = match (trace, res.lse) {
-            (true, Some(lse)) => Some(AttnTrace {
+        let fused_out = match (&res.packed, &self.out_proj.bias) {
+            (Some(packed), Some(bias)) => {
+                super::rowops::linear_bias_from_heads(packed, &self.out_proj.weight, bias)?
+            }
+            _ => None,
+        };
+        let out = match fused_out {
+            Some(out) => out.reshape((b, tq, e))?,
+            None => {
+                let out = res.out.transpose(1, 2)?.contiguous()?.reshape((b, tq, e))?;
+                self.out_proj.forward(&out)?
+            }
+        };
+        let tr = match (trace, qk, res.lse) {
+            (true, Some((q, k)), Some(lse)) => Some(AttnTrace {
                 q,
                 k,
                 probs: None,
@@ -240,33 +329,24 @@ impl EncoderLayer {
         drop: &EncoderDropouts,
         trace: bool,
     ) -> Result<(Tensor, Option<AttnTrace>)> {
-        let ln0 = &self.layer_norms[0];
         let residual = x;
-        let xq = ln0.forward(x)?;
-        let (attn, tr) = match kv {
-            None => self.self_attn.forward(
-                ctx,
-                kernel,
-                &xq,
-                &xq,
-                &xq,
-                causal_offset,
-                drop.attn,
-                trace,
-            )?,
-            Some((k, v)) => {
-                let k = ln0.forward(k)?;
-                let v = ln0.forward(v)?;
-                self.self_attn
-                    .forward(ctx, kernel, &xq, &k, &v, causal_offset, drop.attn, trace)?
-            }
-        };
-        let x = (residual + ctx.dropout(&attn, drop.res)?)?;
+        let (attn, tr) = self.self_attn.forward(
+            ctx,
+            kernel,
+            &self.layer_norms[0],
+            x,
+            kv,
+            causal_offset,
+            drop.attn,
+            trace,
+        )?;
+        let x = ctx.residual_dropout(residual, &attn, drop.res)?;
         let residual = &x;
-        let h = self.layer_norms[1].forward(&x)?;
-        let h = ctx.dropout(&relu(&self.fc1.forward(&h)?)?, drop.relu)?;
+        let h = self
+            .fc1
+            .forward_ln_relu_dropout(ctx, &self.layer_norms[1], &x, drop.relu)?;
         let h = self.fc2.forward(&h)?;
-        let x = (residual + ctx.dropout(&h, drop.res)?)?;
+        let x = ctx.residual_dropout(residual, &h, drop.res)?;
         Ok((x, tr))
     }
 }
@@ -361,8 +441,100 @@ impl Encoder {
 }
 
 /// `dropout(sqrt(E) * x + PE(x), p)` with the padding rule of [`positional_embedding`].
+///
+/// On f32 CPU tensors one op keeping only its output ([`super::pointwise::embed`], the
+/// same values); the dropout draws one stream when active, as [`Ctx::dropout`].
 pub fn embed(ctx: &Ctx, x: &Tensor, embed_dim: usize, p: f32) -> Result<Tensor> {
+    if super::pointwise::applies(&[x]) {
+        let d = ctx.dropout_active(p).then(|| ctx.next_dropout(p));
+        return Ok(super::pointwise::embed(x, (embed_dim as f64).sqrt(), d)?);
+    }
+    embed_composed(ctx, x, embed_dim, p)
+}
+
+/// [`embed`] with composed ops.
+pub fn embed_composed(ctx: &Ctx, x: &Tensor, embed_dim: usize, p: f32) -> Result<Tensor> {
     let pe = positional_embedding(x)?;
     let scaled = (x * (embed_dim as f64).sqrt())?;
     ctx.dropout(&(scaled + pe)?, p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::params::Initializer;
+    use candle_core::{Device, Var};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn rand_var(shape: &[usize], rng: &mut ChaCha8Rng) -> Var {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        Var::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    }
+
+    /// The trace path projects q and k with the composed ops (LayerNorm op, linear,
+    /// `* scaling`, `split_heads`); without a trace they come from the head-layout linear
+    /// op (with the LayerNorm inside it in a crossmodal layer). A whole layer in training
+    /// mode gives bit-identical outputs and gradients both ways.
+    #[test]
+    fn fused_projections_give_the_trace_paths_bits() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let mut init = Initializer::new(1, &Device::Cpu);
+        let layer = EncoderLayer::new(&mut init, "l", 8, 2).unwrap();
+        let store = init.into_store();
+        for var in store.vars.values() {
+            var.set(rand_var(var.dims(), &mut rng).as_tensor()).unwrap();
+        }
+        let x = rand_var(&[2, 5, 8], &mut rng);
+        let k = rand_var(&[2, 7, 8], &mut rng);
+        let v = rand_var(&[2, 7, 8], &mut rng);
+        let drop = EncoderDropouts {
+            attn: 0.2,
+            relu: 0.2,
+            res: 0.2,
+            embed: 0.2,
+        };
+        let up = rand_var(&[2, 5, 8], &mut rng);
+        let run = |trace: bool, cross: bool| {
+            let ctx = Ctx::train(17);
+            let kv = cross.then(|| (k.as_tensor(), v.as_tensor()));
+            let (out, tr) = layer
+                .forward(
+                    &ctx,
+                    AttentionKernel::Fused,
+                    x.as_tensor(),
+                    kv,
+                    true,
+                    &drop,
+                    trace,
+                )
+                .unwrap();
+            assert_eq!(tr.is_some(), trace);
+            let g = (&out * up.as_tensor())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let mut all = vec![bits(&out)];
+            let inputs = if cross { vec![&x, &k, &v] } else { vec![&x] };
+            for t in inputs.into_iter().chain(store.vars.values()) {
+                all.push(bits(g.get(t.as_tensor()).expect("a gradient")));
+            }
+            all
+        };
+        assert_eq!(run(false, true), run(true, true), "crossmodal");
+        assert_eq!(run(false, false), run(true, false), "self-attention");
+    }
 }

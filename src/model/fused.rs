@@ -137,17 +137,31 @@ pub fn fused_attention(
     dropout: Option<FusedDropout>,
 ) -> candle_core::Result<(Tensor, Tensor)> {
     let hd = q.dim(3)?;
-    let res = q.contiguous()?.apply_op3(
+    let res = fused_attention_packed(q, k, v, causal_offset, dropout)?;
+    let out = res.narrow(3, 0, hd)?;
+    let lse = res.narrow(3, hd, 1)?.squeeze(3)?.detach();
+    Ok((out, lse))
+}
+
+/// The fused op's own output `[B, h, T_q, hd + 1]`: per row the attention output, then the
+/// row log-sum-exp (its gradient is ignored). [`fused_attention`] splits it; a consumer
+/// that can read the packed rows (the out-projection of
+/// [`super::rowops::linear_bias_from_heads`]) saves the head-merging copy.
+pub fn fused_attention_packed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal_offset: bool,
+    dropout: Option<FusedDropout>,
+) -> candle_core::Result<Tensor> {
+    q.contiguous()?.apply_op3(
         &k.contiguous()?,
         &v.contiguous()?,
         FusedAttention {
             causal_offset,
             dropout,
         },
-    )?;
-    let out = res.narrow(3, 0, hd)?;
-    let lse = res.narrow(3, hd, 1)?.squeeze(3)?.detach();
-    Ok((out, lse))
+    )
 }
 
 /// Probabilities `[B, h, T_q, T_k]` (before dropout; 0 where masked) from `q`, `k` and the

@@ -50,6 +50,63 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         linear(x, &self.weight, self.bias.as_ref())
     }
+
+    /// `ctx.relu_dropout(self.forward(x), p)` (one dropout draw when active); on f32 CPU
+    /// tensors one op that keeps only its output (the same values and gradients).
+    pub fn forward_relu_dropout(
+        &self,
+        ctx: &super::ctx::Ctx,
+        x: &Tensor,
+        p: f32,
+    ) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let din = *dims.last().expect("linear on a scalar");
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        if let Some(b) = &self.bias {
+            let x2 = x.reshape((rows, din))?;
+            if super::rowops::linear_applies(&x2, &self.weight, b)? {
+                let d = ctx.dropout_active(p).then(|| ctx.next_dropout(p));
+                let y = super::rowops::linear_relu_dropout(&x2, &self.weight, b, d)?;
+                let mut out_dims = dims;
+                *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+                return Ok(y.reshape(out_dims)?);
+            }
+        }
+        ctx.relu_dropout(&self.forward(x)?, p)
+    }
+
+    /// `ctx.relu_dropout(self.forward(ln.forward(x)), p)`; on f32 CPU tensors one op that
+    /// keeps only its output, the normalised rows included (the same values and gradients).
+    pub fn forward_ln_relu_dropout(
+        &self,
+        ctx: &super::ctx::Ctx,
+        ln: &LayerNorm,
+        x: &Tensor,
+        p: f32,
+    ) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let din = *dims.last().expect("linear on a scalar");
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        if let Some(b) = &self.bias {
+            let x2 = x.reshape((rows, din))?;
+            let draw = || ctx.dropout_active(p).then(|| ctx.next_dropout(p));
+            let fused = super::rowops::ln_linear_relu_dropout(
+                &x2,
+                &ln.weight,
+                &ln.bias,
+                ln.eps,
+                &self.weight,
+                b,
+                draw,
+            )?;
+            if let Some(y) = fused {
+                let mut out_dims = dims;
+                *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+                return Ok(y.reshape(out_dims)?);
+            }
+        }
+        self.forward_relu_dropout(ctx, &ln.forward(x)?, p)
+    }
 }
 
 /// `x W^T + b` for `x` of any rank (flattened to 2-D for one matmul).
@@ -57,10 +114,11 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let dims = x.dims().to_vec();
     let din = *dims.last().expect("linear on a scalar");
     let rows: usize = dims[..dims.len() - 1].iter().product();
-    let y = x.reshape((rows, din))?.matmul(&weight.t()?)?;
+    let x2 = x.reshape((rows, din))?;
     let y = match bias {
-        Some(b) => super::rowops::add_bias(&y, b)?,
-        None => y,
+        // One op keeping only its output (CPU f32), else `add_bias(x Wᵀ, b)`.
+        Some(b) => super::rowops::linear_bias(&x2, weight, b)?,
+        None => x2.matmul(&weight.t()?)?,
     };
     let mut out_dims = dims;
     *out_dims.last_mut().unwrap() = weight.dim(0)?;
@@ -91,7 +149,18 @@ impl LayerNorm {
     }
 
     /// Normalises `[..., E]`.
+    ///
+    /// On f32 CPU tensors one op ([`super::rowops::layer_norm`]) that keeps only its
+    /// output and gives bit-identical values; elsewhere the composed ops below.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = super::rowops::layer_norm(x, &self.weight, &self.bias, self.eps)? {
+            return Ok(y);
+        }
+        self.forward_composed(x)
+    }
+
+    /// The composed-ops LayerNorm (the reference of the fused op).
+    pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
@@ -157,7 +226,18 @@ impl Conv1d {
 
 /// ReLU whose gradient is 0 at exactly 0, as PyTorch's (candle's own `relu` passes the
 /// gradient at 0, which differs on the exactly-zero rows that padding produces).
+///
+/// On f32 CPU tensors one op that keeps only its output (same values as the composed
+/// `x * [x > 0]`, see [`super::pointwise`]).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if super::pointwise::applies(&[x]) {
+        return Ok(super::pointwise::relu_dropout(x, None)?);
+    }
+    relu_composed(x)
+}
+
+/// `x * [x > 0]` with composed ops (the reference of the fused ReLU).
+pub fn relu_composed(x: &Tensor) -> Result<Tensor> {
     let mask = x.gt(0.0)?.to_dtype(x.dtype())?;
     Ok(x.mul(&mask)?)
 }

@@ -11,6 +11,7 @@ pub mod lstm;
 pub mod mica;
 pub mod mult;
 pub mod params;
+pub mod pointwise;
 pub mod rowops;
 pub mod simd;
 

@@ -5,7 +5,7 @@
 use super::config::{ModelConfig, Partial};
 use super::ctx::Ctx;
 use super::encoder::{AttnTrace, Encoder, EncoderDropouts};
-use super::layers::{relu, Conv1d, Linear};
+use super::layers::{Conv1d, Linear};
 use super::params::ParamSource;
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
@@ -147,7 +147,7 @@ impl Head {
         let p1 = self.proj1.forward(x)?;
         let p2 = self
             .proj2
-            .forward(&ctx.dropout(&relu(&p1)?, self.out_dropout)?)?;
+            .forward(&ctx.relu_dropout(&p1, self.out_dropout)?)?;
         let out = self.out_layer.forward(&(&p2 + x)?)?;
         Ok((out, p1, p2))
     }

@@ -8,6 +8,8 @@
 //! order (rows summed one after the other, products formed the same way), so results
 //! are bit-identical to the composed ops; only the column sums are done row-wise.
 
+use super::fused::FusedDropout;
+use super::pointwise::{mask_value, with_f32};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Option<&'a [f32]> {
@@ -146,6 +148,680 @@ impl CustomOp3 for ScaleShift {
     }
 }
 
+/// Where a fused linear reads its input rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinearIn {
+    /// `x` is `[rows, in]`.
+    Rows,
+    /// `x` is the fused attention's packed output `[B, h, T, hd + 1]`
+    /// ([`super::fused::fused_attention_packed`]): the input rows are its heads merged,
+    /// row `(b, t)` = `[x[b, 0, t, ..hd], .., x[b, h−1, t, ..hd]]`, exactly what
+    /// `x.narrow(3, 0, hd).transpose(1, 2).contiguous().reshape((B·T, h·hd))` holds.
+    MergeHeads,
+}
+
+/// How a fused linear lays out its output.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum LinearOut {
+    /// `[rows, out]`.
+    Rows,
+    /// Split into heads, `[B, h, T, out/h]` with `rows = B·T`, each value first multiplied
+    /// by `scale` as candle's `y * scale` does (`v · s + 0`), when given: the layout of
+    /// `(y * scale).reshape((B, T, h, hd)).transpose(1, 2).contiguous()`.
+    Heads {
+        batch: usize,
+        heads: usize,
+        scale: Option<f32>,
+    },
+}
+
+/// `x Wᵀ + b` with `W` `[out, in]`, `b` `[out]`, keeping only the output, optionally
+/// followed by `dropout(relu(·))` and with its input / output in the attention's head
+/// layouts ([`LinearIn`], [`LinearOut`]).
+///
+/// The forward is candle's own CPU matmul on exactly the layouts `x.matmul(&W.t())` uses,
+/// then the bias added in place (and the epilogue, scale, permutation, each with the f32
+/// operations of the composed ops), so the values are those of the composed ops bit for
+/// bit. The backward forms the same products as candle's matmul backward (`dx = dy W`,
+/// `dW = (xᵀ dy)ᵀ`, `db` column sums), on the same incoming gradient: bit-identical
+/// gradients too. ReLU's mask comes from the output (`out > 0` iff the pre-activation is
+/// positive wherever the dropout keeps it), dropout's from its generator.
+#[derive(Debug, Clone, Copy)]
+struct LinearBias {
+    input: LinearIn,
+    out: LinearOut,
+    relu: bool,
+    drop: Option<FusedDropout>,
+    /// A LayerNorm (this eps) applied to the input rows first: the third input is then
+    /// `[ln_w, ln_b, b]` (`2·in + out` values). The normalised rows are never kept: the
+    /// backward recomputes them, bit-identical to [`LayerNormOp`]'s output.
+    ln: Option<f64>,
+}
+
+/// `(B, h, T, hd)` of a packed attention output `[B, h, T, hd + 1]`.
+fn packed_dims(shape: &Shape) -> candle_core::Result<(usize, usize, usize, usize)> {
+    let (b, h, t, hd1) = shape.dims4()?;
+    if hd1 == 0 {
+        candle_core::bail!("linear: empty packed attention output")
+    }
+    Ok((b, h, t, hd1 - 1))
+}
+
+/// Heads of a packed `[B, h, T, hd + 1]` buffer merged into rows `[B·T, h·hd]`.
+fn merge_heads(x: &[f32], (b, h, t, hd): (usize, usize, usize, usize)) -> Vec<f32> {
+    let mut out = vec![0f32; b * t * h * hd];
+    for bi in 0..b {
+        for hi in 0..h {
+            for ti in 0..t {
+                let src = ((bi * h + hi) * t + ti) * (hd + 1);
+                let dst = (bi * t + ti) * h * hd + hi * hd;
+                out[dst..dst + hd].copy_from_slice(&x[src..src + hd]);
+            }
+        }
+    }
+    out
+}
+
+/// Rows `[B·T, h·hd]` scattered back to a packed `[B, h, T, hd + 1]` buffer (last column 0).
+fn unmerge_heads(y: &[f32], (b, h, t, hd): (usize, usize, usize, usize)) -> Vec<f32> {
+    let mut out = vec![0f32; b * h * t * (hd + 1)];
+    for bi in 0..b {
+        for hi in 0..h {
+            for ti in 0..t {
+                let dst = ((bi * h + hi) * t + ti) * (hd + 1);
+                let src = (bi * t + ti) * h * hd + hi * hd;
+                out[dst..dst + hd].copy_from_slice(&y[src..src + hd]);
+            }
+        }
+    }
+    out
+}
+
+impl LinearBias {
+    fn plain() -> Self {
+        LinearBias {
+            input: LinearIn::Rows,
+            out: LinearOut::Rows,
+            relu: false,
+            drop: None,
+            ln: None,
+        }
+    }
+
+    /// The input rows as a `[rows, in]` tensor (the packed heads merged, for `MergeHeads`).
+    fn input_rows(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.input {
+            LinearIn::Rows => Ok(x.clone()),
+            LinearIn::MergeHeads => {
+                let d = packed_dims(x.shape())?;
+                let rows = with_f32(x, |v| Ok(merge_heads(v, d)))?;
+                Tensor::from_vec(rows, (d.0 * d.2, d.1 * d.3), x.device())
+            }
+        }
+    }
+}
+
+impl CustomOp3 for LinearBias {
+    fn name(&self) -> &'static str {
+        "mica-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let merged;
+        let (n, k) = l2.shape().dims2()?;
+        let Some(p) = f32_slice(s3, l3) else {
+            candle_core::bail!("linear: contiguous f32 bias expected")
+        };
+        let (xs, xl, b) = match (self.input, self.ln) {
+            (LinearIn::Rows, None) => (s1, l1.clone(), p),
+            (LinearIn::Rows, Some(eps)) => {
+                let (Some(x), true) = (f32_slice(s1, l1), p.len() == 2 * k + n) else {
+                    candle_core::bail!("linear: contiguous f32 x and [ln_w, ln_b, b] expected")
+                };
+                merged = CpuStorage::F32(ln_forward_rows(x, &p[..k], &p[k..2 * k], eps));
+                (&merged, Layout::contiguous(l1.shape()), &p[2 * k..])
+            }
+            (LinearIn::MergeHeads, Some(_)) => {
+                candle_core::bail!("linear: no LayerNorm on packed heads")
+            }
+            (LinearIn::MergeHeads, None) => {
+                let Some(x) = f32_slice(s1, l1) else {
+                    candle_core::bail!("linear: contiguous f32 packed heads expected")
+                };
+                let d = packed_dims(l1.shape())?;
+                merged = CpuStorage::F32(merge_heads(x, d));
+                (&merged, Layout::contiguous((d.0 * d.2, d.1 * d.3)), p)
+            }
+        };
+        let (m, k2) = xl.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("linear: x {:?} and W {:?} do not fit", xl.dims(), l2.dims())
+        }
+        if b.len() != n {
+            candle_core::bail!("linear: bias of length {n} expected")
+        }
+        let wt = l2.transpose(0, 1)?;
+        let CpuStorage::F32(mut y) = xs.matmul(s2, (1, m, n, k), &xl, &wt)? else {
+            candle_core::bail!("linear: f32 inputs expected")
+        };
+        if n > 0 {
+            for row in y.chunks_exact_mut(n) {
+                for (o, b) in row.iter_mut().zip(b) {
+                    *o += *b;
+                }
+            }
+        }
+        if self.relu {
+            // `x * [x > 0]`, as layers::relu.
+            for v in y.iter_mut() {
+                *v *= if *v > 0.0 { 1.0 } else { 0.0 };
+            }
+        }
+        if let Some(d) = &self.drop {
+            for (i, v) in y.iter_mut().enumerate() {
+                *v *= mask_value(d, i);
+            }
+        }
+        match self.out {
+            LinearOut::Rows => Ok((CpuStorage::F32(y), Shape::from((m, n)))),
+            LinearOut::Heads {
+                batch,
+                heads,
+                scale,
+            } => {
+                if batch == 0 || m % batch != 0 || heads == 0 || n % heads != 0 {
+                    candle_core::bail!(
+                        "linear: cannot split [{m}, {n}] into {batch} x {heads} heads"
+                    )
+                }
+                if let Some(s) = scale {
+                    for v in y.iter_mut() {
+                        *v = *v * s + 0.0;
+                    }
+                }
+                let (t, hd) = (m / batch, n / heads);
+                let mut out = vec![0f32; m * n];
+                for bi in 0..batch {
+                    for hi in 0..heads {
+                        for ti in 0..t {
+                            let dst = ((bi * heads + hi) * t + ti) * hd;
+                            let src = (bi * t + ti) * n + hi * hd;
+                            out[dst..dst + hd].copy_from_slice(&y[src..src + hd]);
+                        }
+                    }
+                }
+                Ok((CpuStorage::F32(out), Shape::from((batch, heads, t, hd))))
+            }
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let n = w.dim(0)?;
+        // The gradient w.r.t. the rows `[rows, out]` after bias (and epilogue).
+        let grad = match self.out {
+            LinearOut::Rows => grad.clone(),
+            LinearOut::Heads { scale, .. } => {
+                let (bb, h, t, hd) = grad.dims4()?;
+                let mut g = vec![0f32; bb * t * n];
+                with_f32(grad, |gv| {
+                    for bi in 0..bb {
+                        for hi in 0..h {
+                            for ti in 0..t {
+                                let src = ((bi * h + hi) * t + ti) * hd;
+                                let dst = (bi * t + ti) * n + hi * hd;
+                                g[dst..dst + hd].copy_from_slice(&gv[src..src + hd]);
+                            }
+                        }
+                    }
+                    Ok(())
+                })?;
+                if let Some(s) = scale {
+                    // The backward of candle's affine: `g · s + 0`.
+                    for v in g.iter_mut() {
+                        *v = *v * s + 0.0;
+                    }
+                }
+                Tensor::from_vec(g, (bb * t, n), grad.device())?
+            }
+        };
+        // Through the epilogue: `(g · m) · [out > 0]`, the composed ops' products.
+        let grad = if self.relu || self.drop.is_some() {
+            let g = with_f32(&grad, |g| {
+                with_f32(res, |out| {
+                    Ok(g.iter()
+                        .zip(out)
+                        .enumerate()
+                        .map(|(i, (g, o))| {
+                            let mut v = *g;
+                            if let Some(d) = &self.drop {
+                                v *= mask_value(d, i);
+                            }
+                            if self.relu {
+                                v *= if *o > 0.0 { 1.0 } else { 0.0 };
+                            }
+                            v
+                        })
+                        .collect::<Vec<f32>>())
+                })
+            })?;
+            Tensor::from_vec(g, grad.shape(), grad.device())?
+        } else {
+            grad
+        };
+        // candle's Matmul backward on `x.matmul(&W.t())`: `dx = dy (Wᵀ)ᵀ`, and the
+        // transpose's backward turns `xᵀ dy` into `dW`. On detached operands: a product
+        // with a tracked `x` or `W` would carry an op holding `dy`, and a weight's
+        // gradient (never detached by candle's backward) would keep it alive to the end.
+        let (x_in, w_in) = (x.detach(), w.detach());
+        let k = w.dim(1)?;
+        let ln = match self.ln {
+            Some(eps) => Some((eps, vec_of(b)?)),
+            None => None,
+        };
+        // The gradient w.r.t. the matmul's input rows, and with a LayerNorm, its backward.
+        let mut ln_grads = None;
+        let dx = if x.track_op() || (ln.is_some() && b.track_op()) {
+            let dx = grad.matmul(&w_in.t()?.t()?)?;
+            match (&ln, self.input) {
+                (Some((eps, p)), _) => {
+                    let (dx, dlw, dlb) = with_f32(&dx, |g| {
+                        with_f32(&x_in, |xv| Ok(ln_backward_rows(xv, g, &p[..k], *eps)))
+                    })?;
+                    ln_grads = Some((dlw, dlb));
+                    Some(Tensor::from_vec(dx, x.shape(), x.device())?)
+                }
+                (None, LinearIn::Rows) => Some(dx),
+                (None, LinearIn::MergeHeads) => {
+                    let d = packed_dims(x.shape())?;
+                    let v = with_f32(&dx, |v| Ok(unmerge_heads(v, d)))?;
+                    Some(Tensor::from_vec(v, x.shape(), x.device())?)
+                }
+            }
+        } else {
+            None
+        };
+        let dx = dx.filter(|_| x.track_op());
+        let dw = if w.track_op() {
+            let rows = match &ln {
+                Some((eps, p)) => {
+                    let v = with_f32(&x_in, |xv| {
+                        Ok(ln_forward_rows(xv, &p[..k], &p[k..2 * k], *eps))
+                    })?;
+                    Tensor::from_vec(v, x.shape(), x.device())?
+                }
+                None => self.input_rows(&x_in)?,
+            };
+            Some(rows.t()?.matmul(&grad)?.t()?)
+        } else {
+            None
+        };
+        let db = if b.track_op() {
+            let mut sums = with_f32(&grad, |g| Ok(col_sums(g, n)))?;
+            if let Some((dlw, mut dlb)) = ln_grads {
+                // `[d ln_w, d ln_b, db]`, the packed third input's gradient.
+                let mut all = dlw;
+                all.append(&mut dlb);
+                all.append(&mut sums);
+                sums = all;
+            }
+            Some(Tensor::from_vec(sums, b.shape(), b.device())?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+/// True when the fused linear ops apply to `x` `[rows, in]` (2-D), `W`, `b`: f32 on the
+/// CPU, `W` 2-D and `b` as long as `W` has rows.
+pub fn linear_applies(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<bool> {
+    Ok(x.rank() == 2
+        && w.rank() == 2
+        && b.dims() == [w.dim(0)?]
+        && [x, w, b]
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32))
+}
+
+/// `x Wᵀ + b` for `x` `[rows, in]` (2-D), `W` `[out, in]`, `b` `[out]`: the same values and
+/// gradients as `add_bias(&x.matmul(&W.t()?)?, b)`, keeping only the output on the CPU.
+pub fn linear_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    if linear_applies(x, w, b)? {
+        x.apply_op3(w, &b.contiguous()?, LinearBias::plain())
+    } else {
+        add_bias(&x.matmul(&w.t()?)?, b)
+    }
+}
+
+/// `dropout(relu(x Wᵀ + b))` for 2-D `x` as one op keeping only its output (the FFN's
+/// first layer); `drop` `None`: no dropout. The values and gradients of
+/// `relu_dropout(linear_bias(x, W, b))`. Only where [`linear_applies`].
+pub fn linear_relu_dropout(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    drop: Option<FusedDropout>,
+) -> candle_core::Result<Tensor> {
+    if !linear_applies(x, w, b)? {
+        candle_core::bail!("fused linear: f32 CPU x [rows, in], W [out, in], b [out] expected")
+    }
+    let op = LinearBias {
+        relu: true,
+        drop,
+        ..LinearBias::plain()
+    };
+    x.apply_op3(w, &b.contiguous()?, op)
+}
+
+/// `[ln_w, ln_b, b]`, the third input of a linear with a LayerNorm prologue, when the
+/// LayerNorm's parameters fit `W` `[out, in]` (f32 CPU, `[in]` each).
+fn ln_params(
+    ln_w: &Tensor,
+    ln_b: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+) -> candle_core::Result<Option<Tensor>> {
+    let k = w.dim(1)?;
+    if ln_w.dims() != [k] || ln_b.dims() != [k] || !crate::model::pointwise::applies(&[ln_w, ln_b])
+    {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::cat(&[ln_w, ln_b, b], 0)?))
+}
+
+/// `dropout(relu(LN(x) Wᵀ + b))` for 2-D `x` as one op keeping only its output: the values
+/// and gradients of `linear_relu_dropout(layer_norm(x, ln_w, ln_b, eps), W, b, drop)`
+/// without the normalised rows. `None` when the op does not apply (then nothing is drawn
+/// from `drop`).
+#[allow(clippy::too_many_arguments)]
+pub fn ln_linear_relu_dropout(
+    x: &Tensor,
+    ln_w: &Tensor,
+    ln_b: &Tensor,
+    eps: f64,
+    w: &Tensor,
+    b: &Tensor,
+    drop: impl FnOnce() -> Option<FusedDropout>,
+) -> candle_core::Result<Option<Tensor>> {
+    if !linear_applies(x, w, b)? {
+        return Ok(None);
+    }
+    let Some(params) = ln_params(ln_w, ln_b, w, b)? else {
+        return Ok(None);
+    };
+    let op = LinearBias {
+        relu: true,
+        drop: drop(),
+        ln: Some(eps),
+        ..LinearBias::plain()
+    };
+    Ok(Some(x.contiguous()?.apply_op3(w, &params, op)?))
+}
+
+/// [`linear_bias_to_heads`] of `LN(x)` as one op: the values and gradients of
+/// `linear_bias_to_heads(layer_norm(x, ln_w, ln_b, eps), ..)` without the normalised rows.
+/// `None` when the op does not apply.
+#[allow(clippy::too_many_arguments)]
+pub fn ln_linear_to_heads(
+    x: &Tensor,
+    ln_w: &Tensor,
+    ln_b: &Tensor,
+    eps: f64,
+    w: &Tensor,
+    b: &Tensor,
+    heads: usize,
+    scale: Option<f64>,
+) -> candle_core::Result<Option<Tensor>> {
+    let (bb, t, din) = x.dims3()?;
+    let x2 = x.reshape((bb * t, din))?;
+    if !linear_applies(&x2, w, b)? || heads == 0 || w.dim(0)? % heads != 0 || bb == 0 {
+        return Ok(None);
+    }
+    let Some(params) = ln_params(ln_w, ln_b, w, b)? else {
+        return Ok(None);
+    };
+    let op = LinearBias {
+        out: LinearOut::Heads {
+            batch: bb,
+            heads,
+            scale: scale.map(|s| s as f32),
+        },
+        ln: Some(eps),
+        ..LinearBias::plain()
+    };
+    Ok(Some(x2.contiguous()?.apply_op3(w, &params, op)?))
+}
+
+/// `x Wᵀ + b` for `x` `[B, T, in]`, split into `heads` heads `[B, h, T, out/h]` and
+/// multiplied by `scale` (as `(y * scale)` does) when given: the values and gradients of
+/// `(linear(x) * scale).reshape((B, T, h, hd)).transpose(1, 2).contiguous()` without its
+/// intermediates. `None` when the op does not apply.
+pub fn linear_bias_to_heads(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    heads: usize,
+    scale: Option<f64>,
+) -> candle_core::Result<Option<Tensor>> {
+    let (bb, t, din) = x.dims3()?;
+    let x2 = x.reshape((bb * t, din))?;
+    if !linear_applies(&x2, w, b)? || heads == 0 || w.dim(0)? % heads != 0 || bb == 0 {
+        return Ok(None);
+    }
+    let op = LinearBias {
+        out: LinearOut::Heads {
+            batch: bb,
+            heads,
+            scale: scale.map(|s| s as f32),
+        },
+        ..LinearBias::plain()
+    };
+    Ok(Some(x2.apply_op3(w, &b.contiguous()?, op)?))
+}
+
+/// `merge(packed) Wᵀ + b` where `packed` `[B, h, T, hd + 1]` is the fused attention's packed
+/// output ([`super::fused::fused_attention_packed`]) and `merge` joins its heads into
+/// `[B·T, h·hd]` rows: the values and gradients of
+/// `linear(packed.narrow(3, 0, hd).transpose(1, 2).contiguous().reshape((B·T, h·hd)))`
+/// without the merged copy (the backward merges again). Returns `[B·T, out]`; `None` when
+/// the op does not apply.
+pub fn linear_bias_from_heads(
+    packed: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+) -> candle_core::Result<Option<Tensor>> {
+    let (_, h, _, hd) = packed_dims(packed.shape())?;
+    let fits = w.rank() == 2 && b.dims() == [w.dim(0)?] && w.dim(1)? == h * hd;
+    if !(fits && crate::model::pointwise::applies(&[packed, w, b])) {
+        return Ok(None);
+    }
+    let op = LinearBias {
+        input: LinearIn::MergeHeads,
+        ..LinearBias::plain()
+    };
+    Ok(Some(packed.contiguous()?.apply_op3(
+        w,
+        &b.contiguous()?,
+        op,
+    )?))
+}
+
+/// Row statistics of LayerNorm, computed exactly as the composed graph of
+/// [`super::layers::LayerNorm`] does on the CPU: candle's row sum (`VecOps::vec_reduce_sum`),
+/// `mean_keepdim`'s affine `sum · (1/E) + 0`, `x − mean`, its square, the same mean, then
+/// `var · 1 + eps` and `sqrt`. Writes `x − mean` into `xc` and returns the std.
+#[inline]
+fn ln_row(x: &[f32], xc: &mut [f32], sq: &mut [f32], inv_n: f32, eps: f32) -> f32 {
+    use candle_core::cpu::kernels::VecOps;
+    let mut sum = 0f32;
+    // SAFETY: `x` holds `x.len()` elements and `sum` is a valid f32.
+    unsafe { f32::vec_reduce_sum(x.as_ptr(), &mut sum, x.len()) };
+    let mean = sum * inv_n + 0.0;
+    for ((c, s), x) in xc.iter_mut().zip(sq.iter_mut()).zip(x) {
+        *c = *x - mean;
+        *s = *c * *c;
+    }
+    let mut sum2 = 0f32;
+    // SAFETY: as above, `sq` has `x.len()` elements.
+    unsafe { f32::vec_reduce_sum(sq.as_ptr(), &mut sum2, sq.len()) };
+    let var = sum2 * inv_n + 0.0;
+    (var * 1.0 + eps).sqrt()
+}
+
+/// candle's affine factors for LayerNorm over `e` features: `1/E` and `eps` as f32
+/// (`T::from_f64`).
+fn ln_consts(e: usize, eps: f64) -> (f32, f32) {
+    ((1f64 / e as f64) as f32, eps as f32)
+}
+
+/// LayerNorm of the rows of `x` (`w.len()` features each), bit-identical to the composed
+/// ops: `(x − mean) / std · w + b`.
+fn ln_forward_rows(x: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
+    let e = w.len();
+    let (inv_n, eps) = ln_consts(e, eps);
+    let mut out = vec![0f32; x.len()];
+    let mut xc = vec![0f32; e];
+    let mut sq = vec![0f32; e];
+    if e > 0 {
+        for (o, xr) in out.chunks_exact_mut(e).zip(x.chunks_exact(e)) {
+            let std = ln_row(xr, &mut xc, &mut sq, inv_n, eps);
+            for c in 0..e {
+                o[c] = (xc[c] / std) * w[c] + b[c];
+            }
+        }
+    }
+    out
+}
+
+/// LayerNorm's backward on rows: `(dx, dw, db)` from the input rows `x` and the output
+/// gradient `g`. `dw`, `db` are formed exactly as ScaleShift's backward (the normalised
+/// rows bit-identical to the forward's), `dx` = `(g' − mean(g') − x̂ mean(g' x̂)) / std`
+/// with `g' = g ⊙ w`, its row sums in f64.
+fn ln_backward_rows(x: &[f32], g: &[f32], w: &[f32], eps: f64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let e = w.len();
+    let (inv_n, eps) = ln_consts(e, eps);
+    let mut dx = vec![0f32; x.len()];
+    let mut dw = vec![0f32; e];
+    let mut xc = vec![0f32; e];
+    let mut sq = vec![0f32; e];
+    let mut xn = vec![0f32; e];
+    let mut gw = vec![0f32; e];
+    if e == 0 {
+        return (dx, dw, vec![]);
+    }
+    for ((dxr, gr), xr) in dx
+        .chunks_exact_mut(e)
+        .zip(g.chunks_exact(e))
+        .zip(x.chunks_exact(e))
+    {
+        let std = ln_row(xr, &mut xc, &mut sq, inv_n, eps);
+        let (mut s1, mut s2) = (0f64, 0f64);
+        for c in 0..e {
+            xn[c] = xc[c] / std;
+            dw[c] += gr[c] * xn[c];
+            gw[c] = gr[c] * w[c];
+            s1 += gw[c] as f64;
+            s2 += gw[c] as f64 * xn[c] as f64;
+        }
+        let (m1, m2) = (s1 / e as f64, s2 / e as f64);
+        let rstd = 1.0 / std as f64;
+        for c in 0..e {
+            dxr[c] = ((gw[c] as f64 - m1 - xn[c] as f64 * m2) * rstd) as f32;
+        }
+    }
+    (dx, dw, col_sums(g, e))
+}
+
+/// LayerNorm over the last axis (biased variance, affine) keeping only its output: the
+/// backward recomputes the row statistics from the input.
+struct LayerNormOp {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "mica-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (Some(x), Some(w), Some(b)) = (f32_slice(s1, l1), f32_slice(s2, l2), f32_slice(s3, l3))
+        else {
+            candle_core::bail!("layer norm: contiguous f32 inputs expected")
+        };
+        let out = ln_forward_rows(x, w, b, self.eps);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let wv = vec_of(w)?;
+        let (dx, dw, db) = with_f32(grad, |g| {
+            with_f32(x, |xv| Ok(ln_backward_rows(xv, g, &wv, self.eps)))
+        })?;
+        let dev = x.device();
+        Ok((
+            x.track_op()
+                .then(|| Tensor::from_vec(dx, x.shape(), dev))
+                .transpose()?,
+            w.track_op()
+                .then(|| Tensor::from_vec(dw, w.shape(), dev))
+                .transpose()?,
+            b.track_op()
+                .then(|| Tensor::from_vec(db, b.shape(), dev))
+                .transpose()?,
+        ))
+    }
+}
+
+/// LayerNorm of `x` `[..., E]` with weight `w` and bias `b` `[E]` as one op keeping only its
+/// output (f32 CPU tensors); the forward values are bit-identical to the composed ops of
+/// [`super::layers::LayerNorm::forward`]. `None` when the op does not apply.
+pub fn layer_norm(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Option<Tensor>> {
+    if !applies(x, &[w, b]) {
+        return Ok(None);
+    }
+    Ok(Some(x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        LayerNormOp { eps },
+    )?))
+}
+
 /// `y + b` with `b` `[E]` broadcast over the leading axes of `y` `[..., E]`; the same values
 /// (and gradients) as `y.broadcast_add(b)`, with a fast backward on the CPU.
 pub fn add_bias(y: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
@@ -254,5 +930,432 @@ mod tests {
             };
             assert_eq!(run(true), run(false), "shape {shape:?}");
         }
+    }
+
+    fn vals(t: &Tensor) -> Vec<f32> {
+        vec_of(t).unwrap()
+    }
+
+    fn rand_t(shape: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
+        rand_var(shape, rng).as_tensor().detach()
+    }
+
+    /// Largest |a − b| relative to the largest |b| (at least 1).
+    fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(1f32, |m, x| m.max(x.abs()));
+        a.iter().zip(b).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+    }
+
+    /// Central finite differences of `f` at `entries` of `v` against `analytic`.
+    fn check_fd(v: &Var, analytic: &[f32], entries: &[usize], f: impl Fn(&Tensor) -> f32) {
+        let base = vals(v.as_tensor());
+        let h = 1e-2f32;
+        for &i in entries {
+            let at = |d: f32| {
+                let mut x = base.clone();
+                x[i] += d;
+                f(&Tensor::from_vec(x, v.shape(), &Device::Cpu).unwrap())
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            assert!(
+                (fd - analytic[i]).abs() <= 2e-3 * (1.0 + fd.abs()),
+                "entry {i}: finite differences {fd}, analytic {}",
+                analytic[i]
+            );
+        }
+    }
+
+    #[test]
+    fn linear_bias_is_bit_identical_to_matmul_plus_bias() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for (rows, din, dout) in [(7, 5, 3), (40, 12, 48), (1, 1, 1), (33, 20, 20)] {
+            let x = rand_var(&[rows, din], &mut rng);
+            // W and b as slices of packed parameters (MHA's in_proj), offsets included.
+            let wp = rand_var(&[3 * dout, din], &mut rng);
+            let bp = rand_var(&[3 * dout], &mut rng);
+            let up = rand_t(&[rows, dout], &mut rng);
+            let run = |fast: bool| {
+                let xin = x.as_tensor().sqr().unwrap();
+                let w = wp.as_tensor().narrow(0, dout, dout).unwrap();
+                let b = bp.as_tensor().narrow(0, dout, dout).unwrap();
+                let out = if fast {
+                    linear_bias(&xin, &w, &b).unwrap()
+                } else {
+                    add_bias(&xin.matmul(&w.t().unwrap()).unwrap(), &b).unwrap()
+                };
+                let g = (&out * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                (
+                    bits(&out),
+                    vals(g.get(x.as_tensor()).unwrap()),
+                    vals(g.get(wp.as_tensor()).unwrap()),
+                    vals(g.get(bp.as_tensor()).unwrap()),
+                )
+            };
+            assert_eq!(run(true), run(false), "rows {rows} in {din} out {dout}");
+        }
+    }
+
+    #[test]
+    fn linear_bias_gradient_matches_finite_differences() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let x = rand_var(&[6, 4], &mut rng);
+        let w = rand_var(&[3, 4], &mut rng);
+        let b = rand_var(&[3], &mut rng);
+        let up = rand_t(&[6, 3], &mut rng);
+        let loss = |x: &Tensor, w: &Tensor| {
+            (linear_bias(x, w, b.as_tensor()).unwrap() * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        };
+        let g = loss(x.as_tensor(), w.as_tensor()).backward().unwrap();
+        let gx = vals(g.get(x.as_tensor()).unwrap());
+        let gw = vals(g.get(w.as_tensor()).unwrap());
+        let f = |t: &Tensor| loss(t, w.as_tensor()).to_scalar::<f32>().unwrap();
+        check_fd(&x, &gx, &(0..24).collect::<Vec<_>>(), f);
+        let f = |t: &Tensor| loss(x.as_tensor(), t).to_scalar::<f32>().unwrap();
+        check_fd(&w, &gw, &(0..12).collect::<Vec<_>>(), f);
+    }
+
+    #[test]
+    fn linear_relu_dropout_is_bit_identical_to_the_composed_ops() {
+        use crate::model::ctx::Ctx;
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        let (rows, din, dout) = (30, 8, 32);
+        let x = rand_var(&[rows, din], &mut rng);
+        let w = rand_var(&[dout, din], &mut rng);
+        let mut bv = vals(rand_var(&[dout], &mut rng).as_tensor());
+        // A zero weight row + zero bias: exact-zero pre-activations (ReLU gradient 0).
+        bv[3] = 0.0;
+        let b = Var::from_vec(bv, dout, &Device::Cpu).unwrap();
+        let w = {
+            let mut v = vals(w.as_tensor());
+            v[3 * din..4 * din].fill(0.0);
+            Var::from_vec(v, (dout, din), &Device::Cpu).unwrap()
+        };
+        let up = rand_t(&[rows, dout], &mut rng);
+        for p in [0.0, 0.3] {
+            let run = |fast: bool| {
+                let ctx = Ctx::train(13);
+                ctx.next_stream();
+                let xin = x.as_tensor().sqr().unwrap();
+                let out = if fast {
+                    let d = ctx.dropout_active(p).then(|| ctx.next_dropout(p));
+                    linear_relu_dropout(&xin, w.as_tensor(), b.as_tensor(), d).unwrap()
+                } else {
+                    let y = add_bias(
+                        &xin.matmul(&w.as_tensor().t().unwrap()).unwrap(),
+                        b.as_tensor(),
+                    )
+                    .unwrap();
+                    let r = crate::model::layers::relu_composed(&y).unwrap();
+                    let mask = ctx.dropout_mask(&[rows, dout], p, &Device::Cpu);
+                    match ctx.dropout_active(p) {
+                        true => r.mul(&mask.unwrap()).unwrap(),
+                        false => r,
+                    }
+                };
+                let g = (&out * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                (
+                    bits(&out),
+                    vals(g.get(x.as_tensor()).unwrap()),
+                    vals(g.get(w.as_tensor()).unwrap()),
+                    vals(g.get(b.as_tensor()).unwrap()),
+                )
+            };
+            assert_eq!(run(true), run(false), "p {p}");
+        }
+    }
+
+    #[test]
+    fn linear_to_heads_is_bit_identical_to_split_heads() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let (bb, t, e, h) = (3, 7, 12, 4);
+        let x = rand_var(&[bb, t, e], &mut rng);
+        let wp = rand_var(&[3 * e, e], &mut rng);
+        let bp = rand_var(&[3 * e], &mut rng);
+        let up = rand_t(&[bb, h, t, e / h], &mut rng);
+        for scale in [None, Some(0.5f64.sqrt())] {
+            let run = |fast: bool| {
+                let xin = x.as_tensor().sqr().unwrap();
+                let w = wp.as_tensor().narrow(0, e, e).unwrap();
+                let b = bp.as_tensor().narrow(0, e, e).unwrap();
+                let out = if fast {
+                    linear_bias_to_heads(&xin, &w, &b, h, scale)
+                        .unwrap()
+                        .expect("applies")
+                } else {
+                    let y = crate::model::layers::linear(&xin, &w, Some(&b)).unwrap();
+                    let y = match scale {
+                        Some(s) => (y * s).unwrap(),
+                        None => y,
+                    };
+                    y.reshape((bb, t, h, e / h))
+                        .unwrap()
+                        .transpose(1, 2)
+                        .unwrap()
+                        .contiguous()
+                        .unwrap()
+                };
+                assert_eq!(out.dims(), [bb, h, t, e / h]);
+                let g = (&out * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                (
+                    bits(&out),
+                    vals(g.get(x.as_tensor()).unwrap()),
+                    vals(g.get(wp.as_tensor()).unwrap()),
+                    vals(g.get(bp.as_tensor()).unwrap()),
+                )
+            };
+            assert_eq!(run(true), run(false), "scale {scale:?}");
+        }
+    }
+
+    #[test]
+    fn linear_from_packed_heads_is_bit_identical_to_merging_them() {
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let (bb, h, t, hd, dout) = (2, 3, 5, 4, 7);
+        let packed = rand_var(&[bb, h, t, hd + 1], &mut rng);
+        let w = rand_var(&[dout, h * hd], &mut rng);
+        let b = rand_var(&[dout], &mut rng);
+        let up = rand_t(&[bb * t, dout], &mut rng);
+        let run = |fast: bool| {
+            let pin = packed.as_tensor().sqr().unwrap();
+            let out = if fast {
+                linear_bias_from_heads(&pin, w.as_tensor(), b.as_tensor())
+                    .unwrap()
+                    .expect("applies")
+            } else {
+                let merged = pin
+                    .narrow(3, 0, hd)
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+                    .reshape((bb * t, h * hd))
+                    .unwrap();
+                crate::model::layers::linear(&merged, w.as_tensor(), Some(b.as_tensor())).unwrap()
+            };
+            let g = (&out * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            (
+                bits(&out),
+                vals(g.get(packed.as_tensor()).unwrap()),
+                vals(g.get(w.as_tensor()).unwrap()),
+                vals(g.get(b.as_tensor()).unwrap()),
+            )
+        };
+        let fast = run(true);
+        assert_eq!(fast, run(false));
+        // The log-sum-exp column gets no gradient.
+        for (i, g) in fast.1.iter().enumerate() {
+            if i % (hd + 1) == hd {
+                assert_eq!(*g, 0.0);
+            }
+        }
+    }
+
+    #[test]
+    fn head_layout_linears_match_finite_differences() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let (bb, t, e, h) = (2, 3, 6, 2);
+        let x = rand_var(&[bb, t, e], &mut rng);
+        let w = rand_var(&[e, e], &mut rng);
+        let b = rand_var(&[e], &mut rng);
+        let w2 = rand_var(&[4, e], &mut rng);
+        let b2 = rand_var(&[4], &mut rng);
+        let up = rand_t(&[bb * t, 4], &mut rng);
+        // heads → fake packed output (an lse column of zeros) → out-projection.
+        let loss = |x: &Tensor| {
+            let qh = linear_bias_to_heads(x, w.as_tensor(), b.as_tensor(), h, Some(0.7))
+                .unwrap()
+                .unwrap();
+            let zeros = qh.narrow(3, 0, 1).unwrap().zeros_like().unwrap();
+            let packed = Tensor::cat(&[&qh, &zeros], 3).unwrap();
+            let y = linear_bias_from_heads(&packed, w2.as_tensor(), b2.as_tensor())
+                .unwrap()
+                .unwrap();
+            (y * &up).unwrap().sum_all().unwrap()
+        };
+        let g = loss(x.as_tensor()).backward().unwrap();
+        let gx = vals(g.get(x.as_tensor()).unwrap());
+        let f = |t: &Tensor| loss(t).to_scalar::<f32>().unwrap();
+        check_fd(&x, &gx, &(0..36).collect::<Vec<_>>(), f);
+    }
+
+    #[test]
+    fn layer_norm_prologue_is_bit_identical_to_a_layer_norm_op_first() {
+        use crate::model::ctx::Ctx;
+        let mut rng = ChaCha8Rng::seed_from_u64(10);
+        let (bb, t, e, h, dout) = (2, 6, 8, 2, 24);
+        let x = rand_var(&[bb, t, e], &mut rng);
+        let lw = rand_var(&[e], &mut rng);
+        let lb = rand_var(&[e], &mut rng);
+        let wp = rand_var(&[3 * e, e], &mut rng);
+        let bp = rand_var(&[3 * e], &mut rng);
+        let w1 = rand_var(&[dout, e], &mut rng);
+        let b1 = rand_var(&[dout], &mut rng);
+        let up_h = rand_t(&[bb, h, t, e / h], &mut rng);
+        let up_f = rand_t(&[bb * t, dout], &mut rng);
+        let run = |fast: bool| {
+            let ctx = Ctx::train(5);
+            let xin = x.as_tensor().sqr().unwrap();
+            let (lwt, lbt) = (lw.as_tensor(), lb.as_tensor());
+            let w = wp.as_tensor().narrow(0, e, e).unwrap();
+            let b = bp.as_tensor().narrow(0, e, e).unwrap();
+            let x2 = xin.reshape((bb * t, e)).unwrap();
+            let (heads, ffn) = if fast {
+                let heads = ln_linear_to_heads(&xin, lwt, lbt, 1e-5, &w, &b, h, Some(0.3))
+                    .unwrap()
+                    .expect("applies");
+                let draw = || Some(ctx.next_dropout(0.25));
+                let ffn = ln_linear_relu_dropout(
+                    &x2,
+                    lwt,
+                    lbt,
+                    1e-5,
+                    w1.as_tensor(),
+                    b1.as_tensor(),
+                    draw,
+                )
+                .unwrap()
+                .expect("applies");
+                (heads, ffn)
+            } else {
+                let n = layer_norm(&xin, lwt, lbt, 1e-5).unwrap().unwrap();
+                let heads = linear_bias_to_heads(&n, &w, &b, h, Some(0.3))
+                    .unwrap()
+                    .unwrap();
+                // Its own LayerNorm: each fused op normalises for one consumer only.
+                let n2 = layer_norm(&x2, lwt, lbt, 1e-5).unwrap().unwrap();
+                let d = Some(ctx.next_dropout(0.25));
+                let ffn = linear_relu_dropout(&n2, w1.as_tensor(), b1.as_tensor(), d).unwrap();
+                (heads, ffn)
+            };
+            let loss = ((&heads * &up_h).unwrap().sum_all().unwrap()
+                + (&ffn * &up_f).unwrap().sum_all().unwrap())
+            .unwrap();
+            let g = loss.backward().unwrap();
+            let mut all = vec![bits(&heads), bits(&ffn)];
+            for v in [&x, &lw, &lb, &wp, &bp, &w1, &b1] {
+                all.push(bits(g.get(v.as_tensor()).unwrap()));
+            }
+            all
+        };
+        assert_eq!(run(true), run(false));
+    }
+
+    #[test]
+    fn layer_norm_prologue_gradient_matches_finite_differences() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let (bb, t, e, h) = (2, 3, 6, 3);
+        let x = rand_var(&[bb, t, e], &mut rng);
+        let lw = rand_var(&[e], &mut rng);
+        let lb = rand_var(&[e], &mut rng);
+        let w = rand_var(&[e, e], &mut rng);
+        let b = rand_var(&[e], &mut rng);
+        let up = rand_t(&[bb, h, t, e / h], &mut rng);
+        let loss = |x: &Tensor, lw: &Tensor| {
+            let y = ln_linear_to_heads(
+                x,
+                lw,
+                lb.as_tensor(),
+                1e-5,
+                w.as_tensor(),
+                b.as_tensor(),
+                h,
+                None,
+            )
+            .unwrap()
+            .unwrap();
+            (y * &up).unwrap().sum_all().unwrap()
+        };
+        let g = loss(x.as_tensor(), lw.as_tensor()).backward().unwrap();
+        let gx = vals(g.get(x.as_tensor()).unwrap());
+        let glw = vals(g.get(lw.as_tensor()).unwrap());
+        let f = |t: &Tensor| loss(t, lw.as_tensor()).to_scalar::<f32>().unwrap();
+        check_fd(&x, &gx, &(0..36).collect::<Vec<_>>(), f);
+        let f = |t: &Tensor| loss(x.as_tensor(), t).to_scalar::<f32>().unwrap();
+        check_fd(&lw, &glw, &(0..6).collect::<Vec<_>>(), f);
+    }
+
+    fn layer_norm_ref() -> (Var, Var, Var, Tensor, crate::model::layers::LayerNorm) {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let shape = [3, 9, 10];
+        let mut v: Vec<f32> = vals(rand_var(&shape, &mut rng).as_tensor());
+        // A constant row (variance 0) and an all-zero row (padding).
+        for c in 0..10 {
+            v[20 + c] = 0.75;
+            v[50 + c] = 0.0;
+        }
+        let x = Var::from_vec(v, &shape[..], &Device::Cpu).unwrap();
+        let w = rand_var(&[10], &mut rng);
+        let b = rand_var(&[10], &mut rng);
+        let up = rand_t(&shape, &mut rng);
+        let ln = crate::model::layers::LayerNorm {
+            weight: w.as_tensor().clone(),
+            bias: b.as_tensor().clone(),
+            eps: 1e-5,
+        };
+        (x, w, b, up, ln)
+    }
+
+    #[test]
+    fn layer_norm_matches_the_composed_ops() {
+        let (x, w, b, up, ln) = layer_norm_ref();
+        let run = |fast: bool| {
+            // A non-trivial graph before the op (x²) so x's gradient is accumulated.
+            let xin = (x.as_tensor() * 0.5).unwrap().sqr().unwrap();
+            let out = if fast {
+                ln.forward(&xin).unwrap()
+            } else {
+                ln.forward_composed(&xin).unwrap()
+            };
+            let g = (&out * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            (
+                bits(&out),
+                vals(g.get(x.as_tensor()).unwrap()),
+                vals(g.get(w.as_tensor()).unwrap()),
+                vals(g.get(b.as_tensor()).unwrap()),
+            )
+        };
+        let (fo, fx, fw, fb) = run(true);
+        let (so, sx, sw, sb) = run(false);
+        assert_eq!(fo, so, "forward values");
+        assert_eq!(fw, sw, "weight gradient");
+        assert_eq!(fb, sb, "bias gradient");
+        let d = rel_diff(&fx, &sx);
+        assert!(d <= 1e-6, "input gradient differs by {d}");
+    }
+
+    #[test]
+    fn layer_norm_gradient_matches_finite_differences() {
+        let (x, w, _b, up, ln) = layer_norm_ref();
+        let out = ln.forward(x.as_tensor()).unwrap();
+        let g = (&out * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gx = vals(g.get(x.as_tensor()).unwrap());
+        let gw = vals(g.get(w.as_tensor()).unwrap());
+        let f = |t: &Tensor| {
+            (ln.forward(t).unwrap() * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        check_fd(&x, &gx, &[0, 3, 11, 19, 37, 61, 99, 200, 269], f);
+        let f = |t: &Tensor| {
+            let ln2 = crate::model::layers::LayerNorm {
+                weight: t.clone(),
+                ..ln.clone()
+            };
+            (ln2.forward(x.as_tensor()).unwrap() * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        check_fd(&w, &gw, &(0..10).collect::<Vec<_>>(), f);
     }
 }
