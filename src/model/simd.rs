@@ -63,12 +63,28 @@ pub fn best() -> Simd {
 fn from_env() -> Simd {
     static LEVEL: OnceLock<Simd> = OnceLock::new();
     *LEVEL.get_or_init(|| {
-        let want = match std::env::var("MICA_SIMD").ok().as_deref() {
+        let var = std::env::var("MICA_SIMD").ok();
+        let want = match var.as_deref() {
+            None | Some("") | Some("avx512") => Simd::Avx512,
             Some("portable") => Simd::Portable,
             Some("avx2") => Simd::Avx2,
-            _ => Simd::Avx512,
+            Some(other) => {
+                eprintln!(
+                    "warning: MICA_SIMD={other:?} is not one of portable, avx2, avx512; using {}",
+                    best().name()
+                );
+                Simd::Avx512
+            }
         };
-        want.min(best())
+        let level = want.min(best());
+        if want != Simd::Avx512 && level != want {
+            eprintln!(
+                "warning: MICA_SIMD={} is not supported by this CPU; using {}",
+                want.name(),
+                level.name()
+            );
+        }
+        level
     })
 }
 
