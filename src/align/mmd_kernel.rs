@@ -17,7 +17,7 @@
 
 use super::precomputed::scalar_with_grads;
 use crate::model::fused::{exp_approx, for_each_task, transpose};
-use crate::model::simd::{self, simd_dispatch};
+use crate::model::simd::{self, dot16 as dot, simd_dispatch};
 use anyhow::{ensure, Result};
 use candle_core::utils::get_num_threads;
 use candle_core::Tensor;
@@ -221,27 +221,6 @@ fn sum(a: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + c.remainder().iter().sum::<f32>()
-}
-
-/// `Σ a_j b_j` in 16 lanes.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const L: usize = 16;
-    let mut acc = [0f32; L];
-    let mut ca = a.chunks_exact(L);
-    let mut cb = b.chunks_exact(L);
-    for (x, y) in ca.by_ref().zip(cb.by_ref()) {
-        for l in 0..L {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

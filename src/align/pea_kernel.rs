@@ -26,7 +26,7 @@
 use super::pea::keep_count;
 use super::precomputed::scalar_with_grads;
 use crate::model::fused::{for_each_task, task_probs, transpose, Dims};
-use crate::model::simd::{self, simd_dispatch, Simd};
+use crate::model::simd::{self, dot16 as dot, simd_dispatch, Simd};
 use anyhow::{ensure, Result};
 use candle_core::utils::get_num_threads;
 use candle_core::Tensor;
@@ -403,27 +403,6 @@ fn sweep(
         dist += r[j] as f64 * kn;
     }
     (dist, selected)
-}
-
-/// `Σ a_j b_j` in 16 independent lanes (so it vectorises).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const L: usize = 16;
-    let mut acc = [0f32; L];
-    let mut ca = a.chunks_exact(L);
-    let mut cb = b.chunks_exact(L);
-    for (x, y) in ca.by_ref().zip(cb.by_ref()) {
-        for l in 0..L {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

@@ -107,6 +107,28 @@ pub fn with_simd<R>(level: Simd, f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// `Σ a_j b_j` accumulated in 16 independent lanes, so that it vectorises (inlined into
+/// the `#[target_feature]` builds of the callers).
+#[inline(always)]
+pub fn dot16(a: &[f32], b: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0f32; L];
+    let mut ca = a.chunks_exact(L);
+    let mut cb = b.chunks_exact(L);
+    for (x, y) in ca.by_ref().zip(cb.by_ref()) {
+        for l in 0..L {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Calls `$path::$name::<FMA>(args)` in the build for `$level`: `$path::avx512::$name`,
 /// `$path::avx2::$name` (both `#[target_feature]` wrappers) or the portable generic.
 macro_rules! simd_dispatch {
