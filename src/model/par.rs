@@ -5,11 +5,17 @@
 //! thread count. Reductions over rows (column sums) are split over COLUMNS, each column
 //! still summed over the rows in order: bit-identical too.
 //!
-//! Small tensors (under [`MIN_SPLIT`] elements) stay on the calling thread: a scoped
-//! thread costs tens of microseconds.
+//! Small tensors (under [`MIN_SPLIT`] elements) stay on the calling thread: a
+//! hand-off to the pool costs microseconds and wakes its workers.
 
-use super::fused::for_each_task;
 use candle_core::utils::get_num_threads;
+use rayon::prelude::*;
+
+/// Runs `f` on every item on rayon's global pool, the workers candle's own parallel ops
+/// (gemm, binary maps) use and leave spinning: no thread spawned, none competing with them.
+fn run<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync + Send) {
+    items.into_par_iter().for_each(f);
+}
 
 /// Fewest elements for which an op splits its work.
 pub(crate) const MIN_SPLIT: usize = 1 << 16;
@@ -57,7 +63,7 @@ pub(crate) fn for_chunks<T: Send>(
     threads: usize,
     out: &mut [T],
     unit: usize,
-    f: impl Fn(usize, &mut [T]) + Sync,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
 ) {
     let units = if unit == 0 { 0 } else { out.len() / unit };
     let per = per_chunk(threads, units);
@@ -70,7 +76,7 @@ pub(crate) fn for_chunks<T: Send>(
         .enumerate()
         .map(|(i, c)| (i * per, c))
         .collect();
-    for_each_task(threads, items, |(u0, c)| f(u0, c));
+    run(items, |(u0, c)| f(u0, c));
 }
 
 /// [`for_chunks`] over two outputs cut at the same units (`unit_a`, `unit_b` elements per
@@ -81,7 +87,7 @@ pub(crate) fn for_chunks2<A: Send, B: Send>(
     unit_a: usize,
     b: &mut [B],
     unit_b: usize,
-    f: impl Fn(usize, &mut [A], &mut [B]) + Sync,
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync + Send,
 ) {
     let units = if unit_a == 0 { 0 } else { a.len() / unit_a };
     let per = per_chunk(threads, units);
@@ -95,18 +101,22 @@ pub(crate) fn for_chunks2<A: Send, B: Send>(
         .enumerate()
         .map(|(i, (ca, cb))| (i * per, ca, cb))
         .collect();
-    for_each_task(threads, items, |(u0, ca, cb)| f(u0, ca, cb));
+    run(items, |(u0, ca, cb)| f(u0, ca, cb));
 }
 
 /// A new `n`-element buffer, `f(first, chunk)` filling each chunk of it (split over
 /// threads for large `n`): `f` gets flat offsets (unit 1).
-pub(crate) fn fill(n: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+pub(crate) fn fill(n: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
     fill_rows(n, 1, f)
 }
 
 /// A new `n`-element buffer of `unit`-element rows, `f(first_row, chunk)` filling each
 /// chunk of whole rows (split over threads for large `n`).
-pub(crate) fn fill_rows(n: usize, unit: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+pub(crate) fn fill_rows(
+    n: usize,
+    unit: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
     let mut out = vec![0f32; n];
     for_chunks(threads_for(n), &mut out, unit, f);
     out
@@ -115,7 +125,11 @@ pub(crate) fn fill_rows(n: usize, unit: usize, f: impl Fn(usize, &mut [f32]) + S
 /// Column sums of the row-major `[rows, e]` values `v(row, c)` read by `f` over a column
 /// range: `acc` `[e]` split into column ranges, each filled by `f(first_col, acc_chunk)`,
 /// which must add the rows in order. `n` (the elements read) picks the thread count.
-pub(crate) fn col_reduce(n: usize, e: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+pub(crate) fn col_reduce(
+    n: usize,
+    e: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
     let mut acc = vec![0f32; e];
     for_chunks(threads_for(n), &mut acc, 1, f);
     acc
