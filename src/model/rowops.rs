@@ -780,42 +780,63 @@ fn ln_backward_rows(x: &[f32], g: &[f32], w: &[f32], eps: f64) -> (Vec<f32>, Vec
     if e == 0 {
         return (dx, vec![], vec![]);
     }
+    let threads = threads_for(x.len());
+    if threads <= 1 {
+        // One pass, `dw` accumulated row by row (the same sums as the split path's).
+        let mut dw = vec![0f32; e];
+        let (mut xc, mut sq, mut xn, mut gw) =
+            (vec![0f32; e], vec![0f32; e], vec![0f32; e], vec![0f32; e]);
+        for ((dxr, gr), xr) in dx
+            .chunks_exact_mut(e)
+            .zip(g.chunks_exact(e))
+            .zip(x.chunks_exact(e))
+        {
+            let std = ln_row(xr, &mut xc, &mut sq, inv_n, eps);
+            let (mut s1, mut s2) = (0f64, 0f64);
+            for c in 0..e {
+                xn[c] = xc[c] / std;
+                dw[c] += gr[c] * xn[c];
+                gw[c] = gr[c] * w[c];
+                s1 += gw[c] as f64;
+                s2 += gw[c] as f64 * xn[c] as f64;
+            }
+            let (m1, m2) = (s1 / e as f64, s2 / e as f64);
+            let rstd = 1.0 / std as f64;
+            for c in 0..e {
+                dxr[c] = ((gw[c] as f64 - m1 - xn[c] as f64 * m2) * rstd) as f32;
+            }
+        }
+        return (dx, dw, col_sums(g, e));
+    }
     // Row-wise: `dx` and the normalised rows `x̂` (kept for `dw`), one chunk of rows per
     // thread.
     let mut xn = vec![0f32; x.len()];
-    for_chunks2(
-        threads_for(x.len()),
-        &mut dx,
-        e,
-        &mut xn,
-        e,
-        |r0, dx, xn| {
-            let mut xc = vec![0f32; e];
-            let mut sq = vec![0f32; e];
-            let mut gw = vec![0f32; e];
-            let (x, g) = (&x[r0 * e..r0 * e + dx.len()], &g[r0 * e..r0 * e + dx.len()]);
-            for (((dxr, xn), gr), xr) in dx
-                .chunks_exact_mut(e)
-                .zip(xn.chunks_exact_mut(e))
-                .zip(g.chunks_exact(e))
-                .zip(x.chunks_exact(e))
-            {
-                let std = ln_row(xr, &mut xc, &mut sq, inv_n, eps);
-                let (mut s1, mut s2) = (0f64, 0f64);
-                for c in 0..e {
-                    xn[c] = xc[c] / std;
-                    gw[c] = gr[c] * w[c];
-                    s1 += gw[c] as f64;
-                    s2 += gw[c] as f64 * xn[c] as f64;
-                }
-                let (m1, m2) = (s1 / e as f64, s2 / e as f64);
-                let rstd = 1.0 / std as f64;
-                for c in 0..e {
-                    dxr[c] = ((gw[c] as f64 - m1 - xn[c] as f64 * m2) * rstd) as f32;
-                }
+    for_chunks2(threads, &mut dx, e, &mut xn, e, |r0, dx, xn| {
+        let mut xc = vec![0f32; e];
+        let mut sq = vec![0f32; e];
+        let mut gw = vec![0f32; e];
+        let (x, g) = (&x[r0 * e..r0 * e + dx.len()], &g[r0 * e..r0 * e + dx.len()]);
+        for (((dxr, xn), gr), xr) in dx
+            .chunks_exact_mut(e)
+            .zip(xn.chunks_exact_mut(e))
+            .zip(g.chunks_exact(e))
+            .zip(x.chunks_exact(e))
+        {
+            let std = ln_row(xr, &mut xc, &mut sq, inv_n, eps);
+            let (mut s1, mut s2) = (0f64, 0f64);
+            for c in 0..e {
+                xn[c] = xc[c] / std;
+                gw[c] = gr[c] * w[c];
+                s1 += gw[c] as f64;
+                s2 += gw[c] as f64 * xn[c] as f64;
             }
-        },
-    );
+            let (m1, m2) = (s1 / e as f64, s2 / e as f64);
+            let rstd = 1.0 / std as f64;
+            for c in 0..e {
+                dxr[c] = ((gw[c] as f64 - m1 - xn[c] as f64 * m2) * rstd) as f32;
+            }
+        }
+    });
     // `dw[c] += g[r, c] · x̂[r, c]` over the rows in order, split over columns.
     let dw = col_dot(g, &xn, e);
     (dx, dw, col_sums(g, e))
