@@ -65,7 +65,7 @@ pub(crate) fn for_chunks<T: Send>(
     unit: usize,
     f: impl Fn(usize, &mut [T]) + Sync + Send,
 ) {
-    let units = if unit == 0 { 0 } else { out.len() / unit };
+    let units = out.len().checked_div(unit).unwrap_or(0);
     let per = per_chunk(threads, units);
     if per == 0 {
         f(0, out);
@@ -89,7 +89,7 @@ pub(crate) fn for_chunks2<A: Send, B: Send>(
     unit_b: usize,
     f: impl Fn(usize, &mut [A], &mut [B]) + Sync + Send,
 ) {
-    let units = if unit_a == 0 { 0 } else { a.len() / unit_a };
+    let units = a.len().checked_div(unit_a).unwrap_or(0);
     let per = per_chunk(threads, units);
     if per == 0 || unit_b == 0 {
         f(0, a, b);
