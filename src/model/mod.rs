@@ -10,6 +10,7 @@ pub mod layers;
 pub mod lstm;
 pub mod mica;
 pub mod mult;
+mod par;
 pub mod params;
 pub mod pointwise;
 pub mod rowops;

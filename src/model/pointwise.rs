@@ -14,6 +14,7 @@
 
 use super::fused::FusedDropout;
 use super::layers::sinusoidal_table;
+use super::par::{fill, fill_rows};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tensor};
 
 /// True when the fused ops apply: every tensor f32 on the CPU.
@@ -61,10 +62,11 @@ pub(crate) fn mask_value(d: &FusedDropout, i: usize) -> f32 {
 
 /// `out[i] = g[i] · m_i` (the dropout's backward, and its forward).
 fn apply_mask(d: &FusedDropout, g: &[f32]) -> Vec<f32> {
-    g.iter()
-        .enumerate()
-        .map(|(i, g)| *g * mask_value(d, i))
-        .collect()
+    fill(g.len(), |i0, out| {
+        for ((i, o), g) in (i0..).zip(out.iter_mut()).zip(&g[i0..]) {
+            *o = *g * mask_value(d, i);
+        }
+    })
 }
 
 /// Dropout `x ⊙ m` with the mask regenerated from `(seed, stream, flat index)`.
@@ -101,14 +103,13 @@ impl CustomOp1 for ReluDropout {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "relu-dropout")?;
         let relu = |x: f32| x * if x > 0.0 { 1.0 } else { 0.0 };
-        let out: Vec<f32> = match &self.0 {
-            Some(d) => x
-                .iter()
-                .enumerate()
-                .map(|(i, x)| relu(*x) * mask_value(d, i))
-                .collect(),
-            None => x.iter().map(|x| relu(*x)).collect(),
-        };
+        let out = fill(x.len(), |i0, out| {
+            let src = (i0..).zip(out.iter_mut()).zip(&x[i0..]);
+            match &self.0 {
+                Some(d) => src.for_each(|((i, o), x)| *o = relu(*x) * mask_value(d, i)),
+                None => src.for_each(|((_, o), x)| *o = relu(*x)),
+            }
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -119,15 +120,17 @@ impl CustomOp1 for ReluDropout {
         let dx = with_f32(grad, |g| {
             with_f32(x, |xv| {
                 let r = |x: f32| if x > 0.0 { 1.0 } else { 0.0 };
-                Ok(match &self.0 {
-                    Some(d) => g
-                        .iter()
-                        .zip(xv)
-                        .enumerate()
-                        .map(|(i, (g, x))| (*g * mask_value(d, i)) * r(*x))
-                        .collect::<Vec<f32>>(),
-                    None => g.iter().zip(xv).map(|(g, x)| *g * r(*x)).collect(),
-                })
+                Ok(fill(g.len(), |i0, out| {
+                    let src = (i0..)
+                        .zip(out.iter_mut())
+                        .zip(g[i0..].iter().zip(&xv[i0..]));
+                    match &self.0 {
+                        Some(d) => src.for_each(|((i, o), (g, x))| {
+                            *o = (*g * mask_value(d, i)) * r(*x);
+                        }),
+                        None => src.for_each(|((_, o), (g, x))| *o = *g * r(*x)),
+                    }
+                }))
             })
         })?;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
@@ -151,12 +154,15 @@ impl CustomOp2 for ResidualDropout {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let r = f32_slice(s1, l1, "residual-dropout")?;
         let y = f32_slice(s2, l2, "residual-dropout")?;
-        let out: Vec<f32> = r
-            .iter()
-            .zip(y)
-            .enumerate()
-            .map(|(i, (r, y))| *r + *y * mask_value(&self.0, i))
-            .collect();
+        if r.len() != y.len() {
+            candle_core::bail!("residual-dropout: {} and {} values", r.len(), y.len())
+        }
+        let out = fill(r.len(), |i0, out| {
+            let src = (i0..).zip(out.iter_mut()).zip(r[i0..].iter().zip(&y[i0..]));
+            for ((i, o), (r, y)) in src {
+                *o = *r + *y * mask_value(&self.0, i);
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -198,25 +204,27 @@ impl CustomOp1 for Embed {
         }
         let table = sinusoidal_table(t + 1, e);
         let zeros = vec![0f32; e];
-        let mut out = vec![0f32; x.len()];
-        for (row, (o, xr)) in out.chunks_exact_mut(e).zip(x.chunks_exact(e)).enumerate() {
-            let s = row % t;
-            // Padding (first channel exactly 0) gets the zero vector, step s row s + 1.
-            let pe = if xr[0] != 0.0 {
-                &table[(s + 1) * e..(s + 2) * e]
-            } else {
-                &zeros[..]
-            };
-            for c in 0..e {
-                // The composed graph: `x * scale` is candle's affine (`v * mul + 0`).
-                o[c] = (xr[c] * self.scale + 0.0) + pe[c];
+        let out = fill_rows(x.len(), e, |r0, out| {
+            let xs = &x[r0 * e..r0 * e + out.len()];
+            for (row, (o, xr)) in (r0..).zip(out.chunks_exact_mut(e).zip(xs.chunks_exact(e))) {
+                let s = row % t;
+                // Padding (first channel exactly 0) gets the zero vector, step s row s + 1.
+                let pe = if xr[0] != 0.0 {
+                    &table[(s + 1) * e..(s + 2) * e]
+                } else {
+                    &zeros[..]
+                };
+                for c in 0..e {
+                    // The composed graph: `x * scale` is candle's affine (`v * mul + 0`).
+                    o[c] = (xr[c] * self.scale + 0.0) + pe[c];
+                }
             }
-        }
-        if let Some(d) = &self.drop {
-            for (i, o) in out.iter_mut().enumerate() {
-                *o *= mask_value(d, i);
+            if let Some(d) = &self.drop {
+                for (i, o) in (r0 * e..).zip(out.iter_mut()) {
+                    *o *= mask_value(d, i);
+                }
             }
-        }
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -225,14 +233,15 @@ impl CustomOp1 for Embed {
             return Ok(None);
         }
         let dx = with_f32(grad, |g| {
-            Ok(match &self.drop {
-                Some(d) => g
-                    .iter()
-                    .enumerate()
-                    .map(|(i, g)| (*g * mask_value(d, i)) * self.scale + 0.0)
-                    .collect::<Vec<f32>>(),
-                None => g.iter().map(|g| *g * self.scale + 0.0).collect(),
-            })
+            Ok(fill(g.len(), |i0, out| {
+                let src = (i0..).zip(out.iter_mut()).zip(&g[i0..]);
+                match &self.drop {
+                    Some(d) => src.for_each(|((i, o), g)| {
+                        *o = (*g * mask_value(d, i)) * self.scale + 0.0;
+                    }),
+                    None => src.for_each(|((_, o), g)| *o = *g * self.scale + 0.0),
+                }
+            }))
         })?;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
@@ -498,5 +507,50 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The pointwise ops, forward and backward, on a tensor large enough to split
+    /// ([`crate::model::par::MIN_SPLIT`]): bit-identical on 1, 2 and 3 threads.
+    #[test]
+    fn pointwise_ops_are_bit_identical_on_any_thread_count() {
+        use crate::model::par::{with_threads, MIN_SPLIT};
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let shape = [5, 97, 136];
+        let n: usize = shape.iter().product();
+        assert!(n >= MIN_SPLIT);
+        let mut v = rand_vec(n, &mut rng);
+        for s in (0..n).step_by(136 * 11) {
+            v[s] = 0.0; // padding steps
+        }
+        let x = Var::from_vec(v, &shape[..], &Device::Cpu).unwrap();
+        let y = rand_var(&shape, &mut rng);
+        let up = rand_t(&shape, &mut rng);
+        let run = |threads: usize| {
+            with_threads(threads, || {
+                let xin = x.as_tensor().sqr().unwrap();
+                let d = |s| FusedDropout::new(4, s, P);
+                let outs = [
+                    dropout(&xin, d(0)).unwrap(),
+                    relu_dropout(&(&xin - 1.0).unwrap(), Some(d(1))).unwrap(),
+                    relu_dropout(&(&xin - 1.0).unwrap(), None).unwrap(),
+                    residual_dropout(&xin, y.as_tensor(), d(2)).unwrap(),
+                    embed(&xin, 3.5, Some(d(3))).unwrap(),
+                    embed(&xin, 3.5, None).unwrap(),
+                ];
+                let mut loss = outs[0].zeros_like().unwrap().sum_all().unwrap();
+                for o in &outs {
+                    loss = (loss + (o * &up).unwrap().sum_all().unwrap()).unwrap();
+                }
+                let g = loss.backward().unwrap();
+                let mut all: Vec<Vec<u32>> = outs.iter().map(bits).collect();
+                for v in [&x, &y] {
+                    all.push(bits(g.get(v.as_tensor()).unwrap()));
+                }
+                all
+            })
+        };
+        let one = run(1);
+        assert_eq!(one, run(2), "2 threads");
+        assert_eq!(one, run(3), "3 threads");
     }
 }

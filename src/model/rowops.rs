@@ -9,6 +9,7 @@
 //! are bit-identical to the composed ops; only the column sums are done row-wise.
 
 use super::fused::FusedDropout;
+use super::par::{col_reduce, fill, fill_rows, for_chunks, for_chunks2, threads_for};
 use super::pointwise::{mask_value, with_f32};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
@@ -23,15 +24,36 @@ fn vec_of(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
 
-/// Column sums of a row-major `[rows, e]` buffer, rows added in order.
+/// Column sums of a row-major `[rows, e]` buffer, rows added in order (split over
+/// columns for large buffers: each column's order unchanged).
 fn col_sums(g: &[f32], e: usize) -> Vec<f32> {
-    let mut acc = vec![0f32; e];
-    for row in g.chunks_exact(e) {
-        for (a, x) in acc.iter_mut().zip(row) {
-            *a += *x;
-        }
+    if e == 0 {
+        return vec![];
     }
-    acc
+    col_reduce(g.len(), e, |c0, acc| {
+        let c1 = c0 + acc.len();
+        for row in g.chunks_exact(e) {
+            for (a, x) in acc.iter_mut().zip(&row[c0..c1]) {
+                *a += *x;
+            }
+        }
+    })
+}
+
+/// Column sums of the products `a ⊙ b` of two row-major `[rows, e]` buffers, rows added
+/// in order: `acc[c] += a[r, c] · b[r, c]` (split over columns for large buffers).
+fn col_dot(a: &[f32], b: &[f32], e: usize) -> Vec<f32> {
+    if e == 0 {
+        return vec![];
+    }
+    col_reduce(a.len(), e, |c0, acc| {
+        let c1 = c0 + acc.len();
+        for (ar, br) in a.chunks_exact(e).zip(b.chunks_exact(e)) {
+            for ((s, x), y) in acc.iter_mut().zip(&ar[c0..c1]).zip(&br[c0..c1]) {
+                *s += *x * *y;
+            }
+        }
+    })
 }
 
 /// True when the fast op applies: f32 on the CPU, `p` a vector as long as `x`'s last axis.
@@ -62,12 +84,17 @@ impl CustomOp2 for BiasAdd {
             candle_core::bail!("bias add: contiguous f32 inputs expected")
         };
         let e = b.len();
-        let mut out = y.to_vec();
-        for row in out.chunks_exact_mut(e) {
-            for (o, b) in row.iter_mut().zip(b) {
-                *o += *b;
-            }
+        if e == 0 {
+            return Ok((CpuStorage::F32(y.to_vec()), l1.shape().clone()));
         }
+        let out = fill_rows(y.len(), e, |r0, o| {
+            let y = &y[r0 * e..r0 * e + o.len()];
+            for (o, y) in o.chunks_exact_mut(e).zip(y.chunks_exact(e)) {
+                for c in 0..e {
+                    o[c] = y[c] + b[c];
+                }
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -105,12 +132,17 @@ impl CustomOp3 for ScaleShift {
             candle_core::bail!("scale-shift: contiguous f32 inputs expected")
         };
         let e = w.len();
-        let mut out = vec![0f32; x.len()];
-        for (o, x) in out.chunks_exact_mut(e).zip(x.chunks_exact(e)) {
-            for c in 0..e {
-                o[c] = x[c] * w[c] + b[c];
-            }
+        if e == 0 {
+            return Ok((CpuStorage::F32(vec![]), l1.shape().clone()));
         }
+        let out = fill_rows(x.len(), e, |r0, o| {
+            let x = &x[r0 * e..r0 * e + o.len()];
+            for (o, x) in o.chunks_exact_mut(e).zip(x.chunks_exact(e)) {
+                for c in 0..e {
+                    o[c] = x[c] * w[c] + b[c];
+                }
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -126,18 +158,19 @@ impl CustomOp3 for ScaleShift {
         let g = vec_of(grad)?;
         let xv = vec_of(x)?;
         let wv = vec_of(w)?;
-        let mut dx = vec![0f32; g.len()];
-        let mut dw = vec![0f32; e];
-        for ((dxr, gr), xr) in dx
-            .chunks_exact_mut(e)
-            .zip(g.chunks_exact(e))
-            .zip(xv.chunks_exact(e))
-        {
-            for c in 0..e {
-                dxr[c] = gr[c] * wv[c];
-                dw[c] += gr[c] * xr[c];
-            }
-        }
+        let dx = if e == 0 {
+            vec![]
+        } else {
+            fill_rows(g.len(), e, |r0, dx| {
+                let g = &g[r0 * e..r0 * e + dx.len()];
+                for (dxr, gr) in dx.chunks_exact_mut(e).zip(g.chunks_exact(e)) {
+                    for c in 0..e {
+                        dxr[c] = gr[c] * wv[c];
+                    }
+                }
+            })
+        };
+        let dw = col_dot(&g, &xv, e);
         let db = col_sums(&g, e);
         let dev = x.device();
         Ok((
@@ -209,32 +242,39 @@ fn packed_dims(shape: &Shape) -> candle_core::Result<(usize, usize, usize, usize
 
 /// Heads of a packed `[B, h, T, hd + 1]` buffer merged into rows `[B·T, h·hd]`.
 fn merge_heads(x: &[f32], (b, h, t, hd): (usize, usize, usize, usize)) -> Vec<f32> {
-    let mut out = vec![0f32; b * t * h * hd];
-    for bi in 0..b {
-        for hi in 0..h {
-            for ti in 0..t {
+    let n = h * hd;
+    if b * t * n == 0 {
+        return vec![];
+    }
+    // Output row r = (bi, ti), one chunk of rows per thread.
+    fill_rows(b * t * n, n, |r0, out| {
+        for (r, row) in (r0..).zip(out.chunks_exact_mut(n)) {
+            let (bi, ti) = (r / t, r % t);
+            for hi in 0..h {
                 let src = ((bi * h + hi) * t + ti) * (hd + 1);
-                let dst = (bi * t + ti) * h * hd + hi * hd;
-                out[dst..dst + hd].copy_from_slice(&x[src..src + hd]);
+                row[hi * hd..(hi + 1) * hd].copy_from_slice(&x[src..src + hd]);
             }
         }
-    }
-    out
+    })
 }
 
 /// Rows `[B·T, h·hd]` scattered back to a packed `[B, h, T, hd + 1]` buffer (last column 0).
 fn unmerge_heads(y: &[f32], (b, h, t, hd): (usize, usize, usize, usize)) -> Vec<f32> {
-    let mut out = vec![0f32; b * h * t * (hd + 1)];
-    for bi in 0..b {
-        for hi in 0..h {
+    let unit = t * (hd + 1);
+    if b * h * unit == 0 {
+        return vec![0f32; b * h * unit];
+    }
+    // Output block u = (bi, hi) `[T, hd + 1]`, one chunk of blocks per thread.
+    fill_rows(b * h * unit, unit, |u0, out| {
+        for (u, blk) in (u0..).zip(out.chunks_exact_mut(unit)) {
+            let (bi, hi) = (u / h, u % h);
             for ti in 0..t {
-                let dst = ((bi * h + hi) * t + ti) * (hd + 1);
+                let dst = ti * (hd + 1);
                 let src = (bi * t + ti) * h * hd + hi * hd;
-                out[dst..dst + hd].copy_from_slice(&y[src..src + hd]);
+                blk[dst..dst + hd].copy_from_slice(&y[src..src + hd]);
             }
         }
-    }
-    out
+    })
 }
 
 impl LinearBias {
@@ -313,26 +353,8 @@ impl CustomOp3 for LinearBias {
         let CpuStorage::F32(mut y) = xs.matmul(s2, (1, m, n, k), &xl, &wt)? else {
             candle_core::bail!("linear: f32 inputs expected")
         };
-        if n > 0 {
-            for row in y.chunks_exact_mut(n) {
-                for (o, b) in row.iter_mut().zip(b) {
-                    *o += *b;
-                }
-            }
-        }
-        if self.relu {
-            // `x * [x > 0]`, as layers::relu.
-            for v in y.iter_mut() {
-                *v *= if *v > 0.0 { 1.0 } else { 0.0 };
-            }
-        }
-        if let Some(d) = &self.drop {
-            for (i, v) in y.iter_mut().enumerate() {
-                *v *= mask_value(d, i);
-            }
-        }
-        match self.out {
-            LinearOut::Rows => Ok((CpuStorage::F32(y), Shape::from((m, n)))),
+        let scale = match self.out {
+            LinearOut::Rows => None,
             LinearOut::Heads {
                 batch,
                 heads,
@@ -343,22 +365,55 @@ impl CustomOp3 for LinearBias {
                         "linear: cannot split [{m}, {n}] into {batch} x {heads} heads"
                     )
                 }
+                scale
+            }
+        };
+        if n > 0 {
+            // The epilogue on whole rows, each value through the composed ops' steps in
+            // order: bias, ReLU, dropout, scale.
+            let (relu, drop) = (self.relu, self.drop);
+            for_chunks(threads_for(y.len()), &mut y, n, |r0, rows| {
+                for row in rows.chunks_exact_mut(n) {
+                    for (o, b) in row.iter_mut().zip(b) {
+                        *o += *b;
+                    }
+                }
+                if relu {
+                    // `x * [x > 0]`, as layers::relu.
+                    for v in rows.iter_mut() {
+                        *v *= if *v > 0.0 { 1.0 } else { 0.0 };
+                    }
+                }
+                if let Some(d) = &drop {
+                    for (i, v) in (r0 * n..).zip(rows.iter_mut()) {
+                        *v *= mask_value(d, i);
+                    }
+                }
                 if let Some(s) = scale {
-                    for v in y.iter_mut() {
+                    for v in rows.iter_mut() {
                         *v = *v * s + 0.0;
                     }
                 }
+            });
+        }
+        match self.out {
+            LinearOut::Rows => Ok((CpuStorage::F32(y), Shape::from((m, n)))),
+            LinearOut::Heads { batch, heads, .. } => {
                 let (t, hd) = (m / batch, n / heads);
-                let mut out = vec![0f32; m * n];
-                for bi in 0..batch {
-                    for hi in 0..heads {
+                let unit = t * hd;
+                if m * n == 0 {
+                    return Ok((CpuStorage::F32(y), Shape::from((batch, heads, t, hd))));
+                }
+                // Output block u = (bi, hi) `[T, hd]`, one chunk of blocks per thread.
+                let out = fill_rows(m * n, unit, |u0, out| {
+                    for (u, blk) in (u0..).zip(out.chunks_exact_mut(unit)) {
+                        let (bi, hi) = (u / heads, u % heads);
                         for ti in 0..t {
-                            let dst = ((bi * heads + hi) * t + ti) * hd;
                             let src = (bi * t + ti) * n + hi * hd;
-                            out[dst..dst + hd].copy_from_slice(&y[src..src + hd]);
+                            blk[ti * hd..(ti + 1) * hd].copy_from_slice(&y[src..src + hd]);
                         }
                     }
-                }
+                });
                 Ok((CpuStorage::F32(out), Shape::from((batch, heads, t, hd))))
             }
         }
@@ -378,25 +433,29 @@ impl CustomOp3 for LinearBias {
             LinearOut::Rows => grad.clone(),
             LinearOut::Heads { scale, .. } => {
                 let (bb, h, t, hd) = grad.dims4()?;
-                let mut g = vec![0f32; bb * t * n];
-                with_f32(grad, |gv| {
-                    for bi in 0..bb {
-                        for hi in 0..h {
-                            for ti in 0..t {
-                                let src = ((bi * h + hi) * t + ti) * hd;
-                                let dst = (bi * t + ti) * n + hi * hd;
-                                g[dst..dst + hd].copy_from_slice(&gv[src..src + hd]);
+                let g = if bb * t * n == 0 {
+                    vec![]
+                } else {
+                    with_f32(grad, |gv| {
+                        // Row r = (bi, ti) gathered from the heads, one chunk of rows
+                        // per thread.
+                        Ok(fill_rows(bb * t * n, n, |r0, g| {
+                            for (r, row) in (r0..).zip(g.chunks_exact_mut(n)) {
+                                let (bi, ti) = (r / t, r % t);
+                                for hi in 0..h {
+                                    let src = ((bi * h + hi) * t + ti) * hd;
+                                    row[hi * hd..(hi + 1) * hd].copy_from_slice(&gv[src..src + hd]);
+                                }
                             }
-                        }
-                    }
-                    Ok(())
-                })?;
-                if let Some(s) = scale {
-                    // The backward of candle's affine: `g · s + 0`.
-                    for v in g.iter_mut() {
-                        *v = *v * s + 0.0;
-                    }
-                }
+                            if let Some(s) = scale {
+                                // The backward of candle's affine: `g · s + 0`.
+                                for v in g.iter_mut() {
+                                    *v = *v * s + 0.0;
+                                }
+                            }
+                        }))
+                    })?
+                };
                 Tensor::from_vec(g, (bb * t, n), grad.device())?
             }
         };
@@ -404,20 +463,19 @@ impl CustomOp3 for LinearBias {
         let grad = if self.relu || self.drop.is_some() {
             let g = with_f32(&grad, |g| {
                 with_f32(res, |out| {
-                    Ok(g.iter()
-                        .zip(out)
-                        .enumerate()
-                        .map(|(i, (g, o))| {
+                    Ok(fill(g.len(), |i0, dst| {
+                        let src = g[i0..i0 + dst.len()].iter().zip(&out[i0..]);
+                        for ((i, d), (g, o)) in (i0..).zip(dst.iter_mut()).zip(src) {
                             let mut v = *g;
-                            if let Some(d) = &self.drop {
-                                v *= mask_value(d, i);
+                            if let Some(dr) = &self.drop {
+                                v *= mask_value(dr, i);
                             }
                             if self.relu {
                                 v *= if *o > 0.0 { 1.0 } else { 0.0 };
                             }
-                            v
-                        })
-                        .collect::<Vec<f32>>())
+                            *d = v;
+                        }
+                    }))
                 })
             })?;
             Tensor::from_vec(g, grad.shape(), grad.device())?
@@ -695,18 +753,20 @@ fn ln_consts(e: usize, eps: f64) -> (f32, f32) {
 fn ln_forward_rows(x: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
     let e = w.len();
     let (inv_n, eps) = ln_consts(e, eps);
-    let mut out = vec![0f32; x.len()];
-    let mut xc = vec![0f32; e];
-    let mut sq = vec![0f32; e];
-    if e > 0 {
+    if e == 0 {
+        return vec![0f32; x.len()];
+    }
+    fill_rows(x.len(), e, |r0, out| {
+        let mut xc = vec![0f32; e];
+        let mut sq = vec![0f32; e];
+        let x = &x[r0 * e..r0 * e + out.len()];
         for (o, xr) in out.chunks_exact_mut(e).zip(x.chunks_exact(e)) {
             let std = ln_row(xr, &mut xc, &mut sq, inv_n, eps);
             for c in 0..e {
                 o[c] = (xc[c] / std) * w[c] + b[c];
             }
         }
-    }
-    out
+    })
 }
 
 /// LayerNorm's backward on rows: `(dx, dw, db)` from the input rows `x` and the output
@@ -717,34 +777,68 @@ fn ln_backward_rows(x: &[f32], g: &[f32], w: &[f32], eps: f64) -> (Vec<f32>, Vec
     let e = w.len();
     let (inv_n, eps) = ln_consts(e, eps);
     let mut dx = vec![0f32; x.len()];
-    let mut dw = vec![0f32; e];
-    let mut xc = vec![0f32; e];
-    let mut sq = vec![0f32; e];
-    let mut xn = vec![0f32; e];
-    let mut gw = vec![0f32; e];
     if e == 0 {
-        return (dx, dw, vec![]);
+        return (dx, vec![], vec![]);
     }
-    for ((dxr, gr), xr) in dx
-        .chunks_exact_mut(e)
-        .zip(g.chunks_exact(e))
-        .zip(x.chunks_exact(e))
-    {
-        let std = ln_row(xr, &mut xc, &mut sq, inv_n, eps);
-        let (mut s1, mut s2) = (0f64, 0f64);
-        for c in 0..e {
-            xn[c] = xc[c] / std;
-            dw[c] += gr[c] * xn[c];
-            gw[c] = gr[c] * w[c];
-            s1 += gw[c] as f64;
-            s2 += gw[c] as f64 * xn[c] as f64;
+    let threads = threads_for(x.len());
+    if threads <= 1 {
+        // One pass, `dw` accumulated row by row (the same sums as the split path's).
+        let mut dw = vec![0f32; e];
+        let (mut xc, mut sq, mut xn, mut gw) =
+            (vec![0f32; e], vec![0f32; e], vec![0f32; e], vec![0f32; e]);
+        for ((dxr, gr), xr) in dx
+            .chunks_exact_mut(e)
+            .zip(g.chunks_exact(e))
+            .zip(x.chunks_exact(e))
+        {
+            let std = ln_row(xr, &mut xc, &mut sq, inv_n, eps);
+            let (mut s1, mut s2) = (0f64, 0f64);
+            for c in 0..e {
+                xn[c] = xc[c] / std;
+                dw[c] += gr[c] * xn[c];
+                gw[c] = gr[c] * w[c];
+                s1 += gw[c] as f64;
+                s2 += gw[c] as f64 * xn[c] as f64;
+            }
+            let (m1, m2) = (s1 / e as f64, s2 / e as f64);
+            let rstd = 1.0 / std as f64;
+            for c in 0..e {
+                dxr[c] = ((gw[c] as f64 - m1 - xn[c] as f64 * m2) * rstd) as f32;
+            }
         }
-        let (m1, m2) = (s1 / e as f64, s2 / e as f64);
-        let rstd = 1.0 / std as f64;
-        for c in 0..e {
-            dxr[c] = ((gw[c] as f64 - m1 - xn[c] as f64 * m2) * rstd) as f32;
-        }
+        return (dx, dw, col_sums(g, e));
     }
+    // Row-wise: `dx` and the normalised rows `x̂` (kept for `dw`), one chunk of rows per
+    // thread.
+    let mut xn = vec![0f32; x.len()];
+    for_chunks2(threads, &mut dx, e, &mut xn, e, |r0, dx, xn| {
+        let mut xc = vec![0f32; e];
+        let mut sq = vec![0f32; e];
+        let mut gw = vec![0f32; e];
+        let (x, g) = (&x[r0 * e..r0 * e + dx.len()], &g[r0 * e..r0 * e + dx.len()]);
+        for (((dxr, xn), gr), xr) in dx
+            .chunks_exact_mut(e)
+            .zip(xn.chunks_exact_mut(e))
+            .zip(g.chunks_exact(e))
+            .zip(x.chunks_exact(e))
+        {
+            let std = ln_row(xr, &mut xc, &mut sq, inv_n, eps);
+            let (mut s1, mut s2) = (0f64, 0f64);
+            for c in 0..e {
+                xn[c] = xc[c] / std;
+                gw[c] = gr[c] * w[c];
+                s1 += gw[c] as f64;
+                s2 += gw[c] as f64 * xn[c] as f64;
+            }
+            let (m1, m2) = (s1 / e as f64, s2 / e as f64);
+            let rstd = 1.0 / std as f64;
+            for c in 0..e {
+                dxr[c] = ((gw[c] as f64 - m1 - xn[c] as f64 * m2) * rstd) as f32;
+            }
+        }
+    });
+    // `dw[c] += g[r, c] · x̂[r, c]` over the rows in order, split over columns.
+    let dw = col_dot(g, &xn, e);
     (dx, dw, col_sums(g, e))
 }
 
@@ -1357,5 +1451,84 @@ mod tests {
                 .unwrap()
         };
         check_fd(&w, &gw, &(0..10).collect::<Vec<_>>(), f);
+    }
+
+    /// Every row op, forward and backward, on tensors large enough to split
+    /// ([`super::super::par::MIN_SPLIT`]): bit-identical outputs and gradients on 1, 2 and
+    /// 3 threads (3: uneven chunks).
+    #[test]
+    fn row_ops_are_bit_identical_on_any_thread_count() {
+        use crate::model::par::{with_threads, MIN_SPLIT};
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let (bb, t, e, h, dout) = (4, 131, 128, 8, 160);
+        assert!(bb * t * e >= MIN_SPLIT);
+        let x = rand_var(&[bb, t, e], &mut rng);
+        let lw = rand_var(&[e], &mut rng);
+        let lb = rand_var(&[e], &mut rng);
+        let w = rand_var(&[e, e], &mut rng);
+        let b = rand_var(&[e], &mut rng);
+        let w1 = rand_var(&[dout, e], &mut rng);
+        let b1 = rand_var(&[dout], &mut rng);
+        let up = rand_t(&[bb, t, e], &mut rng);
+        let up_h = rand_t(&[bb, h, t, e / h], &mut rng);
+        let up_f = rand_t(&[bb * t, dout], &mut rng);
+        let run = |threads: usize| {
+            with_threads(threads, || {
+                let xin = x.as_tensor().sqr().unwrap();
+                let x2 = xin.reshape((bb * t, e)).unwrap();
+                let (lwt, lbt) = (lw.as_tensor(), lb.as_tensor());
+                let ln = layer_norm(&xin, lwt, lbt, 1e-5).unwrap().unwrap();
+                let biased = add_bias(&xin, b.as_tensor()).unwrap();
+                let ss = scale_shift(&xin, lwt, lbt).unwrap();
+                let heads = ln_linear_to_heads(
+                    &xin,
+                    lwt,
+                    lbt,
+                    1e-5,
+                    w.as_tensor(),
+                    b.as_tensor(),
+                    h,
+                    Some(0.3),
+                )
+                .unwrap()
+                .unwrap();
+                let drop = Some(FusedDropout::new(3, 1, 0.25));
+                let ffn = ln_linear_relu_dropout(
+                    &x2,
+                    lwt,
+                    lbt,
+                    1e-5,
+                    w1.as_tensor(),
+                    b1.as_tensor(),
+                    || drop,
+                )
+                .unwrap()
+                .unwrap();
+                // Heads packed with a zero log-sum-exp column, projected back to rows.
+                let zeros = heads.narrow(3, 0, 1).unwrap().zeros_like().unwrap();
+                let packed = Tensor::cat(&[&heads, &zeros], 3).unwrap();
+                let merged = linear_bias_from_heads(&packed, w.as_tensor(), b.as_tensor())
+                    .unwrap()
+                    .unwrap();
+                let rows = ((ln + biased).unwrap() + ss).unwrap();
+                let rows = (rows.reshape((bb * t, e)).unwrap() + merged).unwrap();
+                let loss = ((rows.reshape((bb, t, e)).unwrap() * &up)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    + (&heads * &up_h).unwrap().sum_all().unwrap()
+                    + (&ffn * &up_f).unwrap().sum_all().unwrap())
+                .unwrap();
+                let g = loss.backward().unwrap();
+                let mut all = vec![bits(&rows), bits(&heads), bits(&ffn)];
+                for v in [&x, &lw, &lb, &w, &b, &w1, &b1] {
+                    all.push(bits(g.get(v.as_tensor()).unwrap()));
+                }
+                all
+            })
+        };
+        let one = run(1);
+        assert_eq!(one, run(2), "2 threads");
+        assert_eq!(one, run(3), "3 threads");
     }
 }
