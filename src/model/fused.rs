@@ -292,9 +292,11 @@ impl CustomOp3 for FusedAttention {
     }
 }
 
-/// Runs `f` on every item, spread over candle's thread count (contiguous groups: every
-/// task of one call costs the same).
-pub(crate) fn for_each_task<T: Send>(threads: usize, items: Vec<T>, f: impl Fn(T) + Sync) {
+/// Runs `f` on every item, spread over `threads` contiguous groups (every task of one call
+/// costs the same) run on rayon's global pool — the workers candle's own parallel ops use,
+/// so no thread is spawned and none competes with them.
+pub(crate) fn for_each_task<T: Send>(threads: usize, items: Vec<T>, f: impl Fn(T) + Sync + Send) {
+    use rayon::prelude::*;
     let threads = threads.max(1).min(items.len());
     if threads <= 1 {
         items.into_iter().for_each(f);
@@ -306,17 +308,9 @@ pub(crate) fn for_each_task<T: Send>(threads: usize, items: Vec<T>, f: impl Fn(T
     while it.peek().is_some() {
         groups.push(it.by_ref().take(per).collect());
     }
-    let f = &f;
-    std::thread::scope(|s| {
-        let mut groups = groups.into_iter();
-        let mine = groups.next();
-        for g in groups {
-            s.spawn(move || g.into_iter().for_each(f));
-        }
-        if let Some(g) = mine {
-            g.into_iter().for_each(f);
-        }
-    });
+    groups
+        .into_par_iter()
+        .for_each(|g| g.into_iter().for_each(&f));
 }
 
 /// `[rows, cols]` row-major to `[cols, rows]`.
