@@ -51,7 +51,7 @@ pub enum BenchShape {
 /// `mica bench` options.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Architecture: mult or mica.
+    /// Model: mult, mica, backbone or mmd.
     #[arg(long, value_enum, default_value = "mult")]
     pub model: BenchModel,
     /// Shape: bench (the paper's MOSI setting) or small.
