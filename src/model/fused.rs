@@ -29,6 +29,7 @@
 //!   second time with AVX2 + FMA and picked at run time.
 
 use super::ctx::mix64;
+use super::pointwise::f32_slice;
 use super::simd::{self, Simd};
 use candle_core::utils::get_num_threads;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
@@ -207,16 +208,6 @@ pub fn task_probs(
     dispatch!(level; probs_task(dims, causal, q, kt, lse, dst))
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("fused attention: `{what}` must be f32")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("fused attention: `{what}` must be contiguous"),
-    }
-}
-
 impl CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
         "mica-fused-attention"
@@ -242,9 +233,9 @@ impl CustomOp3 for FusedAttention {
             );
         }
         let dims = Dims { b, h, tq, tk, hd };
-        let q = f32_slice(s1, l1, "q")?;
-        let k = f32_slice(s2, l2, "k")?;
-        let v = f32_slice(s3, l3, "v")?;
+        let q = f32_slice(s1, l1, "fused attention (`q`)")?;
+        let k = f32_slice(s2, l2, "fused attention (`k`)")?;
+        let v = f32_slice(s3, l3, "fused attention (`v`)")?;
         let out = forward_all(
             get_num_threads(),
             dims,
