@@ -286,7 +286,7 @@ pub fn embed(x: &Tensor, scale: f64, d: Option<FusedDropout>) -> candle_core::Re
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::ctx::Ctx;
     use crate::model::encoder::{embed as embed_layer, embed_composed};
@@ -299,21 +299,21 @@ mod tests {
         (0..n).map(|_| rng.gen_range(-2.0f32..2.0)).collect()
     }
 
-    fn rand_var(shape: &[usize], rng: &mut ChaCha8Rng) -> Var {
+    pub(crate) fn rand_var(shape: &[usize], rng: &mut ChaCha8Rng) -> Var {
         let n: usize = shape.iter().product();
         Var::from_vec(rand_vec(n, rng), shape, &Device::Cpu).unwrap()
     }
 
-    fn rand_t(shape: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
+    pub(crate) fn rand_t(shape: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
         let n: usize = shape.iter().product();
         Tensor::from_vec(rand_vec(n, rng), shape, &Device::Cpu).unwrap()
     }
 
-    fn vals(t: &Tensor) -> Vec<f32> {
+    pub(crate) fn vals(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1().unwrap()
     }
 
-    fn bits(t: &Tensor) -> Vec<u32> {
+    pub(crate) fn bits(t: &Tensor) -> Vec<u32> {
         vals(t).iter().map(|x| x.to_bits()).collect()
     }
 
@@ -327,7 +327,7 @@ mod tests {
 
     /// Central finite differences of `f` (a scalar function of `v`'s values) at a few
     /// entries, compared with `analytic`.
-    fn check_fd(
+    pub(crate) fn check_fd(
         v: &Var,
         analytic: &[f32],
         entries: &[usize],

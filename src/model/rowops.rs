@@ -945,15 +945,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    fn rand_var(shape: &[usize], rng: &mut ChaCha8Rng) -> Var {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
-        Var::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn bits(t: &Tensor) -> Vec<u32> {
-        vec_of(t).unwrap().iter().map(|x| x.to_bits()).collect()
-    }
+    use crate::model::pointwise::tests::{bits, rand_t, rand_var, vals};
 
     #[test]
     fn bias_add_is_bit_identical_to_broadcast_add() {
@@ -1026,14 +1018,6 @@ mod tests {
         }
     }
 
-    fn vals(t: &Tensor) -> Vec<f32> {
-        vec_of(t).unwrap()
-    }
-
-    fn rand_t(shape: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
-        rand_var(shape, rng).as_tensor().detach()
-    }
-
     /// Largest |a − b| relative to the largest |b| (at least 1).
     fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
@@ -1043,21 +1027,7 @@ mod tests {
 
     /// Central finite differences of `f` at `entries` of `v` against `analytic`.
     fn check_fd(v: &Var, analytic: &[f32], entries: &[usize], f: impl Fn(&Tensor) -> f32) {
-        let base = vals(v.as_tensor());
-        let h = 1e-2f32;
-        for &i in entries {
-            let at = |d: f32| {
-                let mut x = base.clone();
-                x[i] += d;
-                f(&Tensor::from_vec(x, v.shape(), &Device::Cpu).unwrap())
-            };
-            let fd = (at(h) - at(-h)) / (2.0 * h);
-            assert!(
-                (fd - analytic[i]).abs() <= 2e-3 * (1.0 + fd.abs()),
-                "entry {i}: finite differences {fd}, analytic {}",
-                analytic[i]
-            );
-        }
+        crate::model::pointwise::tests::check_fd(v, analytic, entries, f, 2e-3)
     }
 
     #[test]
