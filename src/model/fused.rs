@@ -360,12 +360,12 @@ fn forward_hd<const HD: usize>(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Simd::Avx512` is only selected when the CPU has the features.
         Simd::Avx512 => unsafe {
-            kernels::avx512::forward_task_hd::<HD>(dims, causal, drop, task, q, kt, vt, tkp, dst)
+            super::fused_avx512::forward_task::<HD>(dims, causal, drop, task, q, kt, vt, tkp, dst)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2 + FMA.
         Simd::Avx2 => unsafe {
-            kernels::avx2::forward_task_hd::<HD>(dims, causal, drop, task, q, kt, vt, tkp, dst)
+            kernels::avx2_hd::forward_task_hd::<HD>(dims, causal, drop, task, q, kt, vt, tkp, dst)
         },
         _ => kernels::forward_task_hd::<false, HD>(dims, causal, drop, task, q, kt, vt, tkp, dst),
     }
@@ -392,14 +392,14 @@ fn backward_hd<const HD: usize>(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Simd::Avx512` is only selected when the CPU has the features.
         Simd::Avx512 => unsafe {
-            kernels::avx512::backward_task_hd::<HD>(
+            super::fused_avx512::backward_task::<HD>(
                 dims, causal, drop, task, q, kt, vt, tkp, o, g, dq, dkt, dvt,
             )
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2 + FMA.
         Simd::Avx2 => unsafe {
-            kernels::avx2::backward_task_hd::<HD>(
+            kernels::avx2_hd::backward_task_hd::<HD>(
                 dims, causal, drop, task, q, kt, vt, tkp, o, g, dq, dkt, dvt,
             )
         },
@@ -1061,48 +1061,6 @@ mod kernels {
                     )
                 }
 
-                /// [`super::forward_task_hd`] in this build.
-                #[allow(clippy::too_many_arguments)]
-                #[target_feature(enable = $features)]
-                pub fn forward_task_hd<const HD: usize>(
-                    dims: Dims,
-                    causal: bool,
-                    drop: Option<FusedDropout>,
-                    task: usize,
-                    q: &[f32],
-                    kt: &[f32],
-                    vt: &[f32],
-                    tkp: usize,
-                    dst: &mut [f32],
-                ) {
-                    super::forward_task_hd::<true, HD>(
-                        dims, causal, drop, task, q, kt, vt, tkp, dst,
-                    )
-                }
-
-                /// [`super::backward_task_hd`] in this build.
-                #[allow(clippy::too_many_arguments)]
-                #[target_feature(enable = $features)]
-                pub fn backward_task_hd<const HD: usize>(
-                    dims: Dims,
-                    causal: bool,
-                    drop: Option<FusedDropout>,
-                    task: usize,
-                    q: &[f32],
-                    kt: &[f32],
-                    vt: &[f32],
-                    tkp: usize,
-                    o: &[f32],
-                    g: &[f32],
-                    dq: &mut [f32],
-                    dkt: &mut [f32],
-                    dvt: &mut [f32],
-                ) {
-                    super::backward_task_hd::<true, HD>(
-                        dims, causal, drop, task, q, kt, vt, tkp, o, g, dq, dkt, dvt,
-                    )
-                }
-
                 /// [`super::probs_task`] in this build.
                 #[target_feature(enable = $features)]
                 pub fn probs_task(
@@ -1122,6 +1080,53 @@ mod kernels {
         avx2: "avx2,fma",
         avx512: "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"
     );
+
+    /// The AVX2 + FMA build of the chunk-major kernels (the AVX-512 build is
+    /// [`crate::model::fused_avx512`], written with intrinsics).
+    #[cfg(target_arch = "x86_64")]
+    pub mod avx2_hd {
+        use super::super::{Dims, FusedDropout};
+
+        /// [`super::forward_task_hd`] in this build.
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = "avx2,fma")]
+        pub fn forward_task_hd<const HD: usize>(
+            dims: Dims,
+            causal: bool,
+            drop: Option<FusedDropout>,
+            task: usize,
+            q: &[f32],
+            kt: &[f32],
+            vt: &[f32],
+            tkp: usize,
+            dst: &mut [f32],
+        ) {
+            super::forward_task_hd::<true, HD>(dims, causal, drop, task, q, kt, vt, tkp, dst)
+        }
+
+        /// [`super::backward_task_hd`] in this build.
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = "avx2,fma")]
+        pub fn backward_task_hd<const HD: usize>(
+            dims: Dims,
+            causal: bool,
+            drop: Option<FusedDropout>,
+            task: usize,
+            q: &[f32],
+            kt: &[f32],
+            vt: &[f32],
+            tkp: usize,
+            o: &[f32],
+            g: &[f32],
+            dq: &mut [f32],
+            dkt: &mut [f32],
+            dvt: &mut [f32],
+        ) {
+            super::backward_task_hd::<true, HD>(
+                dims, causal, drop, task, q, kt, vt, tkp, o, g, dq, dkt, dvt,
+            )
+        }
+    }
 }
 
 #[cfg(test)]

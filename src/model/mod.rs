@@ -5,6 +5,8 @@ pub mod config;
 pub mod ctx;
 pub mod encoder;
 pub mod fused;
+#[cfg(target_arch = "x86_64")]
+pub mod fused_avx512;
 pub mod import;
 pub mod layers;
 pub mod lstm;

@@ -1,0 +1,340 @@
+//! The AVX-512 build of the fused attention's chunk-major kernels (head widths
+//! [`super::fused`]'s `FAST_HD`), written with `std::arch` intrinsics.
+//!
+//! The portable kernels of [`super::fused`] are loops over 16-lane arrays that the compiler
+//! vectorises; with AVX-512 it splits many of them into 256-bit halves, gathers and
+//! spills. These are the same computations with every 16-key chunk in one `zmm`
+//! register, and a backward in a different loop order:
+//!
+//! - Forward, per query row: as the portable kernel (blocks of [`KEY_BLOCK`] keys, online
+//!   softmax, output accumulated in `hd` registers).
+//! - Backward, in two passes over one (batch, head) task:
+//!   1. key-major: for each 16-key chunk, `dK` and `dV` of the chunk stay in registers
+//!      while every query row that sees the chunk passes by (`p`, dropout, `dP`,
+//!      `dS = p (dP − D)`); `dS` goes to a per-thread `[T_q, T_k]` tile, which stays in
+//!      L2 and is never a tensor;
+//!   2. row-major: `dQ_i = Σ_j dS_ij k_j` from the tile.
+//!
+//!   The portable kernel instead reads and writes every `dK`/`dV` chunk once per query
+//!   row. `dK`, `dV` are summed over the rows in the same order as there, `dQ` over the
+//!   chunks in the same order; only the final 16-lane sums are taken in another order.
+//! - `exp` is the same range reduction and polynomial as [`super::fused::exp_approx`]
+//!   with `vscalefps` for the `2^n` (the same value for the clamped range).
+//! - Dropout keep bits are [`FusedDropout::keep`] on 8 u64 lanes at a time (`vpmullq`);
+//!   `mix64`'s last xor-shift does not reach the top 24 bits, so it is skipped, and
+//!   `h >> 40 ≥ t` is tested as `h ≥ t · 2^40`.
+
+use super::fused::{Dims, FusedDropout, KEY_BLOCK};
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+/// f32 lanes in a `zmm` register: the keys of one chunk.
+const LANES: usize = 16;
+
+/// Lanes `0..n` of a chunk (`n ≥ 16`: all).
+#[inline(always)]
+fn lanes_below(n: usize) -> __mmask16 {
+    if n >= LANES {
+        0xFFFF
+    } else {
+        ((1u32 << n) - 1) as __mmask16
+    }
+}
+
+/// `exp` on 16 lanes: [`super::fused::exp_approx`]'s clamps, round-to-nearest range
+/// reduction by `ln 2` in two parts and degree-6 Cephes polynomial; `2^n` by `vscalefps`.
+#[inline(always)]
+unsafe fn exp16(x: __m512) -> __m512 {
+    // `max(lo, x)` / `min(hi, x)` return `x` when it is NaN, as the scalar clamps do.
+    let x = _mm512_max_ps(_mm512_set1_ps(-87.336_55), x);
+    let x = _mm512_min_ps(_mm512_set1_ps(88.37), x);
+    let round = _mm512_set1_ps(12_582_912.0);
+    let t = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), round);
+    let n = _mm512_sub_ps(t, round);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.398_2e-3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.333_452e-3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.166_579_6e-2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.666_666_5e-1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
+    let y = _mm512_add_ps(
+        _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r),
+        _mm512_set1_ps(1.0),
+    );
+    _mm512_scalef_ps(y, n)
+}
+
+/// The dropout generator of one call, on 16 consecutive flat indices at a time.
+#[derive(Clone, Copy)]
+struct KeepBits {
+    base: __m512i,
+    /// `threshold · 2^40`: `mix64(..) >> 40 ≥ threshold` ⇔ `mix64(..) ≥ this`.
+    min_hash: __m512i,
+    /// Lane offsets 0..8 and 8..16.
+    lo: __m512i,
+    hi: __m512i,
+}
+
+impl KeepBits {
+    #[inline(always)]
+    unsafe fn new(d: &FusedDropout) -> Self {
+        KeepBits {
+            base: _mm512_set1_epi64(d.base as i64),
+            min_hash: _mm512_set1_epi64((d.threshold << 40) as i64),
+            lo: _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7),
+            hi: _mm512_setr_epi64(8, 9, 10, 11, 12, 13, 14, 15),
+        }
+    }
+
+    /// `mix64(base ^ idx)` without the last xor-shift (it does not change bits 40..64).
+    #[inline(always)]
+    unsafe fn hash8(&self, idx: __m512i) -> __m512i {
+        let mut z = _mm512_add_epi64(
+            _mm512_xor_si512(self.base, idx),
+            _mm512_set1_epi64(0x9E37_79B9_7F4A_7C15u64 as i64),
+        );
+        z = _mm512_xor_si512(z, _mm512_srli_epi64::<30>(z));
+        z = _mm512_mullo_epi64(z, _mm512_set1_epi64(0xBF58_476D_1CE4_E5B9u64 as i64));
+        z = _mm512_xor_si512(z, _mm512_srli_epi64::<27>(z));
+        _mm512_mullo_epi64(z, _mm512_set1_epi64(0x94D0_49BB_1331_11EBu64 as i64))
+    }
+
+    /// Keep bits of the 16 flat indices from `idx0`.
+    #[inline(always)]
+    unsafe fn mask(&self, idx0: u64) -> __mmask16 {
+        let i0 = _mm512_set1_epi64(idx0 as i64);
+        let a = self.hash8(_mm512_add_epi64(i0, self.lo));
+        let b = self.hash8(_mm512_add_epi64(i0, self.hi));
+        let ka = _mm512_cmpge_epu64_mask(a, self.min_hash) as u16;
+        let kb = _mm512_cmpge_epu64_mask(b, self.min_hash) as u16;
+        ka | (kb << 8)
+    }
+}
+
+/// Load of 16 lanes at `p` (unaligned).
+#[inline(always)]
+unsafe fn load(p: &[f32], at: usize) -> __m512 {
+    debug_assert!(at + LANES <= p.len());
+    _mm512_loadu_ps(p.as_ptr().add(at))
+}
+
+/// Scores of the chunk at `j0` for a query `q` (`HD` broadcasts): `Σ_d q[d] kt[d][j0..]`.
+#[inline(always)]
+unsafe fn chunk_dot<const HD: usize>(
+    q: &[__m512; HD],
+    kt: &[f32],
+    tkp: usize,
+    j0: usize,
+) -> __m512 {
+    let mut s = _mm512_mul_ps(q[0], load(kt, j0));
+    for (d, qd) in q.iter().enumerate().skip(1) {
+        s = _mm512_fmadd_ps(*qd, load(kt, d * tkp + j0), s);
+    }
+    s
+}
+
+/// `HD` broadcasts of `x[..HD]`.
+#[inline(always)]
+unsafe fn splat<const HD: usize>(x: &[f32]) -> [__m512; HD] {
+    std::array::from_fn(|d| _mm512_set1_ps(x[d]))
+}
+
+/// The forward of one (batch, head) task, as [`super::fused::kernels::forward_task_hd`]:
+/// `q` `[T_q, HD]` (scaled), `kt`/`vt` `[HD, tkp]` zero padded, `dst` `[T_q, HD + 1]`
+/// (output row, then the row log-sum-exp).
+///
+/// # Safety
+/// The CPU must support AVX-512 F/DQ (see [`super::simd::supported`]); `kt`/`vt` hold
+/// `HD · tkp` values with `tkp ≥ T_k` a multiple of 16.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")]
+pub unsafe fn forward_task<const HD: usize>(
+    dims: Dims,
+    causal: bool,
+    drop: Option<FusedDropout>,
+    task: usize,
+    q: &[f32],
+    kt: &[f32],
+    vt: &[f32],
+    tkp: usize,
+    dst: &mut [f32],
+) {
+    let Dims { tq, tk, .. } = dims;
+    assert!(tkp % LANES == 0 && tkp >= tk && kt.len() >= HD * tkp && vt.len() >= HD * tkp);
+    assert!(q.len() >= tq * HD && dst.len() >= tq * (HD + 1));
+    const BLOCK: usize = KEY_BLOCK / LANES;
+    let keep = drop.as_ref().map(|d| KeepBits::new(d));
+    let scale = _mm512_set1_ps(drop.map_or(1.0, |d| d.scale));
+    let mut buf = [_mm512_setzero_ps(); BLOCK];
+    for i in 0..tq {
+        let qi = splat::<HD>(&q[i * HD..]);
+        let jend = dims.key_end(i, causal);
+        let chunks = jend.div_ceil(LANES);
+        let row_base = ((task * tq + i) * tk) as u64;
+        let mut m = f32::NEG_INFINITY;
+        let mut lsum = _mm512_setzero_ps();
+        let mut acc = [_mm512_setzero_ps(); HD];
+        let mut c0 = 0;
+        while c0 < chunks {
+            let nc = BLOCK.min(chunks - c0);
+            let mut bmax = _mm512_set1_ps(f32::NEG_INFINITY);
+            for (c, s) in buf[..nc].iter_mut().enumerate() {
+                let j0 = (c0 + c) * LANES;
+                let mut x = chunk_dot::<HD>(&qi, kt, tkp, j0);
+                if j0 + LANES > jend {
+                    // The row's last chunk: hide the keys past `jend`.
+                    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+                    x = _mm512_mask_blend_ps(lanes_below(jend - j0), ninf, x);
+                }
+                *s = x;
+                bmax = _mm512_max_ps(bmax, x);
+            }
+            let m_new = m.max(_mm512_reduce_max_ps(bmax));
+            if m_new > m {
+                // First block: m = -inf, lsum and acc are still 0.
+                let c = if m == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    super::fused::exp_approx(m - m_new)
+                };
+                let c = _mm512_set1_ps(c);
+                lsum = _mm512_mul_ps(lsum, c);
+                for a in acc.iter_mut() {
+                    *a = _mm512_mul_ps(*a, c);
+                }
+                m = m_new;
+            }
+            let mv = _mm512_set1_ps(m);
+            for (c, s) in buf[..nc].iter().enumerate() {
+                let j0 = (c0 + c) * LANES;
+                let mut p = exp16(_mm512_sub_ps(*s, mv));
+                if j0 + LANES > jend {
+                    p = _mm512_maskz_mov_ps(lanes_below(jend - j0), p);
+                }
+                lsum = _mm512_add_ps(lsum, p);
+                if let Some(k) = &keep {
+                    p = _mm512_maskz_mul_ps(k.mask(row_base + j0 as u64), p, scale);
+                }
+                for (d, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(p, load(vt, d * tkp + j0), *a);
+                }
+            }
+            c0 += nc;
+        }
+        let lsum = _mm512_reduce_add_ps(lsum);
+        let row = &mut dst[i * (HD + 1)..(i + 1) * (HD + 1)];
+        let inv = 1.0 / lsum;
+        for (o, a) in row.iter_mut().zip(&acc) {
+            *o = _mm512_reduce_add_ps(*a) * inv;
+        }
+        row[HD] = m + lsum.ln();
+    }
+}
+
+thread_local! {
+    /// Each thread's `dS` tile for [`backward_task`], kept between calls.
+    static DS_TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The backward of one (batch, head) task, as [`super::fused::kernels::backward_task_hd`]:
+/// `o`, `g` `[T_q, HD + 1]` (the forward's packed output and its gradient), `dq`
+/// `[T_q, HD]` written, `dkt`/`dvt` `[HD, tkp]` written (chunks no row sees: zeros).
+///
+/// # Safety
+/// As [`forward_task`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")]
+pub unsafe fn backward_task<const HD: usize>(
+    dims: Dims,
+    causal: bool,
+    drop: Option<FusedDropout>,
+    task: usize,
+    q: &[f32],
+    kt: &[f32],
+    vt: &[f32],
+    tkp: usize,
+    o: &[f32],
+    g: &[f32],
+    dq: &mut [f32],
+    dkt: &mut [f32],
+    dvt: &mut [f32],
+) {
+    let Dims { tq, tk, .. } = dims;
+    assert!(tkp % LANES == 0 && tkp >= tk && kt.len() >= HD * tkp && vt.len() >= HD * tkp);
+    assert!(dkt.len() >= HD * tkp && dvt.len() >= HD * tkp);
+    assert!(q.len() >= tq * HD && dq.len() >= tq * HD);
+    assert!(o.len() >= tq * (HD + 1) && g.len() >= tq * (HD + 1));
+    // Per row: the log-sum-exp, `D_i = dO_i · o_i`, and the last key it sees.
+    let lse: Vec<f32> = (0..tq).map(|i| o[i * (HD + 1) + HD]).collect();
+    let dd: Vec<f32> = (0..tq)
+        .map(|i| {
+            let (gi, oi) = (&g[i * (HD + 1)..i * (HD + 1) + HD], &o[i * (HD + 1)..]);
+            gi.iter().zip(oi).map(|(a, b)| a * b).sum()
+        })
+        .collect();
+    let jend: Vec<usize> = (0..tq).map(|i| dims.key_end(i, causal)).collect();
+    let keep = drop.as_ref().map(|d| KeepBits::new(d));
+    let scale = _mm512_set1_ps(drop.map_or(1.0, |d| d.scale));
+    DS_TILE.with(|tile| {
+        let mut tile = tile.borrow_mut();
+        if tile.len() < tq * tkp {
+            tile.resize(tq * tkp, 0.0);
+        }
+        let tile = &mut tile[..tq * tkp];
+        // Pass 1, key-major: dK, dV of one chunk in registers, dS into the tile.
+        for j0 in (0..tkp).step_by(LANES) {
+            let kc: [__m512; HD] = std::array::from_fn(|d| load(kt, d * tkp + j0));
+            let vc: [__m512; HD] = std::array::from_fn(|d| load(vt, d * tkp + j0));
+            let mut dk = [_mm512_setzero_ps(); HD];
+            let mut dv = [_mm512_setzero_ps(); HD];
+            // `key_end` grows with the row: the rows that see this chunk are a suffix.
+            let first = jend.partition_point(|&e| e <= j0);
+            for i in first..tq {
+                let qi = &q[i * HD..(i + 1) * HD];
+                let gi = &g[i * (HD + 1)..i * (HD + 1) + HD];
+                let mut s = _mm512_mul_ps(_mm512_set1_ps(qi[0]), kc[0]);
+                let mut dp = _mm512_mul_ps(_mm512_set1_ps(gi[0]), vc[0]);
+                for d in 1..HD {
+                    s = _mm512_fmadd_ps(_mm512_set1_ps(qi[d]), kc[d], s);
+                    dp = _mm512_fmadd_ps(_mm512_set1_ps(gi[d]), vc[d], dp);
+                }
+                let mut p = exp16(_mm512_sub_ps(s, _mm512_set1_ps(lse[i])));
+                if j0 + LANES > jend[i] {
+                    p = _mm512_maskz_mov_ps(lanes_below(jend[i] - j0), p);
+                }
+                let mut pz = p;
+                if let Some(k) = &keep {
+                    let kept = k.mask(((task * tq + i) * tk + j0) as u64);
+                    pz = _mm512_maskz_mul_ps(kept, p, scale);
+                    dp = _mm512_maskz_mul_ps(kept, dp, scale);
+                }
+                let ds = _mm512_mul_ps(p, _mm512_sub_ps(dp, _mm512_set1_ps(dd[i])));
+                for d in 0..HD {
+                    dv[d] = _mm512_fmadd_ps(_mm512_set1_ps(gi[d]), pz, dv[d]);
+                    dk[d] = _mm512_fmadd_ps(_mm512_set1_ps(qi[d]), ds, dk[d]);
+                }
+                _mm512_storeu_ps(tile.as_mut_ptr().add(i * tkp + j0), ds);
+            }
+            for d in 0..HD {
+                _mm512_storeu_ps(dkt.as_mut_ptr().add(d * tkp + j0), dk[d]);
+                _mm512_storeu_ps(dvt.as_mut_ptr().add(d * tkp + j0), dv[d]);
+            }
+        }
+        // Pass 2, row-major: dQ_i = Σ_j dS_ij k_j over the chunks row i sees (the tile
+        // entries pass 1 wrote).
+        for i in 0..tq {
+            let mut acc = [_mm512_setzero_ps(); HD];
+            for j0 in (0..jend[i]).step_by(LANES) {
+                let ds = load(tile, i * tkp + j0);
+                for (d, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(ds, load(kt, d * tkp + j0), *a);
+                }
+            }
+            for (x, a) in dq[i * HD..(i + 1) * HD].iter_mut().zip(&acc) {
+                *x = _mm512_reduce_add_ps(*a);
+            }
+        }
+    });
+}
