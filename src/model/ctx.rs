@@ -133,9 +133,8 @@ impl Ctx {
         // The same draws as `keep(seed, stream, i, p)`, with the per-stream hash hoisted
         // out of the loop (one mix64 per element instead of three).
         let drop = FusedDropout::new(self.seed, stream, p);
-        let values: Vec<f32> = (0..n as u64)
-            .map(|i| if drop.keep(i) { drop.scale } else { 0.0 })
-            .collect();
+        let mut values = vec![0f32; n];
+        drop.multipliers(0, &mut values);
         Ok(Tensor::from_vec(values, shape, device)?)
     }
 }

@@ -83,6 +83,20 @@ impl FusedDropout {
     pub fn keep(&self, idx: u64) -> bool {
         (mix64(self.base ^ idx) >> 40) >= self.threshold
     }
+
+    /// The multipliers (`scale` if kept, else 0) of the flat indices
+    /// `idx0..idx0 + out.len()`, 16 at a time on AVX-512 CPUs (the same values).
+    pub fn multipliers(&self, idx0: u64, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if simd::current() == Simd::Avx512 {
+            // SAFETY: `Simd::Avx512` is only selected when the CPU has the features.
+            unsafe { super::fused_avx512::multipliers(self, idx0, out) };
+            return;
+        }
+        for (i, o) in (idx0..).zip(out) {
+            *o = if self.keep(i) { self.scale } else { 0.0 };
+        }
+    }
 }
 
 /// Shape of one fused attention call.
@@ -1268,6 +1282,33 @@ mod tests {
             }
         }
         assert_eq!(FusedDropout::new(1, 1, 1.0).scale, 0.0);
+    }
+
+    #[test]
+    fn multipliers_match_keep_in_every_build() {
+        use crate::model::simd::{best, with_simd, Simd};
+        let d = FusedDropout::new(11, 3, 0.3);
+        for level in [Simd::Portable, Simd::Avx2, Simd::Avx512]
+            .into_iter()
+            .filter(|&l| l <= best())
+        {
+            for (idx0, n) in [
+                (0u64, 0usize),
+                (0, 1),
+                (5, 15),
+                (7, 16),
+                (1 << 33, 17),
+                (3, 300),
+            ] {
+                let mut got = vec![f32::NAN; n + 1];
+                with_simd(level, || d.multipliers(idx0, &mut got[..n]));
+                for (i, g) in (idx0..).zip(&got[..n]) {
+                    let want = if d.keep(i) { d.scale } else { 0.0 };
+                    assert_eq!(g.to_bits(), want.to_bits(), "{level:?} index {i}");
+                }
+                assert!(got[n].is_nan(), "{level:?} wrote past the slice");
+            }
+        }
     }
 
     #[test]

@@ -113,6 +113,21 @@ impl KeepBits {
     }
 }
 
+/// [`FusedDropout::multipliers`]: `scale` or 0 for the flat indices from `idx0`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/DQ.
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")]
+pub unsafe fn multipliers(d: &FusedDropout, idx0: u64, out: &mut [f32]) {
+    let keep = KeepBits::new(d);
+    let scale = _mm512_set1_ps(d.scale);
+    for (c, chunk) in out.chunks_mut(LANES).enumerate() {
+        let kept = keep.mask(idx0 + (c * LANES) as u64);
+        let m = _mm512_maskz_mov_ps(kept, scale);
+        _mm512_mask_storeu_ps(chunk.as_mut_ptr(), lanes_below(chunk.len()), m);
+    }
+}
+
 /// Load of 16 lanes at `p` (unaligned).
 #[inline(always)]
 unsafe fn load(p: &[f32], at: usize) -> __m512 {

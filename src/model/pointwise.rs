@@ -49,22 +49,50 @@ pub(crate) fn with_f32<R>(
     f(&v)
 }
 
-/// The multiplier of flat element `i` under `d`: `1/(1-p)` if kept, else 0 (exactly the
-/// value of [`super::ctx::Ctx::dropout_mask`]).
-#[inline]
-pub(crate) fn mask_value(d: &FusedDropout, i: usize) -> f32 {
-    if d.keep(i as u64) {
-        d.scale
-    } else {
-        0.0
+/// Block of dropout multipliers [`Multipliers`] makes at a time.
+const MASK_BLOCK: usize = 256;
+
+/// The dropout multipliers of the flat indices `i0, i0 + 1, …` (endless): `1/(1-p)` if
+/// kept, else 0, exactly the values of [`super::ctx::Ctx::dropout_mask`]; made
+/// [`MASK_BLOCK`] at a time by the vectorised [`FusedDropout::multipliers`].
+pub(crate) struct Multipliers<'a> {
+    d: &'a FusedDropout,
+    next: u64,
+    buf: [f32; MASK_BLOCK],
+    pos: usize,
+}
+
+impl Iterator for Multipliers<'_> {
+    type Item = f32;
+
+    #[inline]
+    fn next(&mut self) -> Option<f32> {
+        if self.pos == MASK_BLOCK {
+            self.d.multipliers(self.next, &mut self.buf);
+            self.next += MASK_BLOCK as u64;
+            self.pos = 0;
+        }
+        let m = self.buf[self.pos];
+        self.pos += 1;
+        Some(m)
+    }
+}
+
+/// [`Multipliers`] from flat index `i0`.
+pub(crate) fn multipliers(d: &FusedDropout, i0: usize) -> Multipliers<'_> {
+    Multipliers {
+        d,
+        next: i0 as u64,
+        buf: [0.0; MASK_BLOCK],
+        pos: MASK_BLOCK,
     }
 }
 
 /// `out[i] = g[i] · m_i` (the dropout's backward, and its forward).
 fn apply_mask(d: &FusedDropout, g: &[f32]) -> Vec<f32> {
     fill(g.len(), |i0, out| {
-        for ((i, o), g) in (i0..).zip(out.iter_mut()).zip(&g[i0..]) {
-            *o = *g * mask_value(d, i);
+        for ((o, g), m) in out.iter_mut().zip(&g[i0..]).zip(multipliers(d, i0)) {
+            *o = *g * m;
         }
     })
 }
@@ -104,10 +132,12 @@ impl CustomOp1 for ReluDropout {
         let x = f32_slice(s, l, "relu-dropout")?;
         let relu = |x: f32| x * if x > 0.0 { 1.0 } else { 0.0 };
         let out = fill(x.len(), |i0, out| {
-            let src = (i0..).zip(out.iter_mut()).zip(&x[i0..]);
+            let src = out.iter_mut().zip(&x[i0..]);
             match &self.0 {
-                Some(d) => src.for_each(|((i, o), x)| *o = relu(*x) * mask_value(d, i)),
-                None => src.for_each(|((_, o), x)| *o = relu(*x)),
+                Some(d) => src
+                    .zip(multipliers(d, i0))
+                    .for_each(|((o, x), m)| *o = relu(*x) * m),
+                None => src.for_each(|(o, x)| *o = relu(*x)),
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -121,14 +151,12 @@ impl CustomOp1 for ReluDropout {
             with_f32(x, |xv| {
                 let r = |x: f32| if x > 0.0 { 1.0 } else { 0.0 };
                 Ok(fill(g.len(), |i0, out| {
-                    let src = (i0..)
-                        .zip(out.iter_mut())
-                        .zip(g[i0..].iter().zip(&xv[i0..]));
+                    let src = out.iter_mut().zip(g[i0..].iter().zip(&xv[i0..]));
                     match &self.0 {
-                        Some(d) => src.for_each(|((i, o), (g, x))| {
-                            *o = (*g * mask_value(d, i)) * r(*x);
+                        Some(d) => src.zip(multipliers(d, i0)).for_each(|((o, (g, x)), m)| {
+                            *o = (*g * m) * r(*x);
                         }),
-                        None => src.for_each(|((_, o), (g, x))| *o = *g * r(*x)),
+                        None => src.for_each(|(o, (g, x))| *o = *g * r(*x)),
                     }
                 }))
             })
@@ -158,9 +186,9 @@ impl CustomOp2 for ResidualDropout {
             candle_core::bail!("residual-dropout: {} and {} values", r.len(), y.len())
         }
         let out = fill(r.len(), |i0, out| {
-            let src = (i0..).zip(out.iter_mut()).zip(r[i0..].iter().zip(&y[i0..]));
-            for ((i, o), (r, y)) in src {
-                *o = *r + *y * mask_value(&self.0, i);
+            let src = out.iter_mut().zip(r[i0..].iter().zip(&y[i0..]));
+            for ((o, (r, y)), m) in src.zip(multipliers(&self.0, i0)) {
+                *o = *r + *y * m;
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -220,8 +248,8 @@ impl CustomOp1 for Embed {
                 }
             }
             if let Some(d) = &self.drop {
-                for (i, o) in (r0 * e..).zip(out.iter_mut()) {
-                    *o *= mask_value(d, i);
+                for (o, m) in out.iter_mut().zip(multipliers(d, r0 * e)) {
+                    *o *= m;
                 }
             }
         });
@@ -234,12 +262,12 @@ impl CustomOp1 for Embed {
         }
         let dx = with_f32(grad, |g| {
             Ok(fill(g.len(), |i0, out| {
-                let src = (i0..).zip(out.iter_mut()).zip(&g[i0..]);
+                let src = out.iter_mut().zip(&g[i0..]);
                 match &self.drop {
-                    Some(d) => src.for_each(|((i, o), g)| {
-                        *o = (*g * mask_value(d, i)) * self.scale + 0.0;
+                    Some(d) => src.zip(multipliers(d, i0)).for_each(|((o, g), m)| {
+                        *o = (*g * m) * self.scale + 0.0;
                     }),
-                    None => src.for_each(|((_, o), g)| *o = *g * self.scale + 0.0),
+                    None => src.for_each(|(o, g)| *o = *g * self.scale + 0.0),
                 }
             }))
         })?;

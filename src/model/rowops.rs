@@ -10,7 +10,7 @@
 
 use super::fused::FusedDropout;
 use super::par::{col_reduce, fill, fill_rows, for_chunks, for_chunks2, threads_for};
-use super::pointwise::{mask_value, with_f32};
+use super::pointwise::{multipliers, with_f32};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Option<&'a [f32]> {
@@ -385,8 +385,8 @@ impl CustomOp3 for LinearBias {
                     }
                 }
                 if let Some(d) = &drop {
-                    for (i, v) in (r0 * n..).zip(rows.iter_mut()) {
-                        *v *= mask_value(d, i);
+                    for (v, m) in rows.iter_mut().zip(multipliers(d, r0 * n)) {
+                        *v *= m;
                     }
                 }
                 if let Some(s) = scale {
@@ -465,15 +465,25 @@ impl CustomOp3 for LinearBias {
                 with_f32(res, |out| {
                     Ok(fill(g.len(), |i0, dst| {
                         let src = g[i0..i0 + dst.len()].iter().zip(&out[i0..]);
-                        for ((i, d), (g, o)) in (i0..).zip(dst.iter_mut()).zip(src) {
-                            let mut v = *g;
-                            if let Some(dr) = &self.drop {
-                                v *= mask_value(dr, i);
-                            }
+                        let relu = |v: f32, o: f32| {
                             if self.relu {
-                                v *= if *o > 0.0 { 1.0 } else { 0.0 };
+                                v * if o > 0.0 { 1.0 } else { 0.0 }
+                            } else {
+                                v
                             }
-                            *d = v;
+                        };
+                        match &self.drop {
+                            Some(dr) => {
+                                let ms = multipliers(dr, i0);
+                                for ((d, (g, o)), m) in dst.iter_mut().zip(src).zip(ms) {
+                                    *d = relu(*g * m, *o);
+                                }
+                            }
+                            None => {
+                                for (d, (g, o)) in dst.iter_mut().zip(src) {
+                                    *d = relu(*g, *o);
+                                }
+                            }
                         }
                     }))
                 })
