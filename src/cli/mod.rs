@@ -72,7 +72,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// Sets candle's CPU thread count before its pool starts (it reads the environment once).
+/// Sets candle's and rayon's CPU thread counts (and candle's pool spinning) before the
+/// pools start (they read the environment once).
 fn set_threads(n: usize) {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // SAFETY: called at the start of `main`, before any other thread exists.
@@ -81,6 +82,13 @@ fn set_threads(n: usize) {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         // SAFETY: as above.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
+    }
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // candle's own pool (its binary ops) spins 25,000 rounds after each op before
+        // parking, taking a core from the rayon workers that run everything else: park
+        // almost at once instead.
+        // SAFETY: as above.
+        unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "64") };
     }
 }
 
