@@ -29,7 +29,7 @@
 //!   second time with AVX2 + FMA and picked at run time.
 
 use super::ctx::mix64;
-use super::pointwise::f32_slice;
+use super::pointwise::{f32_slice, with_f32};
 use super::simd::{self, Simd};
 use candle_core::utils::get_num_threads;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
@@ -273,21 +273,27 @@ impl CustomOp3 for FusedAttention {
         let (b, h, tq, hd) = q.dims4()?;
         let tk = k.dim(2)?;
         let dims = Dims { b, h, tq, tk, hd };
-        let vec = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
-            t.detach().flatten_all()?.to_vec1::<f32>()
-        };
-        let (qv, kv, vv, ov, gv) = (vec(q)?, vec(k)?, vec(v)?, vec(res)?, vec(grad_res)?);
-        let (dq, dk, dv) = backward_all(
-            get_num_threads(),
-            dims,
-            self.causal_offset,
-            self.dropout,
-            &qv,
-            &kv,
-            &vv,
-            &ov,
-            &gv,
-        );
+        let (dq, dk, dv) = with_f32(q, |qv| {
+            with_f32(k, |kv| {
+                with_f32(v, |vv| {
+                    with_f32(res, |ov| {
+                        with_f32(grad_res, |gv| {
+                            Ok(backward_all(
+                                get_num_threads(),
+                                dims,
+                                self.causal_offset,
+                                self.dropout,
+                                qv,
+                                kv,
+                                vv,
+                                ov,
+                                gv,
+                            ))
+                        })
+                    })
+                })
+            })
+        })?;
         let dev = q.device();
         Ok((
             Some(Tensor::from_vec(dq, q.shape(), dev)?),
@@ -336,9 +342,13 @@ const FAST_HD: [usize; 4] = [4, 5, 8, 10];
 /// `[rows, cols]` row-major to `[cols, stride]` (zero padded to `stride ≥ rows`).
 fn transpose_padded(x: &[f32], rows: usize, cols: usize, stride: usize) -> Vec<f32> {
     let mut t = vec![0f32; cols * stride];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * stride + r] = x[r * cols + c];
+    if rows == 0 || cols == 0 {
+        return t;
+    }
+    // Column-major order: each output row is written contiguously (`cols` is 4–10).
+    for (c, dst) in t.chunks_exact_mut(stride).enumerate() {
+        for (d, src) in dst[..rows].iter_mut().zip(x[c..].iter().step_by(cols)) {
+            *d = *src;
         }
     }
     t
@@ -510,11 +520,17 @@ fn backward_all(
                 dims, causal, drop, t, q, &kt, &vt, o, g, dq, &mut dkt, &mut dvt
             ));
         }
-        for j in 0..tk {
-            for d in 0..hd {
-                dk[j * hd + d] = dkt[d * tkp + j];
-                dv[j * hd + d] = dvt[d * tkp + j];
-            }
+        for d in 0..hd {
+            let rows = dk[d..]
+                .iter_mut()
+                .step_by(hd)
+                .zip(&dkt[d * tkp..d * tkp + tk]);
+            rows.for_each(|(o, x)| *o = *x);
+            let rows = dv[d..]
+                .iter_mut()
+                .step_by(hd)
+                .zip(&dvt[d * tkp..d * tkp + tk]);
+            rows.for_each(|(o, x)| *o = *x);
         }
     });
     (dq, dk, dv)
