@@ -96,7 +96,21 @@ fn set_threads(n: usize) {
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     set_threads(cli.threads);
-    match cli.command {
+    // The job runs on a worker of the rayon pool that the parallel ops use (candle's
+    // matmul, mica's kernels): the thread that issues an op then works on it too, instead
+    // of a third thread waking the pool's workers and sleeping until they finish.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(candle_core::utils::get_num_threads())
+        .thread_name(|i| format!("mica-{i}"))
+        // candle's backward sorts the graph recursively: room for deep graphs.
+        .stack_size(64 << 20)
+        .build()?;
+    pool.install(|| run(cli.command))
+}
+
+/// Runs one subcommand.
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Metrics(args) => metrics::run(&args),
         Command::Train(a) => train::run(&a),
         Command::Eval(a) => eval::run_eval(&a),

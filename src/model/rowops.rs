@@ -11,6 +11,7 @@
 use super::fused::FusedDropout;
 use super::par::{col_reduce, fill, fill_rows, for_chunks, for_chunks2, threads_for};
 use super::pointwise::{multipliers, with_f32};
+use super::simd::{self, simd_dispatch};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Option<&'a [f32]> {
@@ -730,25 +731,51 @@ pub fn linear_bias_from_heads(
     )?))
 }
 
+/// candle's f32 row sum (`VecOps::vec_reduce_sum`, its AVX `vec_sum`) with the same f32
+/// additions in the same order, so it can be inlined: 32-element steps into four 8-lane
+/// sums, those reduced pairwise (`0+1`, `2+3`, then together), the 8 lanes by halves and
+/// two horizontal adds, then the tail one by one.
+#[inline(always)]
+fn candle_row_sum(x: &[f32]) -> f32 {
+    let np = x.len() & !31;
+    let mut acc = [[0f32; 8]; 4];
+    for step in x[..np].chunks_exact(32) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for l in 0..8 {
+                a[l] += step[8 * j + l];
+            }
+        }
+    }
+    let mut s01 = [0f32; 8];
+    let mut s23 = [0f32; 8];
+    for l in 0..8 {
+        s01[l] = acc[0][l] + acc[1][l];
+        s23[l] = acc[2][l] + acc[3][l];
+    }
+    let mut s = [0f32; 8];
+    for l in 0..8 {
+        s[l] = s01[l] + s23[l];
+    }
+    let t: [f32; 4] = std::array::from_fn(|l| s[l] + s[l + 4]);
+    let mut y = (t[0] + t[1]) + (t[2] + t[3]);
+    for v in &x[np..] {
+        y += *v;
+    }
+    y
+}
+
 /// Row statistics of LayerNorm, computed exactly as the composed graph of
-/// [`super::layers::LayerNorm`] does on the CPU: candle's row sum (`VecOps::vec_reduce_sum`),
+/// [`super::layers::LayerNorm`] does on the CPU: candle's row sum ([`candle_row_sum`]),
 /// `mean_keepdim`'s affine `sum · (1/E) + 0`, `x − mean`, its square, the same mean, then
 /// `var · 1 + eps` and `sqrt`. Writes `x − mean` into `xc` and returns the std.
-#[inline]
+#[inline(always)]
 fn ln_row(x: &[f32], xc: &mut [f32], sq: &mut [f32], inv_n: f32, eps: f32) -> f32 {
-    use candle_core::cpu::kernels::VecOps;
-    let mut sum = 0f32;
-    // SAFETY: `x` holds `x.len()` elements and `sum` is a valid f32.
-    unsafe { f32::vec_reduce_sum(x.as_ptr(), &mut sum, x.len()) };
-    let mean = sum * inv_n + 0.0;
+    let mean = candle_row_sum(x) * inv_n + 0.0;
     for ((c, s), x) in xc.iter_mut().zip(sq.iter_mut()).zip(x) {
         *c = *x - mean;
         *s = *c * *c;
     }
-    let mut sum2 = 0f32;
-    // SAFETY: as above, `sq` has `x.len()` elements.
-    unsafe { f32::vec_reduce_sum(sq.as_ptr(), &mut sum2, sq.len()) };
-    let var = sum2 * inv_n + 0.0;
+    let var = candle_row_sum(sq) * inv_n + 0.0;
     (var * 1.0 + eps).sqrt()
 }
 
@@ -758,24 +785,121 @@ fn ln_consts(e: usize, eps: f64) -> (f32, f32) {
     ((1f64 / e as f64) as f32, eps as f32)
 }
 
-/// LayerNorm of the rows of `x` (`w.len()` features each), bit-identical to the composed
-/// ops: `(x − mean) / std · w + b`.
-fn ln_forward_rows(x: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
-    let e = w.len();
-    let (inv_n, eps) = ln_consts(e, eps);
-    if e == 0 {
-        return vec![0f32; x.len()];
-    }
-    fill_rows(x.len(), e, |r0, out| {
-        let mut xc = vec![0f32; e];
-        let mut sq = vec![0f32; e];
-        let x = &x[r0 * e..r0 * e + out.len()];
+/// The LayerNorm row loops, compiled portable and with AVX2 / AVX-512 (see
+/// [`super::simd`]): the same f32 operations in every build (no FMA contraction), so
+/// the values do not depend on the build.
+mod ln_kernels {
+    use super::ln_row;
+
+    /// Rows of `x` (`w.len()` features each) normalised into `out`: `(x − mean) / std · w + b`.
+    #[inline(always)]
+    pub fn forward<const F: bool>(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], k: (f32, f32)) {
+        let e = w.len();
+        let (mut xc, mut sq) = (vec![0f32; e], vec![0f32; e]);
         for (o, xr) in out.chunks_exact_mut(e).zip(x.chunks_exact(e)) {
-            let std = ln_row(xr, &mut xc, &mut sq, inv_n, eps);
+            let std = ln_row(xr, &mut xc, &mut sq, k.0, k.1);
             for c in 0..e {
                 o[c] = (xc[c] / std) * w[c] + b[c];
             }
         }
+    }
+
+    /// LayerNorm's input gradient on rows: `dx = (g' − mean(g') − x̂ mean(g' x̂)) / std`
+    /// with `g' = g ⊙ w` and its row sums in f64 (eight partial sums); the normalised
+    /// rows go to `xn` (`dw` needs them). With `dw` given, `dw += g ⊙ x̂` row by row.
+    #[inline(always)]
+    pub fn backward<const F: bool>(
+        x: &[f32],
+        g: &[f32],
+        w: &[f32],
+        k: (f32, f32),
+        dx: &mut [f32],
+        xn: &mut [f32],
+        mut dw: Option<&mut [f32]>,
+    ) {
+        let e = w.len();
+        let (mut xc, mut sq, mut gw) = (vec![0f32; e], vec![0f32; e], vec![0f32; e]);
+        let rows = dx
+            .chunks_exact_mut(e)
+            .zip(g.chunks_exact(e))
+            .zip(x.chunks_exact(e));
+        // One normalised row at a time when `xn` is a single row (the serial path).
+        let per_row = xn.len() == e;
+        for (r, ((dxr, gr), xr)) in rows.enumerate() {
+            let xn = if per_row {
+                &mut xn[..]
+            } else {
+                &mut xn[r * e..(r + 1) * e]
+            };
+            let std = ln_row(xr, &mut xc, &mut sq, k.0, k.1);
+            let (mut a1, mut a2) = ([0f64; 8], [0f64; 8]);
+            for c in 0..e {
+                xn[c] = xc[c] / std;
+                gw[c] = gr[c] * w[c];
+            }
+            for ((gw, xn), l) in gw.iter().zip(xn.iter()).zip((0..8).cycle()) {
+                a1[l] += *gw as f64;
+                a2[l] += *gw as f64 * *xn as f64;
+            }
+            if let Some(dw) = dw.as_deref_mut() {
+                for c in 0..e {
+                    dw[c] += gr[c] * xn[c];
+                }
+            }
+            let (s1, s2): (f64, f64) = (a1.iter().sum(), a2.iter().sum());
+            let (m1, m2) = (s1 / e as f64, s2 / e as f64);
+            let rstd = 1.0 / std as f64;
+            for c in 0..e {
+                dxr[c] = ((gw[c] as f64 - m1 - xn[c] as f64 * m2) * rstd) as f32;
+            }
+        }
+    }
+
+    macro_rules! builds {
+        ($($module:ident: $features:literal),*) => {$(
+            /// The row loops in this build.
+            #[cfg(target_arch = "x86_64")]
+            pub mod $module {
+                /// [`super::forward`] in this build.
+                #[target_feature(enable = $features)]
+                pub fn forward(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], k: (f32, f32)) {
+                    super::forward::<true>(x, out, w, b, k)
+                }
+
+                /// [`super::backward`] in this build.
+                #[target_feature(enable = $features)]
+                pub fn backward(
+                    x: &[f32],
+                    g: &[f32],
+                    w: &[f32],
+                    k: (f32, f32),
+                    dx: &mut [f32],
+                    xn: &mut [f32],
+                    dw: Option<&mut [f32]>,
+                ) {
+                    super::backward::<true>(x, g, w, k, dx, xn, dw)
+                }
+            }
+        )*};
+    }
+    builds!(
+        avx2: "avx2,fma",
+        avx512: "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"
+    );
+}
+
+/// LayerNorm of the rows of `x` (`w.len()` features each), bit-identical to the composed
+/// ops: `(x − mean) / std · w + b`.
+fn ln_forward_rows(x: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
+    let e = w.len();
+    let k = ln_consts(e, eps);
+    if e == 0 {
+        return vec![0f32; x.len()];
+    }
+    let level = simd::current();
+    fill_rows(x.len(), e, |r0, out| {
+        let x = &x[r0 * e..r0 * e + out.len()];
+        simd_dispatch!(level, ln_kernels, forward(x, out, w, b, k))
     })
 }
 
@@ -785,67 +909,30 @@ fn ln_forward_rows(x: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
 /// with `g' = g ⊙ w`, its row sums in f64.
 fn ln_backward_rows(x: &[f32], g: &[f32], w: &[f32], eps: f64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let e = w.len();
-    let (inv_n, eps) = ln_consts(e, eps);
+    let k = ln_consts(e, eps);
     let mut dx = vec![0f32; x.len()];
     if e == 0 {
         return (dx, vec![], vec![]);
     }
+    let level = simd::current();
     let threads = threads_for(x.len());
     if threads <= 1 {
         // One pass, `dw` accumulated row by row (the same sums as the split path's).
         let mut dw = vec![0f32; e];
-        let (mut xc, mut sq, mut xn, mut gw) =
-            (vec![0f32; e], vec![0f32; e], vec![0f32; e], vec![0f32; e]);
-        for ((dxr, gr), xr) in dx
-            .chunks_exact_mut(e)
-            .zip(g.chunks_exact(e))
-            .zip(x.chunks_exact(e))
-        {
-            let std = ln_row(xr, &mut xc, &mut sq, inv_n, eps);
-            let (mut s1, mut s2) = (0f64, 0f64);
-            for c in 0..e {
-                xn[c] = xc[c] / std;
-                dw[c] += gr[c] * xn[c];
-                gw[c] = gr[c] * w[c];
-                s1 += gw[c] as f64;
-                s2 += gw[c] as f64 * xn[c] as f64;
-            }
-            let (m1, m2) = (s1 / e as f64, s2 / e as f64);
-            let rstd = 1.0 / std as f64;
-            for c in 0..e {
-                dxr[c] = ((gw[c] as f64 - m1 - xn[c] as f64 * m2) * rstd) as f32;
-            }
-        }
+        let mut xn = vec![0f32; e];
+        simd_dispatch!(
+            level,
+            ln_kernels,
+            backward(x, g, w, k, &mut dx, &mut xn, Some(&mut dw))
+        );
         return (dx, dw, col_sums(g, e));
     }
     // Row-wise: `dx` and the normalised rows `x̂` (kept for `dw`), one chunk of rows per
     // thread.
     let mut xn = vec![0f32; x.len()];
     for_chunks2(threads, &mut dx, e, &mut xn, e, |r0, dx, xn| {
-        let mut xc = vec![0f32; e];
-        let mut sq = vec![0f32; e];
-        let mut gw = vec![0f32; e];
         let (x, g) = (&x[r0 * e..r0 * e + dx.len()], &g[r0 * e..r0 * e + dx.len()]);
-        for (((dxr, xn), gr), xr) in dx
-            .chunks_exact_mut(e)
-            .zip(xn.chunks_exact_mut(e))
-            .zip(g.chunks_exact(e))
-            .zip(x.chunks_exact(e))
-        {
-            let std = ln_row(xr, &mut xc, &mut sq, inv_n, eps);
-            let (mut s1, mut s2) = (0f64, 0f64);
-            for c in 0..e {
-                xn[c] = xc[c] / std;
-                gw[c] = gr[c] * w[c];
-                s1 += gw[c] as f64;
-                s2 += gw[c] as f64 * xn[c] as f64;
-            }
-            let (m1, m2) = (s1 / e as f64, s2 / e as f64);
-            let rstd = 1.0 / std as f64;
-            for c in 0..e {
-                dxr[c] = ((gw[c] as f64 - m1 - xn[c] as f64 * m2) * rstd) as f32;
-            }
-        }
+        simd_dispatch!(level, ln_kernels, backward(x, g, w, k, dx, xn, None))
     });
     // `dw[c] += g[r, c] · x̂[r, c]` over the rows in order, split over columns.
     let dw = col_dot(g, &xn, e);
@@ -1372,6 +1459,19 @@ mod tests {
             eps: 1e-5,
         };
         (x, w, b, up, ln)
+    }
+
+    #[test]
+    fn row_sum_is_candles_bit_for_bit() {
+        use candle_core::cpu::kernels::VecOps;
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for n in (0..100).chain([160, 320, 333]) {
+            let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+            let mut want = 0f32;
+            // SAFETY: `x` holds `n` values.
+            unsafe { f32::vec_reduce_sum(x.as_ptr(), &mut want, n) };
+            assert_eq!(candle_row_sum(&x).to_bits(), want.to_bits(), "length {n}");
+        }
     }
 
     #[test]
