@@ -5,6 +5,7 @@ pub mod config;
 pub mod ctx;
 pub mod encoder;
 pub mod fused;
+pub mod gemm;
 pub mod import;
 pub mod layers;
 pub mod lstm;
