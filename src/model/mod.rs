@@ -7,6 +7,7 @@ pub mod encoder;
 pub mod fused;
 #[cfg(target_arch = "x86_64")]
 pub mod fused_avx512;
+pub mod gemm;
 pub mod import;
 pub mod layers;
 pub mod lstm;

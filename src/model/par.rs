@@ -104,6 +104,17 @@ pub(crate) fn for_chunks2<A: Send, B: Send>(
     run(items, |(u0, ca, cb)| f(u0, ca, cb));
 }
 
+/// `n` zeros, written by `threads` threads when more than one (rayon's pool): a large
+/// buffer about to be filled in parallel is not first cleared by one thread alone.
+pub(crate) fn zeros(threads: usize, n: usize) -> Vec<f32> {
+    if threads <= 1 {
+        return vec![0f32; n];
+    }
+    let mut v = Vec::with_capacity(n);
+    v.par_extend(rayon::iter::repeat_n(0f32, n));
+    v
+}
+
 /// A new `n`-element buffer, `f(first, chunk)` filling each chunk of it (split over
 /// threads for large `n`): `f` gets flat offsets (unit 1).
 pub(crate) fn fill(n: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
