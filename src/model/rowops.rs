@@ -852,8 +852,8 @@ mod ln_kernels {
         let (mut xc, mut sq) = (vec![0f32; e], vec![0f32; e]);
         for (o, xr) in out.chunks_exact_mut(e).zip(x.chunks_exact(e)) {
             let std = ln_row(xr, &mut xc, &mut sq, k.0, k.1);
-            for c in 0..e {
-                o[c] = (xc[c] / std) * w[c] + b[c];
+            for (((o, xc), w), b) in o.iter_mut().zip(&xc).zip(w).zip(b) {
+                *o = (*xc / std) * *w + *b;
             }
         }
     }
@@ -887,24 +887,36 @@ mod ln_kernels {
             };
             let std = ln_row(xr, &mut xc, &mut sq, k.0, k.1);
             let (mut a1, mut a2) = ([0f64; 8], [0f64; 8]);
-            for c in 0..e {
-                xn[c] = xc[c] / std;
-                gw[c] = gr[c] * w[c];
+            for (((xn, gw), (xc, g)), w) in xn
+                .iter_mut()
+                .zip(gw.iter_mut())
+                .zip(xc.iter().zip(gr))
+                .zip(w)
+            {
+                *xn = *xc / std;
+                *gw = *g * *w;
             }
-            for ((gw, xn), l) in gw.iter().zip(xn.iter()).zip((0..8).cycle()) {
-                a1[l] += *gw as f64;
-                a2[l] += *gw as f64 * *xn as f64;
+            let (mut cg, mut cx) = (gw.chunks_exact(8), xn.chunks_exact(8));
+            for (g8, x8) in cg.by_ref().zip(cx.by_ref()) {
+                for l in 0..8 {
+                    a1[l] += g8[l] as f64;
+                    a2[l] += g8[l] as f64 * x8[l] as f64;
+                }
+            }
+            for (l, (g, x)) in cg.remainder().iter().zip(cx.remainder()).enumerate() {
+                a1[l] += *g as f64;
+                a2[l] += *g as f64 * *x as f64;
             }
             if let Some(dw) = dw.as_deref_mut() {
-                for c in 0..e {
-                    dw[c] += gr[c] * xn[c];
+                for ((dw, g), xn) in dw.iter_mut().zip(gr).zip(xn.iter()) {
+                    *dw += *g * *xn;
                 }
             }
             let (s1, s2): (f64, f64) = (a1.iter().sum(), a2.iter().sum());
             let (m1, m2) = (s1 / e as f64, s2 / e as f64);
             let rstd = 1.0 / std as f64;
-            for c in 0..e {
-                dxr[c] = ((gw[c] as f64 - m1 - xn[c] as f64 * m2) * rstd) as f32;
+            for ((dx, gw), xn) in dxr.iter_mut().zip(&gw).zip(xn.iter()) {
+                *dx = ((*gw as f64 - m1 - *xn as f64 * m2) * rstd) as f32;
             }
         }
     }
