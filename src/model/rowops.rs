@@ -245,6 +245,26 @@ fn packed_dims(shape: &Shape) -> candle_core::Result<(usize, usize, usize, usize
     Ok((b, h, t, hd1 - 1))
 }
 
+/// `dst.copy_from_slice(src)` for one head's few values: fixed-size moves for the usual
+/// head widths instead of a `memcpy` call per head (the layout shuffles copy one head
+/// at a time).
+#[inline(always)]
+fn copy_head(dst: &mut [f32], src: &[f32]) {
+    #[inline(always)]
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
+        let d: &mut [f32; N] = dst.try_into().unwrap();
+        *d = src.try_into().unwrap();
+    }
+    match dst.len() {
+        4 => fixed::<4>(dst, src),
+        5 => fixed::<5>(dst, src),
+        8 => fixed::<8>(dst, src),
+        10 => fixed::<10>(dst, src),
+        16 => fixed::<16>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
+}
+
 /// Heads of a packed `[B, h, T, hd + 1]` buffer merged into rows `[B·T, h·hd]`.
 fn merge_heads(x: &[f32], (b, h, t, hd): (usize, usize, usize, usize)) -> Vec<f32> {
     let n = h * hd;
@@ -257,7 +277,7 @@ fn merge_heads(x: &[f32], (b, h, t, hd): (usize, usize, usize, usize)) -> Vec<f3
             let (bi, ti) = (r / t, r % t);
             for hi in 0..h {
                 let src = ((bi * h + hi) * t + ti) * (hd + 1);
-                row[hi * hd..(hi + 1) * hd].copy_from_slice(&x[src..src + hd]);
+                copy_head(&mut row[hi * hd..(hi + 1) * hd], &x[src..src + hd]);
             }
         }
     })
@@ -276,7 +296,7 @@ fn unmerge_heads(y: &[f32], (b, h, t, hd): (usize, usize, usize, usize)) -> Vec<
             for ti in 0..t {
                 let dst = ti * (hd + 1);
                 let src = (bi * t + ti) * h * hd + hi * hd;
-                blk[dst..dst + hd].copy_from_slice(&y[src..src + hd]);
+                copy_head(&mut blk[dst..dst + hd], &y[src..src + hd]);
             }
         }
     })
@@ -463,7 +483,7 @@ impl CustomOp3 for LinearBias {
                         let (bi, hi) = (u / heads, u % heads);
                         for ti in 0..t {
                             let src = (bi * t + ti) * n + hi * hd;
-                            blk[ti * hd..(ti + 1) * hd].copy_from_slice(&y[src..src + hd]);
+                            copy_head(&mut blk[ti * hd..(ti + 1) * hd], &y[src..src + hd]);
                         }
                     }
                 });
@@ -497,7 +517,7 @@ impl CustomOp3 for LinearBias {
                                 let (bi, ti) = (r / t, r % t);
                                 for hi in 0..h {
                                     let src = ((bi * h + hi) * t + ti) * hd;
-                                    row[hi * hd..(hi + 1) * hd].copy_from_slice(&gv[src..src + hd]);
+                                    copy_head(&mut row[hi * hd..(hi + 1) * hd], &gv[src..src + hd]);
                                 }
                             }
                             if let Some(s) = scale {
