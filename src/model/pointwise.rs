@@ -49,51 +49,35 @@ pub(crate) fn with_f32<R>(
     f(&v)
 }
 
-/// Block of dropout multipliers [`Multipliers`] makes at a time.
+/// Block of dropout multipliers [`mask_blocks`] makes at a time.
 const MASK_BLOCK: usize = 256;
 
-/// The dropout multipliers of the flat indices `i0, i0 + 1, …` (endless): `1/(1-p)` if
-/// kept, else 0, exactly the values of [`super::ctx::Ctx::dropout_mask`]; made
-/// [`MASK_BLOCK`] at a time by the vectorised [`FusedDropout::multipliers`].
-pub(crate) struct Multipliers<'a> {
-    d: &'a FusedDropout,
-    next: u64,
-    buf: [f32; MASK_BLOCK],
-    pos: usize,
-}
-
-impl Iterator for Multipliers<'_> {
-    type Item = f32;
-
-    #[inline]
-    fn next(&mut self) -> Option<f32> {
-        if self.pos == MASK_BLOCK {
-            self.d.multipliers(self.next, &mut self.buf);
-            self.next += MASK_BLOCK as u64;
-            self.pos = 0;
-        }
-        let m = self.buf[self.pos];
-        self.pos += 1;
-        Some(m)
-    }
-}
-
-/// [`Multipliers`] from flat index `i0`.
-pub(crate) fn multipliers(d: &FusedDropout, i0: usize) -> Multipliers<'_> {
-    Multipliers {
-        d,
-        next: i0 as u64,
-        buf: [0.0; MASK_BLOCK],
-        pos: MASK_BLOCK,
+/// Calls `f(o0, m)` on consecutive blocks covering `0..n`: `m` holds the dropout
+/// multipliers (`1/(1-p)` if kept, else 0: exactly the values of
+/// [`super::ctx::Ctx::dropout_mask`]) of the flat indices `i0 + o0 ..`, made
+/// [`MASK_BLOCK`] at a time by the vectorised [`FusedDropout::multipliers`], so that the
+/// caller's loop over a block vectorises too.
+pub(crate) fn mask_blocks(d: &FusedDropout, i0: usize, n: usize, mut f: impl FnMut(usize, &[f32])) {
+    let mut buf = [0f32; MASK_BLOCK];
+    let mut o0 = 0;
+    while o0 < n {
+        let len = MASK_BLOCK.min(n - o0);
+        d.multipliers((i0 + o0) as u64, &mut buf[..len]);
+        f(o0, &buf[..len]);
+        o0 += len;
     }
 }
 
 /// `out[i] = g[i] · m_i` (the dropout's backward, and its forward).
 fn apply_mask(d: &FusedDropout, g: &[f32]) -> Vec<f32> {
     fill(g.len(), |i0, out| {
-        for ((o, g), m) in out.iter_mut().zip(&g[i0..]).zip(multipliers(d, i0)) {
-            *o = *g * m;
-        }
+        let g = &g[i0..i0 + out.len()];
+        mask_blocks(d, i0, out.len(), |o0, m| {
+            let o = &mut out[o0..o0 + m.len()];
+            for ((o, g), m) in o.iter_mut().zip(&g[o0..]).zip(m) {
+                *o = *g * *m;
+            }
+        });
     })
 }
 
@@ -132,12 +116,15 @@ impl CustomOp1 for ReluDropout {
         let x = f32_slice(s, l, "relu-dropout")?;
         let relu = |x: f32| x * if x > 0.0 { 1.0 } else { 0.0 };
         let out = fill(x.len(), |i0, out| {
-            let src = out.iter_mut().zip(&x[i0..]);
+            let x = &x[i0..i0 + out.len()];
             match &self.0 {
-                Some(d) => src
-                    .zip(multipliers(d, i0))
-                    .for_each(|((o, x), m)| *o = relu(*x) * m),
-                None => src.for_each(|(o, x)| *o = relu(*x)),
+                Some(d) => mask_blocks(d, i0, out.len(), |o0, m| {
+                    let o = &mut out[o0..o0 + m.len()];
+                    for ((o, x), m) in o.iter_mut().zip(&x[o0..]).zip(m) {
+                        *o = relu(*x) * *m;
+                    }
+                }),
+                None => out.iter_mut().zip(x).for_each(|(o, x)| *o = relu(*x)),
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -151,12 +138,19 @@ impl CustomOp1 for ReluDropout {
             with_f32(x, |xv| {
                 let r = |x: f32| if x > 0.0 { 1.0 } else { 0.0 };
                 Ok(fill(g.len(), |i0, out| {
-                    let src = out.iter_mut().zip(g[i0..].iter().zip(&xv[i0..]));
+                    let (g, xv) = (&g[i0..i0 + out.len()], &xv[i0..i0 + out.len()]);
                     match &self.0 {
-                        Some(d) => src.zip(multipliers(d, i0)).for_each(|((o, (g, x)), m)| {
-                            *o = (*g * m) * r(*x);
+                        Some(d) => mask_blocks(d, i0, out.len(), |o0, m| {
+                            let o = &mut out[o0..o0 + m.len()];
+                            let src = g[o0..].iter().zip(&xv[o0..]);
+                            for ((o, (g, x)), m) in o.iter_mut().zip(src).zip(m) {
+                                *o = (*g * *m) * r(*x);
+                            }
                         }),
-                        None => src.for_each(|(o, (g, x))| *o = *g * r(*x)),
+                        None => {
+                            let src = out.iter_mut().zip(g.iter().zip(xv));
+                            src.for_each(|(o, (g, x))| *o = *g * r(*x));
+                        }
                     }
                 }))
             })
@@ -186,10 +180,13 @@ impl CustomOp2 for ResidualDropout {
             candle_core::bail!("residual-dropout: {} and {} values", r.len(), y.len())
         }
         let out = fill(r.len(), |i0, out| {
-            let src = out.iter_mut().zip(r[i0..].iter().zip(&y[i0..]));
-            for ((o, (r, y)), m) in src.zip(multipliers(&self.0, i0)) {
-                *o = *r + *y * m;
-            }
+            let (r, y) = (&r[i0..i0 + out.len()], &y[i0..i0 + out.len()]);
+            mask_blocks(&self.0, i0, out.len(), |o0, m| {
+                let o = &mut out[o0..o0 + m.len()];
+                for ((o, (r, y)), m) in o.iter_mut().zip(r[o0..].iter().zip(&y[o0..])).zip(m) {
+                    *o = *r + *y * *m;
+                }
+            });
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -248,9 +245,11 @@ impl CustomOp1 for Embed {
                 }
             }
             if let Some(d) = &self.drop {
-                for (o, m) in out.iter_mut().zip(multipliers(d, r0 * e)) {
-                    *o *= m;
-                }
+                mask_blocks(d, r0 * e, out.len(), |o0, m| {
+                    for (o, m) in out[o0..o0 + m.len()].iter_mut().zip(m) {
+                        *o *= *m;
+                    }
+                });
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -262,12 +261,18 @@ impl CustomOp1 for Embed {
         }
         let dx = with_f32(grad, |g| {
             Ok(fill(g.len(), |i0, out| {
-                let src = out.iter_mut().zip(&g[i0..]);
+                let g = &g[i0..i0 + out.len()];
                 match &self.drop {
-                    Some(d) => src.zip(multipliers(d, i0)).for_each(|((o, g), m)| {
-                        *o = (*g * m) * self.scale + 0.0;
+                    Some(d) => mask_blocks(d, i0, out.len(), |o0, m| {
+                        let o = &mut out[o0..o0 + m.len()];
+                        for ((o, g), m) in o.iter_mut().zip(&g[o0..]).zip(m) {
+                            *o = (*g * *m) * self.scale + 0.0;
+                        }
                     }),
-                    None => src.for_each(|(o, g)| *o = *g * self.scale + 0.0),
+                    None => out
+                        .iter_mut()
+                        .zip(g)
+                        .for_each(|(o, g)| *o = *g * self.scale + 0.0),
                 }
             }))
         })?;

@@ -11,7 +11,7 @@
 use super::fused::FusedDropout;
 use super::gemm;
 use super::par::{col_reduce, fill, fill_rows, for_chunks, for_chunks2, threads_for};
-use super::pointwise::{multipliers, with_f32};
+use super::pointwise::{mask_blocks, with_f32};
 use super::simd::{self, simd_dispatch, Simd};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
@@ -458,9 +458,11 @@ impl CustomOp3 for LinearBias {
                 }
             }
             if let Some(d) = &drop {
-                for (v, m) in rows.iter_mut().zip(multipliers(d, r0 * n)) {
-                    *v *= m;
-                }
+                mask_blocks(d, r0 * n, rows.len(), |o0, m| {
+                    for (v, m) in rows[o0..o0 + m.len()].iter_mut().zip(m) {
+                        *v *= *m;
+                    }
+                });
             }
             if let Some(s) = scale {
                 for v in rows.iter_mut() {
@@ -547,10 +549,14 @@ impl CustomOp3 for LinearBias {
                         };
                         match &self.drop {
                             Some(dr) => {
-                                let ms = multipliers(dr, i0);
-                                for ((d, (g, o)), m) in dst.iter_mut().zip(src).zip(ms) {
-                                    *d = relu(*g * m, *o);
-                                }
+                                let (g, out) = (&g[i0..i0 + dst.len()], &out[i0..i0 + dst.len()]);
+                                mask_blocks(dr, i0, dst.len(), |o0, m| {
+                                    let d = &mut dst[o0..o0 + m.len()];
+                                    let src = g[o0..].iter().zip(&out[o0..]);
+                                    for ((d, (g, o)), m) in d.iter_mut().zip(src).zip(m) {
+                                        *d = relu(*g * *m, *o);
+                                    }
+                                });
                             }
                             None => {
                                 for (d, (g, o)) in dst.iter_mut().zip(src) {
