@@ -254,16 +254,22 @@ fn threshold(t: &TaskIn, probs: &[f32]) -> f32 {
         above += c;
         bin -= 1; // k ≤ eligible, so the loop stops at or before key 1.
     }
-    let mut inside: Vec<f32> = Vec::with_capacity(count(bin));
+    // The values of that bin, gathered branch-free: every value is written at the next
+    // free slot, which only advances past a match (the bin's count is known, plus one
+    // slot for the writes after the last match).
+    let n_in = count(bin);
+    let mut inside = vec![0f32; n_in + 1];
+    let mut n = 0usize;
     for i in (0..tq).filter(|&i| t.vq[i]) {
         let row = &probs[i * tk..(i + 1) * tk];
         keys(row, &mut key);
         for (&kk, &p) in key.iter().zip(row) {
-            if kk as usize == bin {
-                inside.push(p);
-            }
+            inside[n.min(n_in)] = p;
+            n += (kk as usize == bin) as usize;
         }
     }
+    debug_assert_eq!(n, n_in);
+    inside.truncate(n_in);
     // (k − above)-th largest inside the bin = index len − (k − above) ascending.
     let idx = inside.len() - (k - above);
     let (_, g, _) = inside.select_nth_unstable_by(idx, |a, b| a.total_cmp(b));
@@ -346,12 +352,11 @@ fn sweep(
             *m = if p >= gamma { vq * v } else { 0.0 };
         }
         if let Some(prev) = t.prev {
-            for (w, &word) in prev[i * words..(i + 1) * words].iter().enumerate() {
-                let mut x = word;
-                while x != 0 {
-                    let j = w * 64 + x.trailing_zeros() as usize;
-                    row[j] = 1.0;
-                    x &= x - 1;
+            // `row[j] = 1` where the previous layer's mask has bit j (branch-free, so it
+            // vectorises: the propagated masks are dense).
+            for (chunk, &word) in row.chunks_mut(64).zip(&prev[i * words..(i + 1) * words]) {
+                for (b, m) in chunk.iter_mut().enumerate() {
+                    *m = if (word >> b) & 1 != 0 { 1.0 } else { *m };
                 }
             }
         }
