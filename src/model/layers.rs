@@ -209,12 +209,8 @@ impl Conv1d {
             let w = self.weight.reshape((dout, din))?;
             return linear(x, &w, None);
         }
-        let tout = t - k + 1;
         // Unfold: [B, T', k * D_in] with tap-major order, matching weight [d, k, D_in].
-        let taps: Vec<Tensor> = (0..k)
-            .map(|j| x.narrow(1, j, tout))
-            .collect::<candle_core::Result<_>>()?;
-        let unfolded = Tensor::cat(&taps, 2)?;
+        let unfolded = unfold(x, k)?;
         let w = self
             .weight
             .transpose(1, 2)?
@@ -222,6 +218,32 @@ impl Conv1d {
             .reshape((dout, k * din))?;
         linear(&unfolded, &w, None)
     }
+}
+
+/// `[B, T, D]` → `[B, T − k + 1, k·D]`: row `t` holds input rows `t..t + k` one after the
+/// other. On a contiguous f32 CPU tensor without gradient (the data a front end reads)
+/// those `k` rows are already adjacent, so each output row is one copy; otherwise the
+/// shifted views are concatenated.
+fn unfold(x: &Tensor, k: usize) -> Result<Tensor> {
+    let (b, t, d) = x.dims3()?;
+    let tout = t - k + 1;
+    if !x.track_op() && super::pointwise::applies(&[x]) && x.is_contiguous() {
+        let rows = super::pointwise::with_f32(x, |v| {
+            let mut out = Vec::with_capacity(b * tout * k * d);
+            for bi in 0..b {
+                for ti in 0..tout {
+                    let at = (bi * t + ti) * d;
+                    out.extend_from_slice(&v[at..at + k * d]);
+                }
+            }
+            Ok(out)
+        })?;
+        return Ok(Tensor::from_vec(rows, (b, tout, k * d), x.device())?);
+    }
+    let taps: Vec<Tensor> = (0..k)
+        .map(|j| x.narrow(1, j, tout))
+        .collect::<candle_core::Result<_>>()?;
+    Ok(Tensor::cat(&taps, 2)?)
 }
 
 /// ReLU whose gradient is 0 at exactly 0, as PyTorch's (candle's own `relu` passes the
@@ -308,4 +330,38 @@ pub fn causal_offset_mask(tq: usize, tk: usize, device: &Device) -> Result<Tenso
 #[inline]
 pub fn causal_offset_allows(i: usize, j: usize, tq: usize, tk: usize) -> bool {
     j <= i + tq.abs_diff(tk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unfold_copies_equal_the_shifted_views() {
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::arange(0f32, 42.0, &dev)
+            .unwrap()
+            .reshape((2, 7, 3))
+            .unwrap();
+        for k in [1, 2, 3, 7] {
+            let fast = unfold(&x, k).unwrap();
+            let taps: Vec<Tensor> = (0..k).map(|j| x.narrow(1, j, 8 - k).unwrap()).collect();
+            let want = Tensor::cat(&taps, 2).unwrap();
+            assert_eq!(fast.dims(), want.dims(), "k {k}");
+            let a: Vec<f32> = fast.flatten_all().unwrap().to_vec1().unwrap();
+            let b: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(a, b, "k {k}");
+        }
+        // A tracked input takes the composed path (same values).
+        let v = candle_core::Var::from_tensor(&x).unwrap();
+        let slow = unfold(v.as_tensor(), 3).unwrap();
+        let a: Vec<f32> = slow.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = unfold(&x, 3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(a, b);
+    }
 }
