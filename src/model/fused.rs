@@ -339,8 +339,24 @@ pub(crate) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// generic kernels.
 const FAST_HD: [usize; 4] = [4, 5, 8, 10];
 
+/// Calls `$f::<HD>($args)` for the head widths of [`FAST_HD`].
+macro_rules! by_hd {
+    ($hd:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
+        match $hd {
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            8 => $f::<8>($($arg),*),
+            10 => $f::<10>($($arg),*),
+            other => unreachable!("no chunk-major build for head width {other}"),
+        }
+    };
+}
+
 /// `[rows, cols]` row-major to `[cols, stride]` (zero padded to `stride ≥ rows`).
 fn transpose_padded(x: &[f32], rows: usize, cols: usize, stride: usize) -> Vec<f32> {
+    if FAST_HD.contains(&cols) && stride % 16 == 0 && stride >= rows {
+        return by_hd!(cols, transpose_padded_hd(x, rows, stride));
+    }
     let mut t = vec![0f32; cols * stride];
     if rows == 0 || cols == 0 {
         return t;
@@ -354,17 +370,25 @@ fn transpose_padded(x: &[f32], rows: usize, cols: usize, stride: usize) -> Vec<f
     t
 }
 
-/// Calls `$f::<HD>($args)` for the head widths of [`FAST_HD`].
-macro_rules! by_hd {
-    ($hd:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
-        match $hd {
-            4 => $f::<4>($($arg),*),
-            5 => $f::<5>($($arg),*),
-            8 => $f::<8>($($arg),*),
-            10 => $f::<10>($($arg),*),
-            other => unreachable!("no chunk-major build for head width {other}"),
+/// [`transpose_padded`] for a head width `HD` of [`FAST_HD`] (`stride` a multiple of 16):
+/// 16 rows at a time through a `[HD][16]` block, so every output store is 16 wide.
+fn transpose_padded_hd<const HD: usize>(x: &[f32], rows: usize, stride: usize) -> Vec<f32> {
+    let mut t = vec![0f32; HD * stride];
+    let mut blk = [[0f32; 16]; HD];
+    for r0 in (0..rows).step_by(16) {
+        let n = (rows - r0).min(16);
+        for (l, src) in x[r0 * HD..(r0 + n) * HD].chunks_exact(HD).enumerate() {
+            let src: &[f32; HD] = src.try_into().unwrap();
+            for c in 0..HD {
+                blk[c][l] = src[c];
+            }
         }
-    };
+        for (c, b) in blk.iter_mut().enumerate() {
+            b[n..].iter_mut().for_each(|v| *v = 0.0);
+            t[c * stride + r0..c * stride + r0 + 16].copy_from_slice(b);
+        }
+    }
+    t
 }
 
 #[allow(clippy::too_many_arguments)]
