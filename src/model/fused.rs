@@ -354,7 +354,7 @@ macro_rules! by_hd {
 
 /// `[rows, cols]` row-major to `[cols, stride]` (zero padded to `stride ≥ rows`).
 fn transpose_padded(x: &[f32], rows: usize, cols: usize, stride: usize) -> Vec<f32> {
-    if FAST_HD.contains(&cols) && stride % 16 == 0 && stride >= rows {
+    if FAST_HD.contains(&cols) && stride.is_multiple_of(16) && stride >= rows {
         return by_hd!(cols, transpose_padded_hd(x, rows, stride));
     }
     let mut t = vec![0f32; cols * stride];

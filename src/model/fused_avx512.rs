@@ -181,7 +181,7 @@ pub unsafe fn forward_task<const HD: usize>(
     dst: &mut [f32],
 ) {
     let Dims { tq, tk, .. } = dims;
-    assert!(tkp % LANES == 0 && tkp >= tk && kt.len() >= HD * tkp && vt.len() >= HD * tkp);
+    assert!(tkp.is_multiple_of(LANES) && tkp >= tk && kt.len() >= HD * tkp && vt.len() >= HD * tkp);
     assert!(q.len() >= tq * HD && dst.len() >= tq * (HD + 1));
     const BLOCK: usize = KEY_BLOCK / LANES;
     let keep = drop.as_ref().map(|d| KeepBits::new(d));
@@ -281,7 +281,7 @@ pub unsafe fn backward_task<const HD: usize>(
     dvt: &mut [f32],
 ) {
     let Dims { tq, tk, .. } = dims;
-    assert!(tkp % LANES == 0 && tkp >= tk && kt.len() >= HD * tkp && vt.len() >= HD * tkp);
+    assert!(tkp.is_multiple_of(LANES) && tkp >= tk && kt.len() >= HD * tkp && vt.len() >= HD * tkp);
     assert!(dkt.len() >= HD * tkp && dvt.len() >= HD * tkp);
     assert!(q.len() >= tq * HD && dq.len() >= tq * HD);
     assert!(o.len() >= tq * (HD + 1) && g.len() >= tq * (HD + 1));
