@@ -4,7 +4,7 @@
 //!
 //! Layout and design:
 //! - One task per (batch, head) pair; tasks are spread over
-//!   [`candle_core::utils::get_num_threads`] scoped threads. A task owns its rows of the
+//!   [`candle_core::utils::get_num_threads`] groups on the current rayon pool. A task owns its rows of the
 //!   output and its `dK`/`dV` accumulators, so no reduction across threads is needed.
 //! - Keys and values of a task are transposed to keys-major `[hd, T_k]` so every inner
 //!   loop runs over keys (contiguous, vectorised 16 at a time); `hd` (5–10) is the short
@@ -304,8 +304,8 @@ impl CustomOp3 for FusedAttention {
 }
 
 /// Runs `f` on every item, spread over `threads` contiguous groups (every task of one call
-/// costs the same) run on rayon's global pool — the workers candle's own parallel ops use,
-/// so no thread is spawned and none competes with them.
+/// costs the same) run on the current rayon pool (the one candle's matmul uses too), so no
+/// thread is spawned.
 pub(crate) fn for_each_task<T: Send>(threads: usize, items: Vec<T>, f: impl Fn(T) + Sync + Send) {
     use rayon::prelude::*;
     let threads = threads.max(1).min(items.len());

@@ -11,8 +11,9 @@
 use candle_core::utils::get_num_threads;
 use rayon::prelude::*;
 
-/// Runs `f` on every item on rayon's global pool, the workers candle's own parallel ops
-/// (gemm, binary maps) use and leave spinning: no thread spawned, none competing with them.
+/// Runs `f` on every item on the current rayon pool (the `mica` binary runs its job inside
+/// one; candle's matmul uses the same pool, its elementwise ops their own): no thread
+/// spawned.
 fn run<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync + Send) {
     items.into_par_iter().for_each(f);
 }
