@@ -11,12 +11,16 @@
 //! `∂/∂z_a = 4 Σ_j w_aj K'(d_aj) (z_a − z_j)` with `K'(d) = −Σ_j k_j / (bw 2^(j−2))`
 //! (0 where the distance was clamped), is accumulated in the same sweep, one row of
 //! pairs at a time, vectorised over the partner rows `j` from a transposed `[D, N]` copy.
+//! With AVX-512 the products `z_i·z_j` and `Σ_j G_ij z_j` of a block of 16 rows are two
+//! GEMMs ([`crate::model::gemm`]) instead, so each pass over the partner rows serves 16
+//! rows.
 //!
 //! Without a fixed bandwidth, `bw` is the mean off-diagonal squared distance of the pooled
 //! sample in closed form, `(2N Σ|z_i|² − 2|Σ z_i|²) / (N² − N)` in f64 (no gradient).
 
 use super::precomputed::scalar_with_grads;
 use crate::model::fused::{exp_approx, for_each_task, transpose};
+use crate::model::gemm;
 use crate::model::simd::{self, dot16 as dot, simd_dispatch};
 use anyhow::{ensure, Result};
 use candle_core::utils::get_num_threads;
@@ -94,8 +98,30 @@ fn sweep_all(z: &[f32], n: usize, m: usize, dim: usize, bw: f64) -> (f64, Vec<f3
         .enumerate()
         .collect();
     let level = simd::current();
+    let use_gemm = gemm::preferred(level);
     for_each_task(get_num_threads(), items, |(t, (g, v))| {
-        *v = simd_dispatch!(level, builds, rows(&ctx, t * ROWS_PER_TASK, g));
+        let first = t * ROWS_PER_TASK;
+        if !use_gemm {
+            *v = simd_dispatch!(level, builds, rows(&ctx, first, g));
+            return;
+        }
+        // The products as GEMMs over a block of rows: `z_i·z_j`, then `Σ_j G_ij z_j`.
+        let r = g.len() / dim;
+        let zb = &z[first * dim..(first + r) * dim];
+        let mut dots = gemm::matmul(level, zb, &zt, r, dim, total);
+        let mut gsums = vec![0f32; r];
+        *v = simd_dispatch!(
+            level,
+            builds,
+            rows_from_dots(&ctx, first, &mut dots, &mut gsums)
+        );
+        let cross = gemm::matmul(level, &dots, z, r, total, dim);
+        for (rr, (gr, gsum)) in g.chunks_mut(dim).zip(&gsums).enumerate() {
+            let zi = &zb[rr * dim..(rr + 1) * dim];
+            for ((gc, zc), x) in gr.iter_mut().zip(zi).zip(&cross[rr * dim..]) {
+                *gc = 4.0 * (gsum * zc - x);
+            }
+        }
     });
     (values.iter().sum(), grad)
 }
@@ -128,6 +154,12 @@ mod builds {
                 pub fn rows(s: &Sweep, first: usize, grad: &mut [f32]) -> f64 {
                     super::super::rows(s, first, grad)
                 }
+
+                /// [`super::super::rows_from_dots`] in this build.
+                #[target_feature(enable = $features)]
+                pub fn rows_from_dots(s: &Sweep, first: usize, dots: &mut [f32], gsums: &mut [f32]) -> f64 {
+                    super::super::rows_from_dots(s, first, dots, gsums)
+                }
             }
         )*};
     }
@@ -141,12 +173,23 @@ mod builds {
     pub fn rows<const F: bool>(s: &Sweep, first: usize, grad: &mut [f32]) -> f64 {
         super::rows(s, first, grad)
     }
+
+    /// The portable build.
+    #[inline(always)]
+    pub fn rows_from_dots<const F: bool>(
+        s: &Sweep,
+        first: usize,
+        dots: &mut [f32],
+        gsums: &mut [f32],
+    ) -> f64 {
+        super::rows_from_dots(s, first, dots, gsums)
+    }
 }
 
 /// Rows `first..first + grad.len() / D` of the sweep; returns their share of the value.
 #[inline(always)]
 fn rows(s: &Sweep, first: usize, grad: &mut [f32]) -> f64 {
-    let (n, total, dim) = (s.n, s.total, s.dim);
+    let (total, dim) = (s.total, s.dim);
     let mut dist = vec![0f32; total];
     let mut kval = vec![0f32; total];
     let mut value = 0f64;
@@ -163,50 +206,79 @@ fn rows(s: &Sweep, first: usize, grad: &mut [f32]) -> f64 {
                 *d += a * zj;
             }
         }
-        // K and the coefficient G_ij = w_ij K'(d_ij) (in place of the distance).
-        for (d, k) in dist.iter_mut().zip(kval.iter_mut()) {
-            let clamped = *d <= 0.0;
-            let dd = if clamped { 0.0 } else { *d };
-            let k4 = exp_approx(-dd * s.m4);
-            let k3 = k4 * k4;
-            let k2 = k3 * k3;
-            let k1 = k2 * k2;
-            let k0 = k1 * k1;
-            *k = (((k0 + k1) + k2) + k3) + k4;
-            let dk = -s.m4 * (16.0 * k0 + 8.0 * k1 + 4.0 * k2 + 2.0 * k3 + k4);
-            *d = if clamped { 0.0 } else { dk };
-        }
-        let (w_same, w_cross) = if i < n {
-            (s.w[0], s.w[2])
-        } else {
-            (s.w[1], s.w[2])
-        };
-        let (sx, sy) = (sum(&kval[..n]) as f64, sum(&kval[n..]) as f64);
-        let (gx, gy) = (sum(&dist[..n]), sum(&dist[n..]));
-        value += if i < n {
-            w_same * sx + w_cross * sy
-        } else {
-            w_cross * sx + w_same * sy
-        };
-        // Scale the coefficients by the pair weights: G_ij = w_ij K'(d_ij).
-        let (wx, wy) = if i < n {
-            (w_same as f32, w_cross as f32)
-        } else {
-            (w_cross as f32, w_same as f32)
-        };
-        for d in dist[..n].iter_mut() {
-            *d *= wx;
-        }
-        for d in dist[n..].iter_mut() {
-            *d *= wy;
-        }
-        let gsum = wx * gx + wy * gy;
+        let (v, gsum) = pair_row(s, i, &mut dist, &mut kval);
+        value += v;
         for (c, gc) in g.iter_mut().enumerate() {
             let cross = dot(&dist, &s.zt[c * total..(c + 1) * total]);
             *gc = 4.0 * (gsum * zi[c] - cross);
         }
     }
     value
+}
+
+/// [`rows`] with the products from GEMMs: `dots` `[r, N]` holds `z_i·z_j` of rows
+/// `first..first + r` on entry and their coefficients `G_ij` on return; `gsums` `[r]`
+/// gets `Σ_j G_ij`. Returns the rows' share of the value.
+#[inline(always)]
+fn rows_from_dots(s: &Sweep, first: usize, dots: &mut [f32], gsums: &mut [f32]) -> f64 {
+    let total = s.total;
+    let mut kval = vec![0f32; total];
+    let mut value = 0f64;
+    for (r, (dist, gs)) in dots.chunks_mut(total).zip(gsums.iter_mut()).enumerate() {
+        let i = first + r;
+        for (d, &nj) in dist.iter_mut().zip(s.norms) {
+            *d = (s.norms[i] + nj) - 2.0 * *d;
+        }
+        let (v, gsum) = pair_row(s, i, dist, &mut kval);
+        value += v;
+        *gs = gsum;
+    }
+    value
+}
+
+/// One row `i` of pairs from its distances `dist` (unclamped): returns its share of the
+/// value and `Σ_j G_ij`, and leaves `G_ij = w_ij K'(d_ij)` in `dist` (`kval` scratch).
+#[inline(always)]
+fn pair_row(s: &Sweep, i: usize, dist: &mut [f32], kval: &mut [f32]) -> (f64, f32) {
+    let n = s.n;
+    // K and the coefficient K'(d_ij) (in place of the distance), clamped at 0.
+    for (d, k) in dist.iter_mut().zip(kval.iter_mut()) {
+        let clamped = *d <= 0.0;
+        let dd = if clamped { 0.0 } else { *d };
+        let k4 = exp_approx(-dd * s.m4);
+        let k3 = k4 * k4;
+        let k2 = k3 * k3;
+        let k1 = k2 * k2;
+        let k0 = k1 * k1;
+        *k = (((k0 + k1) + k2) + k3) + k4;
+        let dk = -s.m4 * (16.0 * k0 + 8.0 * k1 + 4.0 * k2 + 2.0 * k3 + k4);
+        *d = if clamped { 0.0 } else { dk };
+    }
+    let (w_same, w_cross) = if i < n {
+        (s.w[0], s.w[2])
+    } else {
+        (s.w[1], s.w[2])
+    };
+    let (sx, sy) = (sum(&kval[..n]) as f64, sum(&kval[n..]) as f64);
+    let (gx, gy) = (sum(&dist[..n]), sum(&dist[n..]));
+    let value = if i < n {
+        w_same * sx + w_cross * sy
+    } else {
+        w_cross * sx + w_same * sy
+    };
+    // Scale the coefficients by the pair weights: G_ij = w_ij K'(d_ij).
+    let (wx, wy) = if i < n {
+        (w_same as f32, w_cross as f32)
+    } else {
+        (w_cross as f32, w_same as f32)
+    };
+    for d in dist[..n].iter_mut() {
+        *d *= wx;
+    }
+    for d in dist[n..].iter_mut() {
+        *d *= wy;
+    }
+    (value, wx * gx + wy * gy)
 }
 
 /// `Σ a_j` in 16 lanes.
