@@ -314,8 +314,7 @@ unsafe fn collect_bin_avx512(
     );
     let len = row.len().min(vk.len());
     for j0 in (0..len).step_by(16) {
-        let lanes = (len - j0).min(16);
-        let tail = ((1u32 << lanes) - 1) as __mmask16;
+        let tail = crate::model::fused_avx512::lanes_below(len - j0);
         let p = _mm512_maskz_loadu_ps(tail, row.as_ptr().add(j0));
         let v = _mm512_maskz_loadu_epi32(tail, vk.as_ptr().add(j0) as *const i32);
         let key = _mm512_add_epi32(_mm512_srli_epi32::<20>(_mm512_castps_si512(p)), one);

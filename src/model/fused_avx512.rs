@@ -33,7 +33,7 @@ const LANES: usize = 16;
 
 /// Lanes `0..n` of a chunk (`n ≥ 16`: all).
 #[inline(always)]
-fn lanes_below(n: usize) -> __mmask16 {
+pub(crate) fn lanes_below(n: usize) -> __mmask16 {
     if n >= LANES {
         0xFFFF
     } else {
