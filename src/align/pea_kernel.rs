@@ -19,6 +19,10 @@
 //!    `d = Σ_i (c_i |q̃_i|² − 2 q̃_i·K_i) + Σ_j r_j |k_j|²`,
 //!    `∂d/∂q̃_i = 2 (c_i q̃_i − K_i)`, `∂d/∂k_j = 2 (r_j k_j − Q_j)`.
 //!
+//! With AVX-512 the task runs in [`avx512`] instead: the same probabilities (bit for bit),
+//! the same γ found by sampled brackets and vector passes instead of the histogram, and the
+//! column sums of step 3 as one small GEMM over the 0/1 mask tile.
+//!
 //! The distance is returned as a scalar candle op whose backward scales the gradients
 //! computed in the same sweep (the masks carry no gradient, so `d` is a quadratic form
 //! with a fixed mask and this gradient is exact).
@@ -30,6 +34,9 @@ use crate::model::simd::{self, dot16 as dot, simd_dispatch, Simd};
 use anyhow::{ensure, Result};
 use candle_core::utils::get_num_threads;
 use candle_core::Tensor;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// Histogram bins: `bits >> 20` of a positive f32 (sign 0, 8 exponent bits, 3 mantissa
 /// bits) is below 2048.
@@ -200,6 +207,11 @@ fn run_task(
     dq: &mut [f32],
     dk: &mut [f32],
 ) -> (f64, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if level == Simd::Avx512 {
+        // SAFETY: AVX-512 was selected, so the CPU has it (and POPCNT with it).
+        return unsafe { avx512::run_task(t, bits, dq, dk) };
+    }
     let Dims { tq, tk, hd, .. } = t.dims;
     let kt = transpose(t.k, tk, hd);
     let mut probs = vec![0f32; tq * tk];
@@ -257,24 +269,11 @@ fn threshold(t: &TaskIn, probs: &[f32]) -> f32 {
     // The values of that bin, gathered branch-free: every value is written at the next
     // free slot, which only advances past a match (the bin's count is known, plus one
     // slot for the writes after the last match).
-    // With AVX-512, 16 keys at a time with a compress-store.
     let n_in = count(bin);
     let mut inside = vec![0f32; n_in + 1];
     let mut n = 0usize;
-    #[cfg(target_arch = "x86_64")]
-    let wide = simd::current() == Simd::Avx512;
-    #[cfg(not(target_arch = "x86_64"))]
-    let wide = false;
     for i in (0..tq).filter(|&i| t.vq[i]) {
         let row = &probs[i * tk..(i + 1) * tk];
-        if wide {
-            #[cfg(target_arch = "x86_64")]
-            {
-                // SAFETY: AVX-512 was selected, so the CPU has it.
-                n = unsafe { collect_bin_avx512(row, &vk, bin as u32, &mut inside, n) };
-            }
-            continue;
-        }
         keys(row, &mut key);
         for (&kk, &p) in key.iter().zip(row) {
             inside[n.min(n_in)] = p;
@@ -290,45 +289,6 @@ fn threshold(t: &TaskIn, probs: &[f32]) -> f32 {
     let idx = inside.len() - (k - above);
     let (_, g, _) = inside.select_nth_unstable_by(idx, |a, b| a.total_cmp(b));
     *g
-}
-
-/// The entries of `row` whose histogram key (see [`threshold`]) is `bin`, appended to
-/// `out[n..]` with compress-stores; returns the new `n`.
-///
-/// # Safety
-/// The CPU must support AVX-512 F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")]
-unsafe fn collect_bin_avx512(
-    row: &[f32],
-    vk: &[u32],
-    bin: u32,
-    out: &mut [f32],
-    mut n: usize,
-) -> usize {
-    use std::arch::x86_64::*;
-    let (zero, one, want) = (
-        _mm512_setzero_ps(),
-        _mm512_set1_epi32(1),
-        _mm512_set1_epi32(bin as i32),
-    );
-    let len = row.len().min(vk.len());
-    for j0 in (0..len).step_by(16) {
-        let tail = crate::model::fused_avx512::lanes_below(len - j0);
-        let p = _mm512_maskz_loadu_ps(tail, row.as_ptr().add(j0));
-        let v = _mm512_maskz_loadu_epi32(tail, vk.as_ptr().add(j0) as *const i32);
-        let key = _mm512_add_epi32(_mm512_srli_epi32::<20>(_mm512_castps_si512(p)), one);
-        let eligible = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(p, zero) & _mm512_test_epi32_mask(v, v);
-        let m = eligible & _mm512_cmpeq_epi32_mask(key, want) & tail;
-        let c = m.count_ones() as usize;
-        assert!(
-            n + c <= out.len(),
-            "PEA threshold: more values in the bin than counted"
-        );
-        _mm512_mask_compressstoreu_ps(out.as_mut_ptr().add(n), m, p);
-        n += c;
-    }
-    n
 }
 
 /// The sweep in each SIMD build (see [`crate::model::simd`]).

@@ -201,7 +201,7 @@ pub fn fused_probs(
         let kt = transpose(&kv[t * tk * hd..(t + 1) * tk * hd], tk, hd);
         let q = &qv[t * tq * hd..(t + 1) * tq * hd];
         let l = &lv[t * tq..(t + 1) * tq];
-        dispatch!(level; probs_task(dims, causal_offset, q, &kt, l, dst));
+        task_probs(level, dims, causal_offset, q, &kt, l, dst);
     });
     Tensor::from_vec(probs, (b, h, tq, tk), q.device())
 }
@@ -219,6 +219,11 @@ pub fn task_probs(
     lse: &[f32],
     dst: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if level == Simd::Avx512 {
+        // SAFETY: AVX-512 was selected, so the CPU has it.
+        return unsafe { super::fused_avx512::probs_task(dims, causal, q, kt, lse, dst) };
+    }
     dispatch!(level; probs_task(dims, causal, q, kt, lse, dst))
 }
 

@@ -41,6 +41,79 @@ pub(crate) fn lanes_below(n: usize) -> __mmask16 {
     }
 }
 
+/// `exp` on 16 lanes, bit for bit [`super::fused`]'s `exp_generic::<true>` (the Cephes
+/// polynomial; the probabilities PEA thresholds must not depend on the SIMD build).
+#[inline(always)]
+unsafe fn exp16_cephes(x: __m512) -> __m512 {
+    let x = _mm512_max_ps(_mm512_set1_ps(-87.336_55), x);
+    let x = _mm512_min_ps(_mm512_set1_ps(88.37), x);
+    let round = _mm512_set1_ps(12_582_912.0);
+    let t = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), round);
+    let n = _mm512_sub_ps(t, round);
+    let ni = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(0x4B40_0000));
+    // `fmadd(−n, c, x)` is `fnmadd(n, c, x)` exactly.
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_2e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let y = _mm512_add_ps(
+        _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r),
+        _mm512_set1_ps(1.0),
+    );
+    let scale = _mm512_slli_epi32::<23>(_mm512_add_epi32(ni, _mm512_set1_epi32(127)));
+    _mm512_mul_ps(y, _mm512_castsi512_ps(scale))
+}
+
+/// The probabilities of one task, `exp(q_i·k_j − L_i)` for the keys row `i` sees (the
+/// rest of `dst` untouched): bit for bit the FMA build of [`super::fused`]'s
+/// `probs_task` (`q_0 k_0`, then one FMA per further dimension, then the Cephes `exp`),
+/// 16 keys per register. `kt` is `[hd, T_k]`, `dst` `[T_q, T_k]`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")]
+pub(crate) unsafe fn probs_task(
+    dims: Dims,
+    causal: bool,
+    q: &[f32],
+    kt: &[f32],
+    lse: &[f32],
+    dst: &mut [f32],
+) {
+    let Dims { tq, tk, hd, .. } = dims;
+    assert!(
+        hd > 0
+            && q.len() >= tq * hd
+            && kt.len() >= hd * tk
+            && lse.len() >= tq
+            && dst.len() >= tq * tk
+    );
+    for i in 0..tq {
+        let jend = dims.key_end(i, causal);
+        let qi = &q[i * hd..(i + 1) * hd];
+        let l = _mm512_set1_ps(lse[i]);
+        for j0 in (0..jend).step_by(LANES) {
+            let m = lanes_below(jend - j0);
+            let k0 = _mm512_maskz_loadu_ps(m, kt.as_ptr().add(j0));
+            let mut s = _mm512_mul_ps(_mm512_set1_ps(qi[0]), k0);
+            for (d, &qd) in qi.iter().enumerate().skip(1) {
+                let k = _mm512_maskz_loadu_ps(m, kt.as_ptr().add(d * tk + j0));
+                s = _mm512_fmadd_ps(_mm512_set1_ps(qd), k, s);
+            }
+            let p = exp16_cephes(_mm512_sub_ps(s, l));
+            _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i * tk + j0), m, p);
+        }
+    }
+}
+
 /// `exp` on 16 lanes: [`super::fused::exp_approx`]'s clamps and round-to-nearest range
 /// reduction by `ln 2` in two parts, then a shorter polynomial than its Cephes one,
 /// `1 + r + r² q(r)` with `q` of degree 3 (least squares on `|r| ≤ ln 2 / 2`, relative
@@ -361,6 +434,50 @@ pub unsafe fn backward_task<const HD: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probs_are_bit_identical_to_the_avx2_build() {
+        use crate::model::fused::task_probs;
+        use crate::model::simd::{supported, Simd};
+        if !supported(Simd::Avx512) {
+            return;
+        }
+        let mut state = 3u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0
+        };
+        for (tq, tk, hd, causal) in [(37, 53, 5, true), (50, 19, 10, false), (9, 70, 3, true)] {
+            let dims = Dims {
+                b: 1,
+                h: 1,
+                tq,
+                tk,
+                hd,
+            };
+            let q: Vec<f32> = (0..tq * hd).map(|_| next()).collect();
+            let kt: Vec<f32> = (0..hd * tk).map(|_| next()).collect();
+            // Large and tiny arguments too (clamps, underflow to 0).
+            let lse: Vec<f32> = (0..tq)
+                .map(|i| next() * [1.0, 30.0, -30.0][i % 3])
+                .collect();
+            let run = |level| {
+                let mut dst = vec![-1f32; tq * tk];
+                task_probs(level, dims, causal, &q, &kt, &lse, &mut dst);
+                dst
+            };
+            let (got, want) = (run(Simd::Avx512), run(Simd::Avx2));
+            for (x, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{tq}x{tk} hd {hd}: entry {x}: {a} vs {b}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn exp16_is_within_3e_7_of_exp() {

@@ -65,6 +65,29 @@ pub fn matmul(level: Simd, a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -
     gemm(level, a, MatB { data: b, ld: n }, (m, k, n), &|_, _| {})
 }
 
+/// [`matmul`] on the calling thread only, for callers that already run one task per
+/// thread (no nested split of a few output rows over threads).
+pub fn matmul_serial(level: Simd, a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(a.len(), m * k, "matmul: A is not [{m}, {k}]");
+    assert_eq!(b.len(), k * n, "matmul: B is not [{k}, {n}]");
+    let mut c = vec![0f32; m * n];
+    if m * n > 0 && k > 0 {
+        let a = MatA {
+            data: a,
+            rs: k,
+            cs: 1,
+        };
+        kernels::block(
+            level,
+            a,
+            MatB { data: b, ld: n },
+            &mut c,
+            Shape { rows: m, k, n },
+        );
+    }
+    c
+}
+
 /// `C = X · Wᵀ` for row-major `x` `[m, k]` and `w` `[n, k]` (a linear layer's forward):
 /// returns `C` `[m, n]`. `W` is transposed into a `[k, n]` copy first.
 pub fn matmul_bt(level: Simd, x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
