@@ -5,8 +5,9 @@
 //! and the achieved GFLOP/s (counting 4·hd flops per score entry in the forward —
 //! `q·k` and `p·v` — and 8·hd in the backward, exp and mask not counted).
 //!
-//! Options through the environment: `MICA_BENCH_THREADS` (default 1), `MICA_BENCH_PLAIN=1`
-//! to include the plain path (materialises 1.4 GB of maps at this shape).
+//! Options through the environment: `MICA_BENCH_THREADS` (default 1), `MICA_BENCH_HD`
+//! (head width, default 5), `MICA_BENCH_PLAIN=1` to include the plain path (materialises
+//! 1.4 GB of maps at this shape).
 
 use candle_core::{Device, Tensor, Var};
 use mica::model::attention::{attend, AttentionKernel, AttnCall};
@@ -26,7 +27,12 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(1);
     std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    let (b, h, tq, tk, hd) = (24, 8, 500, 375, 5);
+    // MulT's crossmodal heads are 5 wide; its self-attention (memory) heads are 10.
+    let hd: usize = std::env::var("MICA_BENCH_HD")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let (b, h, tq, tk) = (24, 8, 500, 375);
     let dev = Device::Cpu;
     let q = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (b, h, tq, hd), &dev)? * 0.45)?)?;
     let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, h, tk, hd), &dev)?)?;

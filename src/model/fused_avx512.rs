@@ -325,6 +325,55 @@ pub unsafe fn forward_task<const HD: usize>(
     }
 }
 
+/// What [`row_terms`] needs of query row `i` for one key chunk.
+struct RowTerms<'a> {
+    /// `q_i` (scaled) and `dO_i`.
+    q: &'a [f32],
+    g: &'a [f32],
+    /// `L_i` and `D_i = dO_i · o_i`.
+    lse: f32,
+    dd: f32,
+    /// The chunk's keys the row sees.
+    visible: __mmask16,
+    /// Dropout keep bits of the chunk (`None`: no dropout).
+    kept: Option<__mmask16>,
+}
+
+/// `dS = p (dP − D_i)` and `p·z/(1−r)` of one row and one 16-key chunk (`kc`, `vc` the
+/// chunk's keys and values by dimension): `p = exp(q_i·k_j − L_i)` (zero past the keys
+/// the row sees), `dP = z/(1−r) · dO_i·v_j`. The dot products run as two chains (even and
+/// odd dimensions): the row's latency, not its arithmetic, bounds the loops around this.
+#[inline(always)]
+unsafe fn row_terms<const HD: usize>(
+    r: &RowTerms,
+    kc: &[__m512; HD],
+    vc: &[__m512; HD],
+    scale: __m512,
+) -> (__m512, __m512) {
+    let mut s2 = [
+        _mm512_mul_ps(_mm512_set1_ps(r.q[0]), kc[0]),
+        _mm512_setzero_ps(),
+    ];
+    let mut dp2 = [
+        _mm512_mul_ps(_mm512_set1_ps(r.g[0]), vc[0]),
+        _mm512_setzero_ps(),
+    ];
+    for d in 1..HD {
+        s2[d % 2] = _mm512_fmadd_ps(_mm512_set1_ps(r.q[d]), kc[d], s2[d % 2]);
+        dp2[d % 2] = _mm512_fmadd_ps(_mm512_set1_ps(r.g[d]), vc[d], dp2[d % 2]);
+    }
+    let s = _mm512_add_ps(s2[0], s2[1]);
+    let mut dp = _mm512_add_ps(dp2[0], dp2[1]);
+    let p = _mm512_maskz_mov_ps(r.visible, exp16(_mm512_sub_ps(s, _mm512_set1_ps(r.lse))));
+    let mut pz = p;
+    if let Some(kept) = r.kept {
+        pz = _mm512_maskz_mul_ps(kept, p, scale);
+        dp = _mm512_maskz_mul_ps(kept, dp, scale);
+    }
+    let ds = _mm512_mul_ps(p, _mm512_sub_ps(dp, _mm512_set1_ps(r.dd)));
+    (ds, pz)
+}
+
 thread_local! {
     /// Each thread's `dS` tile for [`backward_task`], kept between calls.
     static DS_TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -376,6 +425,7 @@ pub unsafe fn backward_task<const HD: usize>(
         }
         let tile = &mut tile[..tq * tkp];
         // Pass 1, key-major: dK, dV of one chunk in registers, dS into the tile.
+        let mut pz_col = vec![_mm512_setzero_ps(); if HD > 5 { tq } else { 0 }];
         for j0 in (0..tkp).step_by(LANES) {
             let kc: [__m512; HD] = std::array::from_fn(|d| load(kt, d * tkp + j0));
             let vc: [__m512; HD] = std::array::from_fn(|d| load(vt, d * tkp + j0));
@@ -383,31 +433,44 @@ pub unsafe fn backward_task<const HD: usize>(
             let mut dv = [_mm512_setzero_ps(); HD];
             // `key_end` grows with the row: the rows that see this chunk are a suffix.
             let first = jend.partition_point(|&e| e <= j0);
-            for i in first..tq {
-                let qi = &q[i * HD..(i + 1) * HD];
-                let gi = &g[i * (HD + 1)..i * (HD + 1) + HD];
-                let mut s = _mm512_mul_ps(_mm512_set1_ps(qi[0]), kc[0]);
-                let mut dp = _mm512_mul_ps(_mm512_set1_ps(gi[0]), vc[0]);
-                for d in 1..HD {
-                    s = _mm512_fmadd_ps(_mm512_set1_ps(qi[d]), kc[d], s);
-                    dp = _mm512_fmadd_ps(_mm512_set1_ps(gi[d]), vc[d], dp);
+            let row = |i: usize| RowTerms {
+                q: &q[i * HD..(i + 1) * HD],
+                g: &g[i * (HD + 1)..i * (HD + 1) + HD],
+                lse: lse[i],
+                dd: dd[i],
+                visible: lanes_below(jend[i].saturating_sub(j0)),
+                kept: keep
+                    .as_ref()
+                    .map(|k| k.mask(((task * tq + i) * tk + j0) as u64)),
+            };
+            if HD > 5 {
+                // Wide heads: `kc`, `vc`, `dK`, `dV` would be 4·HD ≥ 32 registers and
+                // LLVM would spill the accumulators (a store and a reload per row). So
+                // first `dS` and `p·z` of every row (into the tile and a column), then
+                // the accumulation from there, in the same row order.
+                for i in first..tq {
+                    let (ds, pz) = row_terms::<HD>(&row(i), &kc, &vc, scale);
+                    _mm512_storeu_ps(tile.as_mut_ptr().add(i * tkp + j0), ds);
+                    pz_col[i] = pz;
                 }
-                let mut p = exp16(_mm512_sub_ps(s, _mm512_set1_ps(lse[i])));
-                if j0 + LANES > jend[i] {
-                    p = _mm512_maskz_mov_ps(lanes_below(jend[i] - j0), p);
+                for i in first..tq {
+                    let (qi, gi) = (&q[i * HD..(i + 1) * HD], &g[i * (HD + 1)..]);
+                    let ds = load(tile, i * tkp + j0);
+                    for d in 0..HD {
+                        dv[d] = _mm512_fmadd_ps(_mm512_set1_ps(gi[d]), pz_col[i], dv[d]);
+                        dk[d] = _mm512_fmadd_ps(_mm512_set1_ps(qi[d]), ds, dk[d]);
+                    }
                 }
-                let mut pz = p;
-                if let Some(k) = &keep {
-                    let kept = k.mask(((task * tq + i) * tk + j0) as u64);
-                    pz = _mm512_maskz_mul_ps(kept, p, scale);
-                    dp = _mm512_maskz_mul_ps(kept, dp, scale);
+            } else {
+                for i in first..tq {
+                    let r = row(i);
+                    let (ds, pz) = row_terms::<HD>(&r, &kc, &vc, scale);
+                    for d in 0..HD {
+                        dv[d] = _mm512_fmadd_ps(_mm512_set1_ps(r.g[d]), pz, dv[d]);
+                        dk[d] = _mm512_fmadd_ps(_mm512_set1_ps(r.q[d]), ds, dk[d]);
+                    }
+                    _mm512_storeu_ps(tile.as_mut_ptr().add(i * tkp + j0), ds);
                 }
-                let ds = _mm512_mul_ps(p, _mm512_sub_ps(dp, _mm512_set1_ps(dd[i])));
-                for d in 0..HD {
-                    dv[d] = _mm512_fmadd_ps(_mm512_set1_ps(gi[d]), pz, dv[d]);
-                    dk[d] = _mm512_fmadd_ps(_mm512_set1_ps(qi[d]), ds, dk[d]);
-                }
-                _mm512_storeu_ps(tile.as_mut_ptr().add(i * tkp + j0), ds);
             }
             for d in 0..HD {
                 _mm512_storeu_ps(dkt.as_mut_ptr().add(d * tkp + j0), dk[d]);
