@@ -129,14 +129,13 @@ unsafe fn exp16(x: __m512) -> __m512 {
     let n = _mm512_sub_ps(t, round);
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-    let mut q = _mm512_set1_ps(EXP_Q[3]);
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(EXP_Q[2]));
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(EXP_Q[1]));
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(EXP_Q[0]));
-    let y = _mm512_add_ps(
-        _mm512_fmadd_ps(q, _mm512_mul_ps(r, r), r),
-        _mm512_set1_ps(1.0),
-    );
+    // `q` in Estrin's form, `(c0 + c1 r) + r² (c2 + c3 r)`: two FMAs deep instead of
+    // three, a shorter chain per chunk (a few % in `cargo bench --bench attention`).
+    let r2 = _mm512_mul_ps(r, r);
+    let lo = _mm512_fmadd_ps(_mm512_set1_ps(EXP_Q[1]), r, _mm512_set1_ps(EXP_Q[0]));
+    let hi = _mm512_fmadd_ps(_mm512_set1_ps(EXP_Q[3]), r, _mm512_set1_ps(EXP_Q[2]));
+    let q = _mm512_fmadd_ps(hi, r2, lo);
+    let y = _mm512_add_ps(_mm512_fmadd_ps(q, r2, r), _mm512_set1_ps(1.0));
     _mm512_scalef_ps(y, n)
 }
 
