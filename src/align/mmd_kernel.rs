@@ -108,14 +108,16 @@ fn sweep_all(z: &[f32], n: usize, m: usize, dim: usize, bw: f64) -> (f64, Vec<f3
         // The products as GEMMs over a block of rows: `z_i·z_j`, then `Σ_j G_ij z_j`.
         let r = g.len() / dim;
         let zb = &z[first * dim..(first + r) * dim];
-        let mut dots = gemm::matmul(level, zb, &zt, r, dim, total);
+        // On this thread: the tasks already spread over the threads, and a nested split
+        // of 16 rows over them would only shrink the GEMM tiles.
+        let mut dots = gemm::matmul_serial(level, zb, &zt, r, dim, total);
         let mut gsums = vec![0f32; r];
         *v = simd_dispatch!(
             level,
             builds,
             rows_from_dots(&ctx, first, &mut dots, &mut gsums)
         );
-        let cross = gemm::matmul(level, &dots, z, r, total, dim);
+        let cross = gemm::matmul_serial(level, &dots, z, r, total, dim);
         for (rr, (gr, gsum)) in g.chunks_mut(dim).zip(&gsums).enumerate() {
             let zi = &zb[rr * dim..(rr + 1) * dim];
             for ((gc, zc), x) in gr.iter_mut().zip(zi).zip(&cross[rr * dim..]) {
