@@ -274,7 +274,7 @@ mod tests {
         let f = scan(&root).unwrap();
         assert_eq!(f.runs, vec![run.clone()]);
         assert_eq!(f.images.len(), 1);
-        let md = render_report(&[root.clone()], dir.path()).unwrap();
+        let md = render_report(std::slice::from_ref(&root), dir.path()).unwrap();
         assert!(md.contains("#### Table 5"), "{md}");
         assert!(md.contains("(exp/mica/seed-1/loss.png)"), "{md}");
         assert!(md.contains("![attn.png](exp/attn.png)"), "{md}");

@@ -447,10 +447,10 @@ pub unsafe fn backward_task<const HD: usize>(
                 // LLVM would spill the accumulators (a store and a reload per row). So
                 // first `dS` and `p·z` of every row (into the tile and a column), then
                 // the accumulation from there, in the same row order.
-                for i in first..tq {
+                for (i, pz_i) in pz_col.iter_mut().enumerate().skip(first) {
                     let (ds, pz) = row_terms::<HD>(&row(i), &kc, &vc, scale);
                     _mm512_storeu_ps(tile.as_mut_ptr().add(i * tkp + j0), ds);
-                    pz_col[i] = pz;
+                    *pz_i = pz;
                 }
                 for i in first..tq {
                     let (qi, gi) = (&q[i * HD..(i + 1) * HD], &g[i * (HD + 1)..]);

@@ -677,6 +677,21 @@ mod tests {
     }
 
     #[test]
+    fn the_serial_matmul_is_the_same_chain() {
+        // Short and long reductions (past a block), rows not a multiple of a tile.
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        for (m, k, n) in [(6, 500, 375), (11, KC + 9, 40), (16, 40, 100), (1, 3, 1)] {
+            let (a, b) = (rand_vec(m * k, &mut rng), rand_vec(k * n, &mut rng));
+            for level in levels() {
+                let got = matmul_serial(level, &a, &b, m, k, n);
+                assert_eq!(got, matmul(level, &a, &b, m, k, n), "{}", level.name());
+                let want = chain(&a, k, 1, &b, m, k, n, level != Simd::Portable);
+                assert_eq!(got, want, "{} m {m} k {k} n {n}", level.name());
+            }
+        }
+    }
+
+    #[test]
     fn avx_builds_agree_bit_for_bit() {
         if !supported(Simd::Avx512) {
             return;

@@ -106,6 +106,8 @@ impl Mica {
                 )
             };
             let mut per_t = Vec::with_capacity(3);
+            // `t` indexes both the modality names and `SOURCES`.
+            #[allow(clippy::needless_range_loop)]
             for t in 0..3 {
                 per_t.push([mk(p, t, SOURCES[t][0])?, mk(p, t, SOURCES[t][1])?]);
             }
@@ -204,6 +206,8 @@ impl Mica {
             }
         }
         let mut last = Vec::with_capacity(3);
+        // `t` indexes both the encoders and `z`.
+        #[allow(clippy::needless_range_loop)]
         for t in 0..3 {
             let h = self.self_enc[t]
                 .forward(ctx, kernel, &z[t], None, false)?
@@ -258,7 +262,7 @@ mod tests {
         // pre_0 = (1*1 + 0*2) + (0*-1 + 2*0.5) + 0.1 = 2.1 ; pre_1 = (0.5 - 2) + (-1 + 0.5) - 0.2 = -2.2
         let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
         let (g0, g1) = (sig(2.1), sig(-2.2));
-        let want = [g0 * 1.0 + (1.0 - g0) * -1.0, g1 * 2.0 + (1.0 - g1) * 0.5];
+        let want = [g0 * 1.0 - (1.0 - g0), g1 * 2.0 + (1.0 - g1) * 0.5];
         for k in 0..2 {
             assert!(
                 (got[k] as f64 - want[k]).abs() < 1e-6,

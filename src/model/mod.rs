@@ -25,8 +25,10 @@ use ctx::Ctx;
 use mult::{ForwardOpts, ForwardOutput, Inputs};
 use params::ParamSource;
 
-/// Any mica model, behind one `forward`.
+/// Any mica model, behind one `forward`. (One model exists per run, so the size gap
+/// between the variants costs nothing worth a box.)
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Model {
     /// The official MulT.
     Mult(mult::Mult),

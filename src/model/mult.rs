@@ -102,6 +102,8 @@ impl FrontEnd {
         let text = ctx.dropout(&x.text, self.embed_dropout)?;
         let raw = [&text, &x.audio, &x.vision];
         let mut out = Vec::with_capacity(3);
+        // `m` indexes `applied`, `proj` and `raw` alike.
+        #[allow(clippy::needless_range_loop)]
         for m in 0..3 {
             out.push(if self.applied[m] {
                 self.proj[m].forward(raw[m])?
