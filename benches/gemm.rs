@@ -91,7 +91,16 @@ fn bench_linear(rows: usize, din: usize, dout: usize, levels: &[Simd]) -> anyhow
     Ok(())
 }
 
+/// The `mica` binary's allocator and setting (see `src/main.rs`): with glibc's malloc the
+/// per-call buffers are unmapped and faulted in again, and at 2 threads the unmaps' TLB
+/// shootdowns made the attention backward slower than at 1 thread.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
+    // mimalloc's `mi_option_purge_delay` (15): never purge, as the binary does.
+    // SAFETY: sets one of mimalloc's integer options; no pointer is involved.
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     let threads: usize = std::env::var("MICA_BENCH_THREADS")
         .ok()
         .and_then(|s| s.parse().ok())
