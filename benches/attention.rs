@@ -9,42 +9,18 @@
 //! (head width, default 5), `MICA_BENCH_PLAIN=1` to include the plain path (materialises
 //! 1.4 GB of maps at this shape).
 
+mod common;
+
 use candle_core::{Device, Tensor, Var};
 use mica::model::attention::{attend, AttentionKernel, AttnCall};
 use mica::model::ctx::Ctx;
 use mica::model::simd::{best, with_simd, Simd};
 use std::time::Instant;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// The `mica` binary's allocator and setting (see `src/main.rs`): with glibc's malloc the
-/// per-call buffers are unmapped and faulted in again, and at 2 threads the unmaps' TLB
-/// shootdowns made the attention backward slower than at 1 thread.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
-    // mimalloc's `mi_option_purge_delay` (15): never purge, as the binary does.
-    // SAFETY: sets one of mimalloc's integer options; no pointer is involved.
-    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
-    let threads: usize = std::env::var("MICA_BENCH_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    // As the binary does (`cli::main`): candle's own pool parks after 64 spins.
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "64");
-    }
+    let threads = common::setup();
     // MulT's crossmodal heads are 5 wide; its self-attention (memory) heads are 10.
-    let hd: usize = std::env::var("MICA_BENCH_HD")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let hd = common::env_usize("MICA_BENCH_HD", 5);
     let (b, h, tq, tk) = (24, 8, 500, 375);
     let dev = Device::Cpu;
     let q = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (b, h, tq, hd), &dev)? * 0.45)?)?;
@@ -101,7 +77,7 @@ fn main() -> anyhow::Result<()> {
                     tb.push(bw);
                 }
             }
-            let (f, bw) = (median(tf), median(tb));
+            let (f, bw) = (common::median(tf), common::median(tb));
             println!(
                 "dropout {dropout:.1} {name:<16} forward {:8.1} ms ({:5.1} GFLOP/s)   backward {:8.1} ms ({:5.1} GFLOP/s)",
                 f * 1e3,

@@ -6,15 +6,12 @@
 //!
 //! Options through the environment: `MICA_BENCH_THREADS` (default 1).
 
+mod common;
+
 use candle_core::{Device, Tensor};
 use mica::model::gemm;
 use mica::model::simd::{best, Simd};
 use std::time::Instant;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// Median seconds of one call of `f`, over 7 timed runs of enough calls for ~20 ms each.
 fn time(mut f: impl FnMut()) -> f64 {
@@ -32,7 +29,7 @@ fn time(mut f: impl FnMut()) -> f64 {
             t0.elapsed().as_secs_f64() / reps as f64
         })
         .collect();
-    median(runs)
+    common::median(runs)
 }
 
 fn rand(n: usize) -> Vec<f32> {
@@ -91,22 +88,8 @@ fn bench_linear(rows: usize, din: usize, dout: usize, levels: &[Simd]) -> anyhow
     Ok(())
 }
 
-/// The `mica` binary's allocator and setting (see `src/main.rs`): with glibc's malloc the
-/// per-call buffers are unmapped and faulted in again, and at 2 threads the unmaps' TLB
-/// shootdowns made the attention backward slower than at 1 thread.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
-    // mimalloc's `mi_option_purge_delay` (15): never purge, as the binary does.
-    // SAFETY: sets one of mimalloc's integer options; no pointer is involved.
-    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
-    let threads: usize = std::env::var("MICA_BENCH_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let threads = common::setup();
     let levels: Vec<Simd> = [Simd::Portable, Simd::Avx2, Simd::Avx512]
         .into_iter()
         .filter(|&l| l <= best())

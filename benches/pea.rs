@@ -6,6 +6,8 @@
 //!
 //! Options through the environment: `MICA_BENCH_THREADS` (default 1).
 
+mod common;
+
 use candle_core::{Device, Tensor};
 use mica::align::pea_kernel::{pea_block, PeaParams};
 use mica::model::attention::{attend, AttentionKernel, AttnCall};
@@ -13,31 +15,8 @@ use mica::model::ctx::Ctx;
 use mica::model::simd::{best, with_simd, Simd};
 use std::time::Instant;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// The `mica` binary's allocator and setting (see `src/main.rs`): with glibc's malloc the
-/// per-call buffers are unmapped and faulted in again, and at 2 threads the unmaps' TLB
-/// shootdowns made the attention backward slower than at 1 thread.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
-    // mimalloc's `mi_option_purge_delay` (15): never purge, as the binary does.
-    // SAFETY: sets one of mimalloc's integer options; no pointer is involved.
-    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
-    let threads: usize = std::env::var("MICA_BENCH_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    // As the binary does (`cli::main`): candle's own pool parks after 64 spins.
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "64");
-    }
+    let threads = common::setup();
     let (b, h, tq, tk, hd) = (24, 8, 500, 375, 5);
     let dev = Device::Cpu;
     let qh = (Tensor::randn(0f32, 1.0, (b, h, tq, hd), &dev)? * 0.45)?;
@@ -90,7 +69,7 @@ fn main() -> anyhow::Result<()> {
                     selected = r.selected;
                 }
                 times.remove(0);
-                let t = median(times);
+                let t = common::median(times);
                 println!(
                     "{:<9} propagated {:<5}  {:7.1} ms  ({:.2} ns per entry, {selected} selected)",
                     level.name(),

@@ -413,6 +413,17 @@ fn sweep(
         }
         dist += di;
     }
+    dist += key_terms(kt, &r, &qt, hd, dk);
+    (dist, selected)
+}
+
+/// The key side of the sweep, from the column sums `r_j` and `Q_j` (`qt` `[hd, T_s]`):
+/// writes `∂d/∂k_j = 2 (r_j k_j − Q_j)` into `dk` `[T_s, hd]` and returns
+/// `Σ_j r_j |k_j|²` (f64).
+#[inline(always)]
+fn key_terms(kt: &[f32], r: &[f32], qt: &[f32], hd: usize, dk: &mut [f32]) -> f64 {
+    let tk = r.len();
+    let mut sum = 0f64;
     for j in 0..tk {
         let mut kn = 0f64;
         for d in 0..hd {
@@ -420,9 +431,9 @@ fn sweep(
             kn += (k as f64) * (k as f64);
             dk[j * hd + d] = 2.0 * (r[j] * k - qt[d * tk + j]);
         }
-        dist += r[j] as f64 * kn;
+        sum += r[j] as f64 * kn;
     }
-    (dist, selected)
+    sum
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 //!   probabilities with 0/1; the column sums `Q_j` and `r_j` are then one small GEMM
 //!   over that 0/1 tile instead of a read-modify-write of `T_s`-long rows per query.
 
-use super::{keep_count, sweep as portable_sweep, TaskIn};
+use super::{keep_count, key_terms, sweep as portable_sweep, TaskIn};
 use crate::model::fused::{task_probs, transpose, Dims};
 use crate::model::fused_avx512::lanes_below;
 use crate::model::gemm;
@@ -384,15 +384,7 @@ unsafe fn sweep<const HD: usize>(
     }
     let qr = gemm::matmul_serial(Simd::Avx512, &a, &probs[..tq * tk], HD + 1, tq, tk);
     let (qt, r) = qr.split_at(HD * tk);
-    for j in 0..tk {
-        let mut kn = 0f64;
-        for d in 0..HD {
-            let k = kt[d * tk + j];
-            kn += (k as f64) * (k as f64);
-            dk[j * HD + d] = 2.0 * (r[j] * k - qt[d * tk + j]);
-        }
-        dist += r[j] as f64 * kn;
-    }
+    dist += key_terms(kt, r, qt, HD, dk);
     (dist, selected)
 }
 
