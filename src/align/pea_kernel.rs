@@ -198,6 +198,24 @@ struct TaskIn<'a> {
     prev: Option<&'a [u64]>,
 }
 
+#[cfg(test)]
+impl<'a> TaskIn<'a> {
+    /// A task with only what the threshold reads (no queries, keys or log-sum-exp).
+    fn for_threshold(dims: Dims, causal: bool, vq: &'a [bool], vk: &'a [bool], tau: f64) -> Self {
+        TaskIn {
+            dims,
+            causal,
+            q: &[],
+            k: &[],
+            lse: &[],
+            vq,
+            vk,
+            tau,
+            prev: None,
+        }
+    }
+}
+
 /// One task; returns (distance, selected). `bits` `[T_t][words]` is written, `dq`
 /// `[T_t, hd]` and `dk` `[T_s, hd]` are written.
 fn run_task(
@@ -462,23 +480,14 @@ mod tests {
             let vq: Vec<bool> = (0..tq).map(|_| rng.gen_bool(0.8)).collect();
             let vk: Vec<bool> = (0..tk).map(|_| rng.gen_bool(0.8)).collect();
             for tau in [0.01, 0.25, 0.3, 0.77, 1.0] {
-                let t = TaskIn {
-                    dims: Dims {
-                        b: 1,
-                        h: 1,
-                        tq,
-                        tk,
-                        hd: 1,
-                    },
-                    causal: false,
-                    q: &[],
-                    k: &[],
-                    lse: &[],
-                    vq: &vq,
-                    vk: &vk,
-                    tau,
-                    prev: None,
+                let dims = Dims {
+                    b: 1,
+                    h: 1,
+                    tq,
+                    tk,
+                    hd: 1,
                 };
+                let t = TaskIn::for_threshold(dims, false, &vq, &vk, tau);
                 let gamma = threshold(&t, &probs);
                 let got: Vec<bool> = (0..tq * tk)
                     .map(|x| {

@@ -498,17 +498,7 @@ mod tests {
             let vk: Vec<bool> = (0..tk).map(|j| j % 31 != 5).collect();
             let vkb = key_bits(&vk);
             for tau in [0.01, 0.1, 0.25, 0.5, 0.9, 1.0] {
-                let t = TaskIn {
-                    dims,
-                    causal,
-                    q: &[],
-                    k: &[],
-                    lse: &[],
-                    vq: &vq,
-                    vk: &vk,
-                    tau,
-                    prev: None,
-                };
+                let t = TaskIn::for_threshold(dims, causal, &vq, &vk, tau);
                 let want = super::super::threshold(&t, &probs);
                 let (mut a, mut b) = (Vec::new(), Vec::new());
                 // SAFETY: checked above.
