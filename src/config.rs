@@ -119,6 +119,27 @@ pub struct AlignConfig {
     pub mmd_max_samples: usize,
     /// MMD estimator.
     pub mmd_estimator: MmdEstimator,
+    /// Scale of L_e: `absolute` (the paper's squared distances) or `relative` (each block's
+    /// distance divided by the mean squared distance of all its real query/key pairs, so that
+    /// shrinking or collapsing the queries and keys does not lower the loss).
+    #[serde(default)]
+    pub le_scale: LeScale,
+}
+
+/// How L_e measures the distance of the selected query/key pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LeScale {
+    /// The paper's squared Euclidean distance of the selected pairs. Its minimum is reached
+    /// by shrinking every query and key, or by mapping them all to one point: both make the
+    /// attention uniform (docs/learning.md).
+    #[default]
+    Absolute,
+    /// The selected pairs' mean squared distance divided by the mean squared distance over
+    /// ALL real query/key pairs of the same samples: invariant to a common scale and to a
+    /// collapse onto one point, so it is lowered only by bringing the selected pairs closer
+    /// than the rest (contrastive); the attention cannot be flattened to satisfy it.
+    Relative,
 }
 
 impl Default for AlignConfig {
@@ -131,6 +152,7 @@ impl Default for AlignConfig {
             le_reduction: LeReduction::Mean,
             mmd_max_samples: 1024,
             mmd_estimator: MmdEstimator::Sampled,
+            le_scale: LeScale::Absolute,
         }
     }
 }
@@ -223,6 +245,8 @@ pub fn mult_model_defaults(
         lstm_hidden: 64,
         lstm_mod_hidden: 32,
         lstm_dropout: 0.1,
+        positions: Default::default(),
+        time_step: 0.01,
     }
 }
 

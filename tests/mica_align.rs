@@ -48,6 +48,7 @@ fn inputs(seed: u64) -> Inputs {
         text: mk(&mut rng, LENS[0], DIMS[0], 1),
         audio: mk(&mut rng, LENS[1], DIMS[1], 2),
         vision: mk(&mut rng, LENS[2], DIMS[2], 2),
+        times: None,
     }
 }
 
@@ -315,6 +316,7 @@ fn mult_variant_with_zero_weights_is_the_official_mult() {
         text: inp["text"].clone(),
         audio: inp["audio"].clone(),
         vision: inp["vision"].clone(),
+        times: None,
     };
     let cfg = Config {
         variant: Variant::Mult,

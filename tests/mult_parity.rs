@@ -62,6 +62,7 @@ fn load_with(name: &str, kernel: AttentionKernel) -> Fix {
         text: inp["text"].clone(),
         audio: inp["audio"].clone(),
         vision: inp["vision"].clone(),
+        times: None,
     };
     Fix {
         inputs,

@@ -7,7 +7,7 @@ pub mod pea;
 pub mod pea_kernel;
 pub mod precomputed;
 
-use crate::config::{AlignConfig, LeReduction, MmdEstimator};
+use crate::config::{AlignConfig, LeReduction, LeScale, MmdEstimator};
 use crate::model::ctx::mix64;
 use crate::model::mult::{BlockTrace, ForwardOutput};
 use anyhow::{Context, Result};
@@ -44,6 +44,43 @@ pub fn alignment_losses(
         None
     };
     Ok(AlignLosses { lm, le })
+}
+
+/// Mean squared distance `E ||q_n - k_m||²` over ALL pairs of real queries and keys of the
+/// same sample (`q` `[B, T_q, E]`, `k` `[B, T_k, E]`, `valid_*`: B·T flags), averaged over the
+/// samples that have both: per sample `E|q|² + E|k|² - 2 (E q)·(E k)`, a scalar with
+/// gradient. The denominator of `le_scale = relative`.
+fn mean_pair_sq_distance(
+    q: &Tensor,
+    k: &Tensor,
+    valid_q: &[bool],
+    valid_k: &[bool],
+) -> Result<Tensor> {
+    let (b, tq, _) = q.dims3()?;
+    let (_, tk, _) = k.dims3()?;
+    let side = |x: &Tensor, valid: &[bool], t: usize| -> Result<(Tensor, Tensor, Vec<f32>)> {
+        let mask: Vec<f32> = valid.iter().map(|&v| f32::from(u8::from(v))).collect();
+        let counts: Vec<f32> = mask.chunks(t).map(|c| c.iter().sum::<f32>()).collect();
+        let inv: Vec<f32> = counts.iter().map(|&c| 1.0 / c.max(1.0)).collect();
+        let mask = Tensor::from_vec(mask, (b, t, 1), x.device())?;
+        let inv = Tensor::from_vec(inv, (b, 1), x.device())?;
+        let xm = x.broadcast_mul(&mask)?;
+        let mean = xm.sum(1)?.broadcast_mul(&inv)?; // [B, E]
+        let msq = xm.sqr()?.sum(2)?.sum(1)?.unsqueeze(1)?.broadcast_mul(&inv)?; // [B, 1]
+        Ok((mean, msq, counts))
+    };
+    let (mq, sq, cq) = side(q, valid_q, tq)?;
+    let (mk, sk, ck) = side(k, valid_k, tk)?;
+    let both: Vec<f32> = cq
+        .iter()
+        .zip(&ck)
+        .map(|(&a, &c)| f32::from(u8::from(a > 0.0 && c > 0.0)))
+        .collect();
+    let n = both.iter().sum::<f32>().max(1.0);
+    let both = Tensor::from_vec(both, (b, 1), q.device())?;
+    let cross = (mq * mk)?.sum_keepdim(1)?; // [B, 1]
+    let per = ((sq + sk)? - (cross * 2.0)?)?;
+    Ok((per.broadcast_mul(&both)?.sum_all()? / f64::from(n))?)
 }
 
 fn sum_all(terms: Vec<Tensor>) -> Result<Tensor> {
@@ -155,10 +192,85 @@ pub fn pea_loss(out: &ForwardOutput, cfg: &AlignConfig) -> Result<Tensor> {
         let heads = block.attn.heads.as_ref().expect("checked by pea_blocks");
         let selected = pb.selected;
         let d = distance_tensor(&heads.qh, &heads.kh, pb)?;
-        terms.push(match cfg.le_reduction {
+        let d = match cfg.le_reduction {
             LeReduction::Sum => d,
             LeReduction::Mean => (d / selected.max(1) as f64)?,
+        };
+        terms.push(match cfg.le_scale {
+            LeScale::Absolute => d,
+            LeScale::Relative => {
+                let h = heads.qh.dim(1)? as f64;
+                let all = mean_pair_sq_distance(
+                    &block.attn.q,
+                    &block.attn.k,
+                    &out.valid[block.target],
+                    &out.valid[block.source],
+                )?;
+                // Per head: the heads' slices split the squared distance between them.
+                d.broadcast_div(&((all / h)? + 1e-6)?)?
+            }
         });
     }
     sum_all(terms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// [`mean_pair_sq_distance`] equals the brute-force mean over real pairs, per sample
+    /// then over the samples that have both real queries and keys, and its gradient
+    /// matches central finite differences.
+    #[test]
+    fn mean_pair_distance_matches_brute_force_and_finite_differences() {
+        let (b, tq, tk, e) = (3, 4, 5, 3);
+        let val = |i: usize| ((i * 37 % 23) as f32 - 11.0) / 7.0;
+        let qv: Vec<f32> = (0..b * tq * e).map(val).collect();
+        let kv: Vec<f32> = (0..b * tk * e).map(|i| val(i + 5) * 0.5 + 0.3).collect();
+        // Sample 2 has no real keys: it must not count.
+        let vq: Vec<bool> = (0..b * tq).map(|i| i % tq != 0).collect();
+        let vk: Vec<bool> = (0..b * tk).map(|i| i / tk != 2 && i % tk != 1).collect();
+        let brute = |q: &[f32], k: &[f32]| {
+            let mut per = Vec::new();
+            for s in 0..b {
+                let (mut sum, mut n) = (0f64, 0usize);
+                for i in 0..tq {
+                    for j in 0..tk {
+                        if vq[s * tq + i] && vk[s * tk + j] {
+                            sum += (0..e)
+                                .map(|c| {
+                                    let d = q[(s * tq + i) * e + c] - k[(s * tk + j) * e + c];
+                                    f64::from(d * d)
+                                })
+                                .sum::<f64>();
+                            n += 1;
+                        }
+                    }
+                }
+                if n > 0 {
+                    per.push(sum / n as f64);
+                }
+            }
+            per.iter().sum::<f64>() / per.len() as f64
+        };
+        let dev = Device::Cpu;
+        let q = Var::from_vec(qv.clone(), (b, tq, e), &dev).unwrap();
+        let k = Tensor::from_vec(kv.clone(), (b, tk, e), &dev).unwrap();
+        let got = mean_pair_sq_distance(q.as_tensor(), &k, &vq, &vk).unwrap();
+        let got_v = f64::from(got.to_scalar::<f32>().unwrap());
+        let want = brute(&qv, &kv);
+        assert!((got_v - want).abs() < 1e-5 * want.max(1.0), "{got_v} vs {want}");
+        let grads = got.backward().unwrap();
+        let g: Vec<f32> = grads.get(&q).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let h = 1e-2f32;
+        for idx in [0, 4, 7, 13, 20, 35] {
+            let mut p = qv.clone();
+            p[idx] += h;
+            let mut m = qv.clone();
+            m[idx] -= h;
+            let fd = (brute(&p, &kv) - brute(&m, &kv)) / f64::from(2.0 * h);
+            assert!((f64::from(g[idx]) - fd).abs() < 1e-3, "dq[{idx}]: {} vs {fd}", g[idx]);
+        }
+    }
 }

@@ -212,6 +212,65 @@ pub struct BlockAccum {
     pub keys: Reservoir,
     /// Correlation-accuracy counts (when the split has intervals).
     pub corr: CorrAcc,
+    /// Sharpness and scale of the attention (collapse diagnostics).
+    pub stats: AttnStats,
+}
+
+/// Running sums of the attention's scale and sharpness over the real elements of a block:
+/// squared query / key norms and, per head and real query row, the entropy of its
+/// distribution over the real keys divided by `ln(real keys)` (1 = uniform).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AttnStats {
+    /// Sum of `||q||²` over real queries.
+    pub q_sq: f64,
+    /// Real queries counted.
+    pub n_q: u64,
+    /// Sum of `||k||²` over real keys.
+    pub k_sq: f64,
+    /// Real keys counted.
+    pub n_k: u64,
+    /// Sum of normalised row entropies.
+    pub entropy: f64,
+    /// Rows counted in `entropy` (head × real query rows with ≥ 2 real keys).
+    pub rows: u64,
+}
+
+impl AttnStats {
+    /// Root mean squared query norm.
+    pub fn q_rms(&self) -> f64 {
+        (self.q_sq / self.n_q.max(1) as f64).sqrt()
+    }
+    /// Root mean squared key norm.
+    pub fn k_rms(&self) -> f64 {
+        (self.k_sq / self.n_k.max(1) as f64).sqrt()
+    }
+    /// Mean normalised entropy of the attention rows (`NaN` when none were seen).
+    pub fn entropy(&self) -> f64 {
+        self.entropy / self.rows as f64
+    }
+}
+
+/// Normalised entropy `H(p) / ln(n)` of one attention row restricted to the `keep` columns
+/// (renormalised over them); `None` with fewer than two kept columns.
+pub fn normalised_entropy(row: &[f32], keep: &[bool]) -> Option<f64> {
+    let n = keep.iter().filter(|&&k| k).count();
+    if n < 2 {
+        return None;
+    }
+    let total: f64 = row.iter().zip(keep).filter(|(_, &k)| k).map(|(&p, _)| f64::from(p)).sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let h: f64 = row
+        .iter()
+        .zip(keep)
+        .filter(|(&p, &k)| k && p > 0.0)
+        .map(|(&p, _)| {
+            let p = f64::from(p) / total;
+            -p * p.ln()
+        })
+        .sum();
+    Some(h / (n as f64).ln())
 }
 
 /// Adds one batch's trace of one block: real queries / keys into the reservoirs and,
@@ -232,14 +291,38 @@ pub fn accumulate_block(
     );
     let q = to_vec(&block.attn.q)?;
     let k = to_vec(&block.attn.k)?;
+    let sq = |v: &[f32]| v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
     for row in 0..b * tq {
         if valid[t][row] {
             acc.queries.push(&q[row * e..(row + 1) * e]);
+            acc.stats.q_sq += sq(&q[row * e..(row + 1) * e]);
+            acc.stats.n_q += 1;
         }
     }
     for row in 0..b * tk {
         if valid[s][row] {
             acc.keys.push(&k[row * e..(row + 1) * e]);
+            acc.stats.k_sq += sq(&k[row * e..(row + 1) * e]);
+            acc.stats.n_k += 1;
+        }
+    }
+    if let Some(probs) = &block.attn.probs {
+        let p = to_vec(probs)?;
+        let heads = probs.dim(1)?;
+        for bi in 0..b {
+            let keep = &valid[s][bi * tk..(bi + 1) * tk];
+            for hi in 0..heads {
+                for r in 0..tq {
+                    if !valid[t][bi * tq + r] {
+                        continue;
+                    }
+                    let o = ((bi * heads + hi) * tq + r) * tk;
+                    if let Some(h) = normalised_entropy(&p[o..o + tk], keep) {
+                        acc.stats.entropy += h;
+                        acc.stats.rows += 1;
+                    }
+                }
+            }
         }
     }
     if let (Some(truth), Some(probs)) = (truth, &block.attn.probs) {
@@ -314,6 +397,16 @@ pub struct BlockAlignment {
     pub corr_chance: Option<f64>,
     /// The raw counts; `None` without intervals.
     pub corr_counts: Option<CorrAcc>,
+    /// Root mean squared norm of the real queries (unscaled, all heads).
+    #[serde(default)]
+    pub q_rms: f64,
+    /// Root mean squared norm of the real keys.
+    #[serde(default)]
+    pub k_rms: f64,
+    /// Mean normalised entropy of the attention rows over the real keys, per head
+    /// (1 = uniform attention, 0 = one key).
+    #[serde(default)]
+    pub attn_entropy: f64,
 }
 
 /// Table 6 of one model on one split.
@@ -335,6 +428,12 @@ pub struct SplitAlignment {
     pub mean_corr_chance: Option<f64>,
     /// Why Corr. Acc is missing, when it is.
     pub corr_acc_unavailable: Option<String>,
+    /// Mean over the blocks of the normalised attention entropy (1 = uniform).
+    #[serde(default)]
+    pub mean_attn_entropy: f64,
+    /// Mean over the blocks of the rms query and key norms.
+    #[serde(default)]
+    pub mean_qk_rms: [f64; 2],
 }
 
 /// The explanation printed and saved when the data has no ground-truth timing.
@@ -379,7 +478,7 @@ pub fn analyze_split(
     let with_truth = split.intervals.is_some();
     let fopts = ForwardOpts {
         trace: true,
-        probs: with_truth,
+        probs: true,
         intermediates: false,
     };
     let order: Vec<usize> = (0..split.len()).collect();
@@ -414,6 +513,7 @@ pub fn analyze_split(
                         queries: Reservoir::new(e, opts.max_elements, seed(0)),
                         keys: Reservoir::new(e, opts.max_elements, seed(1)),
                         corr: CorrAcc::default(),
+                        stats: AttnStats::default(),
                     });
                     accs.len() - 1
                 }
@@ -458,6 +558,9 @@ fn finish_block(a: &BlockAccum, with_truth: bool, seed: u64) -> Result<BlockAlig
         corr_acc: with_truth.then(|| a.corr.accuracy()),
         corr_chance: with_truth.then(|| a.corr.chance_level()),
         corr_counts: with_truth.then_some(a.corr),
+        q_rms: a.stats.q_rms(),
+        k_rms: a.stats.k_rms(),
+        attn_entropy: a.stats.entropy(),
     })
 }
 
@@ -470,6 +573,11 @@ fn summarise(
     with_truth: bool,
 ) -> SplitAlignment {
     let mean_a_distance = finite_mean(blocks.iter().map(|b| b.a_distance)).unwrap_or(f64::NAN);
+    let mean_attn_entropy = finite_mean(blocks.iter().map(|b| b.attn_entropy)).unwrap_or(f64::NAN);
+    let mean_qk_rms = [
+        finite_mean(blocks.iter().map(|b| b.q_rms)).unwrap_or(f64::NAN),
+        finite_mean(blocks.iter().map(|b| b.k_rms)).unwrap_or(f64::NAN),
+    ];
     let (mean_corr_acc, mean_corr_chance) = if with_truth {
         (
             finite_mean(blocks.iter().filter_map(|b| b.corr_acc)),
@@ -487,6 +595,8 @@ fn summarise(
         mean_corr_acc,
         mean_corr_chance,
         corr_acc_unavailable: (!with_truth).then(|| NO_INTERVALS.to_string()),
+        mean_attn_entropy,
+        mean_qk_rms,
     }
 }
 
@@ -699,6 +809,7 @@ mod tests {
             queries: Reservoir::new(2, 100, 0),
             keys: Reservoir::new(2, 100, 0),
             corr: CorrAcc::default(),
+            stats: AttnStats::default(),
         };
         accumulate_block(&mut acc, &block, &valid, Some(&truth)).unwrap();
         assert_eq!(acc.corr.count, 2);
@@ -835,6 +946,21 @@ mod tests {
     }
 
     #[test]
+    fn normalised_entropy_is_one_for_uniform_and_zero_for_one_key() {
+        let keep = [false, true, true, true, true];
+        let u = normalised_entropy(&[0.0, 0.25, 0.25, 0.25, 0.25], &keep).unwrap();
+        assert!((u - 1.0).abs() < 1e-12, "{u}");
+        assert_eq!(normalised_entropy(&[0.0, 0.0, 1.0, 0.0, 0.0], &keep), Some(0.0));
+        // Mass on a padding column is ignored and the rest renormalised.
+        let r = normalised_entropy(&[0.5, 0.125, 0.125, 0.125, 0.125], &keep).unwrap();
+        assert!((r - 1.0).abs() < 1e-12, "{r}");
+        // Two of four keys with equal mass: ln 2 / ln 4 = 0.5.
+        let h = normalised_entropy(&[0.0, 0.5, 0.5, 0.0, 0.0], &keep).unwrap();
+        assert!((h - 0.5).abs() < 1e-12, "{h}");
+        assert_eq!(normalised_entropy(&[1.0, 0.0], &[true, false]), None);
+    }
+
+    #[test]
     fn summary_means_and_unavailability() {
         let b = |a: f64, c: Option<f64>| BlockAlignment {
             block: "A->L".into(),
@@ -849,10 +975,15 @@ mod tests {
             corr_acc: c,
             corr_chance: c.map(|_| 0.25),
             corr_counts: None,
+            q_rms: 2.0,
+            k_rms: a,
+            attn_entropy: 0.5 * a,
         };
         let s = summarise(vec![b(1.0, Some(0.5)), b(2.0, Some(1.0))], 2, 2, 10, true);
         assert_eq!(s.mean_a_distance, 1.5);
         assert_eq!(s.mean_corr_acc, Some(0.75));
+        assert_eq!(s.mean_attn_entropy, 0.75);
+        assert_eq!(s.mean_qk_rms, [2.0, 1.5]);
         assert!(s.corr_acc_unavailable.is_none());
         let s = summarise(vec![b(1.0, None)], 1, 1, 10, false);
         assert_eq!(s.mean_corr_acc, None);

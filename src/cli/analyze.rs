@@ -116,17 +116,28 @@ pub fn render_markdown(models: &[AnalyzedModel], data: &str, split: &str) -> Str
          Corr. Acc: share of real target steps whose most-attended real source step (head-averaged \
          attention) truly co-occurs; chance = what a uniform map scores. Means are over the blocks.\n"
     );
-    let _ = writeln!(s, "| Model | A-distance | Corr. Acc (%) | chance (%) |");
-    let _ = writeln!(s, "|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "Entropy: mean normalised entropy of a head's attention row over the real keys \
+         (1 = uniform, 0 = one key); |q|, |k|: rms norms of the real queries and keys.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| Model | A-distance | Corr. Acc (%) | chance (%) | Entropy | \\|q\\| | \\|k\\| |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
     for m in models {
         let a = &m.analysis;
         let _ = writeln!(
             s,
-            "| {} | {:.3} | {} | {} |",
+            "| {} | {:.3} | {} | {} | {:.3} | {:.3} | {:.3} |",
             m.label,
             a.mean_a_distance,
             pct(a.mean_corr_acc),
-            pct(a.mean_corr_chance)
+            pct(a.mean_corr_chance),
+            a.mean_attn_entropy,
+            a.mean_qk_rms[0],
+            a.mean_qk_rms[1]
         );
     }
     if let Some(note) = models

@@ -194,6 +194,7 @@ pub fn random_batch(cfg: &Config, batch: usize, seed: u64, device: &Device) -> R
         text: modality(m.l_len, m.orig_d_l)?,
         audio: modality(m.a_len, m.orig_d_a)?,
         vision: modality(m.v_len, m.orig_d_v)?,
+        times: None,
     };
     let labels: Vec<f32> = (0..batch).map(|_| rng.gen_range(-3.0..3.0)).collect();
     Ok(Batch {

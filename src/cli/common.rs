@@ -4,7 +4,7 @@ use crate::config::{Config, Preset, Task, Variant};
 use crate::data::source::load_dataset;
 use crate::data::{Dataset, Labels};
 use crate::model::attention::AttentionKernel;
-use crate::model::config::{GateBias, KvSource};
+use crate::model::config::{GateBias, KvSource, Positions};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -99,6 +99,10 @@ pub struct ConfigArgs {
     /// Turn the causal-offset attention mask off (MulT's default is on).
     #[arg(long)]
     pub no_attn_mask: bool,
+    /// Positional embedding: index (each modality's step index, MulT's) or time (each
+    /// element's real time; needs data with element times, e.g. the built-in benchmark).
+    #[arg(long, value_enum)]
+    pub positions: Option<Positions>,
     /// Any other option as section.key=value (e.g. model.relu_dropout=0.2,
     /// align.mmd_max_samples=512, align.le_reduction=sum); repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -247,6 +251,9 @@ impl ConfigArgs {
         }
         if self.no_attn_mask {
             m.attn_mask = false;
+        }
+        if let Some(v) = self.positions {
+            m.positions = v;
         }
         for s in &self.set {
             cfg.set(s)?;

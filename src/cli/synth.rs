@@ -77,6 +77,11 @@ pub struct SynthArgs {
     /// file against (`scripts/check_mult_pkl.py FILE SUMS`).
     #[arg(long)]
     pub sums: Option<PathBuf>,
+    /// Also fit the two closed-form probes and print their test Pearson r: the aligned
+    /// oracle (knows the rule's form and the TRUE alignment) and the pooled baseline
+    /// (ridge on mean/max-pooled features): the bounds a model should land between.
+    #[arg(long)]
+    pub probe: bool,
 }
 
 impl SynthArgs {
@@ -158,6 +163,13 @@ pub fn run(args: &SynthArgs) -> Result<()> {
     if let Some(path) = &args.sums {
         std::fs::write(path, serde_json::to_string_pretty(&array_sums(&ds))?)?;
         eprintln!("wrote {}", path.display());
+    }
+    if args.probe {
+        let r = crate::data::synth::probe::probe(&ds)?;
+        println!(
+            "probes (test Pearson r): aligned oracle {:.3}, pooled baseline {:.3}",
+            r.aligned_r, r.pooled_r
+        );
     }
     Ok(())
 }

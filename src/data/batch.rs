@@ -25,6 +25,27 @@ fn gather(m: &Modality, idx: &[usize], device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(buf, (idx.len(), m.t, m.d), device)?)
 }
 
+/// Per modality, the midpoint time `[B, T]` of every element of the samples `idx` (NaN for
+/// padding), when the split knows its element intervals.
+fn gather_times(split: &Split, idx: &[usize], device: &Device) -> Result<Option<[Tensor; 3]>> {
+    let Some(iv) = &split.intervals else {
+        return Ok(None);
+    };
+    let mods = [&split.text, &split.audio, &split.vision];
+    let mut out = Vec::with_capacity(3);
+    for (m, per) in mods.iter().zip(&iv.per_modality) {
+        let t = m.t;
+        let mut buf = Vec::with_capacity(idx.len() * t);
+        for &i in idx {
+            let s = &per[i * t * 2..(i + 1) * t * 2];
+            buf.extend(s.chunks_exact(2).map(|c| 0.5 * (c[0] + c[1])));
+        }
+        out.push(Tensor::from_vec(buf, (idx.len(), t), device)?);
+    }
+    let [l, a, v]: [Tensor; 3] = out.try_into().expect("three modalities");
+    Ok(Some([l, a, v]))
+}
+
 /// Labels of the samples `idx` as a tensor.
 pub fn labels_tensor(labels: &Labels, idx: &[usize], device: &Device) -> Result<Tensor> {
     Ok(match labels {
@@ -50,6 +71,7 @@ pub fn make_batch(split: &Split, idx: &[usize], device: &Device) -> Result<Batch
             text: gather(&split.text, idx, device)?,
             audio: gather(&split.audio, idx, device)?,
             vision: gather(&split.vision, idx, device)?,
+            times: gather_times(split, idx, device)?,
         },
         labels: labels_tensor(&split.labels, idx, device)?,
         indices: idx.to_vec(),

@@ -163,6 +163,32 @@ pub struct ModelConfig {
     /// EF-/LF-LSTM: dropout on the last hidden state(s) before the head.
     #[serde(default = "default_lstm_dropout")]
     pub lstm_dropout: f32,
+    /// What the sinusoidal positional embedding encodes: each modality's step index
+    /// (MulT's, the default) or each element's real time (needs data with element times).
+    #[serde(default)]
+    pub positions: Positions,
+    /// Seconds per position unit when `positions = time` (the table's fastest sinusoid has
+    /// a period of 2π units: 63 ms at the default 0.01 s).
+    #[serde(default = "default_time_step")]
+    pub time_step: f32,
+}
+
+/// What the positional embedding of every encoder input encodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Positions {
+    /// The step index in the padded sequence (MulT, the paper): step `t` gets row `t + 1`.
+    /// Steps of different modalities with equal indices are NOT simultaneous.
+    #[default]
+    Index,
+    /// The element's real time (midpoint of its interval, in `time_step` units), so that
+    /// co-occurring elements of different modalities get the same position. Needs element
+    /// times in the data (the built-in benchmark, `.csd` imports).
+    Time,
+}
+
+fn default_time_step() -> f32 {
+    0.01
 }
 
 impl ModelConfig {
@@ -245,6 +271,11 @@ impl ModelConfig {
                 "partial modes exist only for the `mult` architecture"
             );
         }
+        ensure!(
+            self.time_step.is_finite() && self.time_step > 0.0,
+            "model option `time_step` must be a positive number of seconds, got {}",
+            self.time_step
+        );
         ensure!(
             self.lstm_hidden > 0,
             "model option `lstm_hidden` must be positive"
@@ -349,6 +380,8 @@ impl OfficialMultConfig {
             lstm_hidden: default_lstm_hidden(),
             lstm_mod_hidden: default_lstm_mod_hidden(),
             lstm_dropout: default_lstm_dropout(),
+            positions: Positions::Index,
+            time_step: default_time_step(),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -401,13 +401,19 @@ impl Encoder {
         })
     }
 
-    /// Input embedding: `dropout(sqrt(E) * x + PE(x))` (each call is its own dropout draw).
-    pub fn embed(&self, ctx: &Ctx, x: &Tensor) -> Result<Tensor> {
-        embed(ctx, x, self.embed_dim, self.drop.embed)
+    /// Input embedding: `dropout(sqrt(E) * x + PE(x))` (each call is its own dropout draw);
+    /// `pe` replaces the step-index table by given positions (`positions = time`).
+    pub fn embed(&self, ctx: &Ctx, x: &Tensor, pe: Option<&Tensor>) -> Result<Tensor> {
+        match pe {
+            Some(pe) => embed_with(ctx, x, pe, self.embed_dim, self.drop.embed),
+            None => embed(ctx, x, self.embed_dim, self.drop.embed),
+        }
     }
 
     /// Runs the encoder on `x` `[B, T, E]`; `source` `[B, T_s, E]` makes it crossmodal
-    /// (keys and values are embedded from it, each with its own dropout draw).
+    /// (keys and values are embedded from it, each with its own dropout draw). `pe` gives
+    /// the positional embeddings of `x` and of `source` when they are not step indices.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         ctx: &Ctx,
@@ -415,10 +421,11 @@ impl Encoder {
         x: &Tensor,
         source: Option<&Tensor>,
         trace: bool,
+        pe: [Option<&Tensor>; 2],
     ) -> Result<EncoderOutput> {
-        let mut h = self.embed(ctx, x)?;
+        let mut h = self.embed(ctx, x, pe[0])?;
         let kv = match source {
-            Some(s) => Some((self.embed(ctx, s)?, self.embed(ctx, s)?)),
+            Some(s) => Some((self.embed(ctx, s, pe[1])?, self.embed(ctx, s, pe[1])?)),
             None => None,
         };
         let mut layer_outputs = Vec::with_capacity(self.layers.len());
@@ -450,6 +457,13 @@ pub fn embed(ctx: &Ctx, x: &Tensor, embed_dim: usize, p: f32) -> Result<Tensor> 
         return Ok(super::pointwise::embed(x, (embed_dim as f64).sqrt(), d)?);
     }
     embed_composed(ctx, x, embed_dim, p)
+}
+
+/// `dropout(sqrt(E) * x + pe, p)` with given positional embeddings `pe` `[B, T, E]`
+/// (`positions = time`; composed ops).
+pub fn embed_with(ctx: &Ctx, x: &Tensor, pe: &Tensor, embed_dim: usize, p: f32) -> Result<Tensor> {
+    let scaled = (x * (embed_dim as f64).sqrt())?;
+    ctx.dropout(&(scaled + pe)?, p)
 }
 
 /// [`embed`] with composed ops.

@@ -316,6 +316,52 @@ pub fn positional_embedding(x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, (b, t, e), x.device())?)
 }
 
+/// Time positional embedding `[B, T_in - kernel + 1, e]` from element times `[B, T_in]`
+/// (seconds, NaN for padding): output step `i` (after a conv of width `kernel`) takes the time
+/// of input element `i + (kernel - 1) / 2` in units of `time_step` as a CONTINUOUS position
+/// `p` and gets `[sin(p f_0..), cos(p f_0..)]` with [`sinusoidal_table`]'s frequencies (an
+/// extra zero column for odd `e`); padding gets the zero vector. Co-occurring elements of
+/// different modalities thus get equal positions, whatever their sampling rates.
+pub fn time_positional_embedding(
+    times: &Tensor,
+    kernel: usize,
+    e: usize,
+    time_step: f32,
+) -> Result<Tensor> {
+    let (b, t_in) = times.dims2()?;
+    anyhow::ensure!(
+        kernel >= 1 && t_in >= kernel,
+        "element times of length {t_in} are shorter than the conv kernel {kernel}"
+    );
+    let t_out = t_in - kernel + 1;
+    let tv: Vec<f32> = times.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+    let half = e / 2;
+    let step = if half > 1 {
+        (10000f64).ln() / (half as f64 - 1.0)
+    } else {
+        0.0
+    };
+    let freqs: Vec<f64> = (0..half).map(|k| (k as f64 * -step).exp()).collect();
+    let centre = (kernel - 1) / 2;
+    let mut out = vec![0f32; b * t_out * e];
+    for i in 0..b {
+        for s in 0..t_out {
+            let t = tv[i * t_in + s + centre];
+            if !t.is_finite() {
+                continue;
+            }
+            let pos = f64::from(t) / f64::from(time_step);
+            let row = &mut out[(i * t_out + s) * e..(i * t_out + s + 1) * e];
+            for (k, f) in freqs.iter().enumerate() {
+                let a = pos * f;
+                row[k] = a.sin() as f32;
+                row[half + k] = a.cos() as f32;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(out, (b, t_out, e), times.device())?)
+}
+
 /// Additive causal-offset mask `[T_q, T_k]`: `-inf` where `j > i + |T_k - T_q|` (MulT's
 /// `buffered_future_mask`), so the last query sees every key.
 pub fn causal_offset_mask(tq: usize, tk: usize, device: &Device) -> Result<Tensor> {
@@ -335,6 +381,37 @@ pub fn causal_offset_allows(i: usize, j: usize, tq: usize, tk: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Time positions: equal times give equal rows whatever the modality's rate; the
+    /// conv kernel shifts to the centre element; NaN (padding) gives zeros; the row of time
+    /// `t` is the sinusoid of the continuous position `t / time_step`.
+    #[test]
+    fn time_positions_follow_the_element_times() {
+        let dev = Device::Cpu;
+        let times = Tensor::from_vec(
+            vec![f32::NAN, 0.1, 0.35, 0.6, f32::NAN, 0.35, 0.36, 2.0],
+            (2, 4),
+            &dev,
+        )
+        .unwrap();
+        let pe = time_positional_embedding(&times, 1, 6, 0.01).unwrap();
+        let v: Vec<Vec<Vec<f32>>> = pe.to_vec3().unwrap();
+        assert_eq!(v[0][0], vec![0.0; 6]);
+        assert_eq!(v[0][2], v[1][1]);
+        assert_ne!(v[1][1], v[1][2]);
+        let f1 = (-(10000f64).ln() / 2.0).exp();
+        let p = 0.1f64 / 0.01;
+        let want = [p.sin(), (p * f1).sin(), (p * f1 * f1).sin(), p.cos()];
+        for (g, w) in v[0][1].iter().zip(want) {
+            assert!((f64::from(*g) - w).abs() < 1e-6, "{g} vs {w}");
+        }
+        // Kernel 3: output step 0 takes input element 1.
+        let pe3 = time_positional_embedding(&times, 3, 6, 0.01).unwrap();
+        assert_eq!(pe3.dims3().unwrap(), (2, 2, 6));
+        let v3: Vec<Vec<Vec<f32>>> = pe3.to_vec3().unwrap();
+        assert_eq!(v3[0][0], v[0][1]);
+        assert!(time_positional_embedding(&times, 5, 6, 0.01).is_err());
+    }
 
     #[test]
     fn unfold_copies_equal_the_shifted_views() {

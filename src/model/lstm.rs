@@ -549,6 +549,7 @@ mod tests {
             text: out[0].clone(),
             audio: out[1].clone(),
             vision: out[2].clone(),
+            times: None,
         }
     }
 

@@ -9,11 +9,11 @@
 
 use super::config::{GateBias, KvSource, ModelConfig};
 use super::ctx::Ctx;
-use super::encoder::{embed, Encoder, EncoderLayer};
+use super::encoder::{embed, embed_with, Encoder, EncoderLayer};
 use super::layers::linear;
 use super::mult::{
     check_inputs, drops, valid_masks, BlockTrace, ForwardOpts, ForwardOutput, FrontEnd, Head,
-    Inputs, MOD_SHORT, SOURCES,
+    pe_of, time_pe, Inputs, MOD_SHORT, SOURCES,
 };
 use super::params::{Init, ParamSource};
 use anyhow::{ensure, Result};
@@ -157,9 +157,14 @@ impl Mica {
         let proj = self.front.forward(ctx, x)?;
         let mut inter = BTreeMap::new();
         // Z[0]: scaled + positioned + dropped-out embeddings of each modality.
+        let pe = time_pe(cfg, x, cfg.d)?;
         let z0: Vec<Tensor> = proj
             .iter()
-            .map(|p| embed(ctx, p, cfg.d, cfg.embed_dropout))
+            .enumerate()
+            .map(|(m, p)| match pe_of(&pe, m) {
+                Some(pe) => embed_with(ctx, p, pe, cfg.d, cfg.embed_dropout),
+                None => embed(ctx, p, cfg.d, cfg.embed_dropout),
+            })
             .collect::<Result<_>>()?;
         let mut z = z0.clone();
         let mut traces = Vec::new();
@@ -210,7 +215,7 @@ impl Mica {
         #[allow(clippy::needless_range_loop)]
         for t in 0..3 {
             let h = self.self_enc[t]
-                .forward(ctx, kernel, &z[t], None, false)?
+                .forward(ctx, kernel, &z[t], None, false, [pe_of(&pe, t), None])?
                 .out;
             let len = h.dim(1)?;
             last.push(h.narrow(1, len - 1, 1)?.squeeze(1)?);

@@ -2,10 +2,10 @@
 //! (spec/mult.md). Reads top to bottom: front end, six crossmodal encoders, three
 //! memory encoders, last-step read-out, residual head.
 
-use super::config::{ModelConfig, Partial};
+use super::config::{ModelConfig, Partial, Positions};
 use super::ctx::Ctx;
 use super::encoder::{AttnTrace, Encoder, EncoderDropouts};
-use super::layers::{Conv1d, Linear};
+use super::layers::{time_positional_embedding, Conv1d, Linear};
 use super::params::ParamSource;
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
@@ -26,6 +26,9 @@ pub struct Inputs {
     pub audio: Tensor,
     /// Vision `[B, T_v, D_v]`.
     pub vision: Tensor,
+    /// Per modality, each element's time `[B, T]` f32 (seconds, the midpoint of its
+    /// interval; NaN for padding), where the data knows it. Used by `positions = time`.
+    pub times: Option<[Tensor; 3]>,
 }
 
 /// What a forward pass should keep besides the output.
@@ -226,6 +229,9 @@ impl Mult {
         let kernel = self.cfg.attention;
         let mut inter = BTreeMap::new();
         let z = self.front.forward(ctx, x)?;
+        let pe = time_pe(&self.cfg, x, self.cfg.d)?;
+        // The memory encoders run at width 2d.
+        let pe_mem = time_pe(&self.cfg, x, 2 * self.cfg.d)?;
         if opts.intermediates {
             for m in 0..3 {
                 inter.insert(format!("proj_{}", MOD_SHORT[m]), z[m].clone());
@@ -238,7 +244,14 @@ impl Mult {
             let mut halves = Vec::with_capacity(2);
             for (k, enc) in encs.iter().enumerate() {
                 let s = SOURCES[t][k];
-                let o = enc.forward(ctx, kernel, &z[t], Some(&z[s]), opts.trace || opts.probs)?;
+                let o = enc.forward(
+                    ctx,
+                    kernel,
+                    &z[t],
+                    Some(&z[s]),
+                    opts.trace || opts.probs,
+                    [pe_of(&pe, t), pe_of(&pe, s)],
+                )?;
                 if opts.intermediates {
                     record(
                         &mut inter,
@@ -261,7 +274,7 @@ impl Mult {
                 halves.push(o.out);
             }
             let h = Tensor::cat(&halves, 2)?;
-            let o = self.mem[t].forward(ctx, kernel, &h, None, false)?;
+            let o = self.mem[t].forward(ctx, kernel, &h, None, false, [pe_of(&pe_mem, t), None])?;
             if opts.intermediates {
                 record(
                     &mut inter,
@@ -362,6 +375,32 @@ pub fn check_inputs(cfg: &ModelConfig, x: &Inputs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The time positional embeddings `[B, T_m, width]` of the three modalities when the config
+/// asks for `positions = time` (None for step-index positions); an error naming the option
+/// when the inputs carry no element times.
+pub fn time_pe(cfg: &ModelConfig, x: &Inputs, width: usize) -> Result<Option<[Tensor; 3]>> {
+    if cfg.positions != Positions::Time {
+        return Ok(None);
+    }
+    let Some(times) = &x.times else {
+        anyhow::bail!(
+            "model option `positions = time` needs element times, and these inputs have none \
+             (data without element intervals, e.g. a MulT/MMSA pickle): use `positions = index`"
+        );
+    };
+    let k = cfg.kernels();
+    let pe: Vec<Tensor> = (0..3)
+        .map(|m| time_positional_embedding(&times[m], k[m], width, cfg.time_step))
+        .collect::<Result<_>>()?;
+    let [l, a, v]: [Tensor; 3] = pe.try_into().expect("three modalities");
+    Ok(Some([l, a, v]))
+}
+
+/// Modality `m`'s entry of optional per-modality positional embeddings.
+pub fn pe_of(pe: &Option<[Tensor; 3]>, m: usize) -> Option<&Tensor> {
+    pe.as_ref().map(|p| &p[m])
 }
 
 /// Whether a config leaves a target unused (partial mode).
