@@ -262,6 +262,10 @@ pub enum Preset {
     Iemocap,
     /// A small, fast configuration for the built-in `synth-small` benchmark.
     SynthSmall,
+    /// The official MulT code's `main.py` defaults (d 30, 5 heads, 5 layers, conv kernels 1,
+    /// batch 24, lr 1e-3, 40 epochs, clip 0.8, `when` 20, its dropouts): what users of the
+    /// official code ran. MICA variants keep the paper's α 0.8, β 0.5, τ 0.25.
+    MultOfficial,
 }
 
 impl Config {
@@ -285,7 +289,11 @@ impl Config {
             // Table 1 gives kernels L/V/A = 3/3/5: audio 5.
             Preset::Iemocap => (32, 80, 1e-3, 10, 0.25, 0.7, 0.5, [3, 5, 3], 4),
             Preset::SynthSmall => (32, 12, 2e-3, 4, 0.25, 0.8, 0.5, [1, 1, 1], 2),
+            Preset::MultOfficial => (24, 40, 1e-3, 5, 0.25, 0.8, 0.5, [1, 1, 1], 5),
         };
+        if preset == Preset::MultOfficial {
+            model.d = 30; // models.py: self.d_l, self.d_a, self.d_v = 30, 30, 30
+        }
         if preset == Preset::SynthSmall {
             model.d = 16;
             model.embed_dropout = 0.1;
@@ -460,6 +468,29 @@ mod tests {
             (m.train.lr, m.model.layers, m.align.alpha, m.align.beta),
             (5e-4, 6, 0.0, 0.0)
         );
+    }
+
+    #[test]
+    fn mult_official_preset_is_main_py_defaults() {
+        let c = Config::preset(
+            Preset::MultOfficial,
+            Variant::Mult,
+            Task::Mosi,
+            [300, 5, 20],
+            [50, 375, 500],
+        );
+        let m = &c.model;
+        assert_eq!((m.d, m.num_heads, m.layers), (30, 5, 5));
+        assert_eq!(m.kernels(), [1, 1, 1]);
+        assert_eq!(
+            (m.attn_dropout, m.attn_dropout_a, m.attn_dropout_v, m.relu_dropout),
+            (0.1, 0.0, 0.0, 0.1)
+        );
+        assert_eq!((m.res_dropout, m.out_dropout, m.embed_dropout), (0.1, 0.0, 0.25));
+        assert!(m.attn_mask);
+        let t = &c.train;
+        assert_eq!((t.batch_size, t.epochs, t.lr, t.clip, t.when), (24, 40, 1e-3, 0.8, 20));
+        assert_eq!((c.align.alpha, c.align.beta), (0.0, 0.0));
     }
 
     #[test]

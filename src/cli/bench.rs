@@ -8,6 +8,7 @@
 //! a random amount of left padding per sample and modality. Threads come from the
 //! global `--threads` flag (CANDLE_NUM_THREADS / RAYON_NUM_THREADS).
 
+use super::common::ConfigArgs;
 use crate::config::{Config, Preset, Task, Variant};
 use crate::data::batch::Batch;
 use crate::model::attention::AttentionKernel;
@@ -48,31 +49,39 @@ pub enum BenchShape {
     Small,
 }
 
-/// `mica bench` options.
+/// `mica bench` options: a shape (`--shape`, or `--lens`/`--dims`/`--batch`) and any
+/// configuration (`--preset`, `--d`, `--heads`, `--layers`, `--kernels`, `--config FILE`,
+/// `--set`, ...: the options of `mica train`, same precedence).
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Model: mult, mica, backbone or mmd.
+    /// Model: mult, mica, backbone or mmd (`--variant` wins when given).
     #[arg(long, value_enum, default_value = "mult")]
     pub model: BenchModel,
-    /// Shape: bench (the paper's MOSI setting) or small.
+    /// Base shape: bench (the paper's MOSI setting, preset mosi) or small (preset
+    /// synth-small); --lens, --dims, --batch and every config option override it.
     #[arg(long, value_enum, default_value = "bench")]
     pub shape: BenchShape,
+    /// Input lengths as L,A,V (e.g. 30,120,150).
+    #[arg(long)]
+    pub lens: Option<String>,
+    /// Input feature dims as L,A,V (e.g. 300,5,20 for MOSI's MulT files).
+    #[arg(long)]
+    pub dims: Option<String>,
     /// Timed repetitions of each measurement (after one untimed warm-up).
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
-    /// Attention implementation (default: the config default).
-    #[arg(long, value_enum)]
-    pub attention: Option<AttentionKernel>,
     /// Print exactly one JSON object.
     #[arg(long)]
     pub json: bool,
     /// Seed of the weights and inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Override the shape's batch size (e.g. to compare with the plain kernel where its
-    /// `[B, h, T_q, T_k]` maps do not fit in memory at B = 24).
+    /// Batch size of the timed step (default: the shape's, 24 or 4; `--batch-size` too).
     #[arg(long)]
     pub batch: Option<usize>,
+    /// Every model / loss / training option, as for `mica train`.
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
 }
 
 /// Result of a benchmark (the JSON of `--json`).
@@ -88,6 +97,101 @@ pub struct BenchReport {
     pub threads: usize,
     /// `mult` or `mica`.
     pub model: BenchModel,
+    /// What was measured: the resolved configuration.
+    pub config: BenchSetting,
+}
+
+/// The configuration a benchmark ran, as its JSON names it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchSetting {
+    /// Variant (architecture + losses).
+    pub variant: String,
+    /// Batch size.
+    pub batch: usize,
+    /// Input lengths (L, A, V).
+    pub lens: [usize; 3],
+    /// Input feature dims (L, A, V).
+    pub dims: [usize; 3],
+    /// Model width.
+    pub d: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Crossmodal layers.
+    pub layers: usize,
+    /// Conv kernels (L, A, V).
+    pub kernels: [usize; 3],
+    /// Attention implementation.
+    pub attention: AttentionKernel,
+    /// MMD and PEA weights.
+    pub alpha: f64,
+    /// PEA weight.
+    pub beta: f64,
+}
+
+impl BenchSetting {
+    /// The setting of `cfg` at batch `batch`.
+    pub fn of(cfg: &Config, batch: usize) -> Self {
+        let m = &cfg.model;
+        BenchSetting {
+            variant: cfg.variant.name().to_string(),
+            batch,
+            lens: m.lens(),
+            dims: m.orig_dims(),
+            d: m.d,
+            heads: m.num_heads,
+            layers: m.layers,
+            kernels: m.kernels(),
+            attention: m.attention,
+            alpha: cfg.align.alpha,
+            beta: cfg.align.beta,
+        }
+    }
+}
+
+/// Parses `L,A,V` (three positive integers) for option `name`.
+fn triple(name: &str, s: &str) -> Result<[usize; 3]> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|x| x.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("--{name} `{s}`: expected three positive integers L,A,V"))?;
+    ensure!(
+        v.len() == 3 && v.iter().all(|&x| x > 0),
+        "--{name} `{s}`: expected three positive integers L,A,V"
+    );
+    Ok([v[0], v[1], v[2]])
+}
+
+/// The benchmark's config and batch size from its options.
+pub fn resolve(args: &BenchArgs) -> Result<(Config, usize)> {
+    let (preset, dims0, lens0, batch0) = match args.shape {
+        BenchShape::Bench => (Preset::Mosi, [300, 74, 35], [50, 375, 500], 24),
+        BenchShape::Small => (Preset::SynthSmall, [12, 6, 5], [10, 12, 14], 4),
+    };
+    let dims = match &args.dims {
+        Some(s) => triple("dims", s)?,
+        None => dims0,
+    };
+    let lens = match &args.lens {
+        Some(s) => triple("lens", s)?,
+        None => lens0,
+    };
+    let mut c = args.cfg.clone();
+    c.variant = c.variant.or(Some(variant_of(args.model)));
+    let mut cfg = c.build_for(preset, Task::Mosi, dims, lens, args.seed)?;
+    let batch = args.batch.or(args.cfg.batch_size).unwrap_or(batch0);
+    ensure!(batch >= 1, "--batch must be at least 1");
+    cfg.train.batch_size = batch;
+    Ok((cfg, batch))
+}
+
+fn variant_of(model: BenchModel) -> Variant {
+    match model {
+        BenchModel::Mult => Variant::Mult,
+        BenchModel::Mica => Variant::Mica,
+        BenchModel::Backbone => Variant::Backbone,
+        BenchModel::Mmd => Variant::Mmd,
+    }
 }
 
 /// Multiply-add FLOPs (2 per multiply-accumulate) of one forward pass of `cfg` at batch
@@ -152,12 +256,7 @@ pub fn bench_config(
     shape: BenchShape,
     attention: AttentionKernel,
 ) -> (Config, usize) {
-    let variant = match model {
-        BenchModel::Mult => Variant::Mult,
-        BenchModel::Mica => Variant::Mica,
-        BenchModel::Backbone => Variant::Backbone,
-        BenchModel::Mmd => Variant::Mmd,
-    };
+    let variant = variant_of(model);
     let (preset, dims, lens, batch) = match shape {
         BenchShape::Bench => (Preset::Mosi, [300, 74, 35], [50, 375, 500], 24),
         BenchShape::Small => (Preset::SynthSmall, [12, 6, 5], [10, 12, 14], 4),
@@ -231,11 +330,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run_bench(args: &BenchArgs) -> Result<BenchReport> {
     ensure!(args.steps >= 1, "--steps must be at least 1");
     let device = Device::Cpu;
-    let kernel = args.attention.unwrap_or_default();
-    let (mut cfg, batch) = bench_config(args.model, args.shape, kernel);
-    let batch = args.batch.unwrap_or(batch);
-    ensure!(batch >= 1, "--batch must be at least 1");
-    cfg.train.batch_size = batch;
+    let (cfg, batch) = resolve(args)?;
     cfg.validate()?;
     let mut init = Initializer::new(args.seed, &device);
     let model = Model::new(&mut init, &cfg.model)?;
@@ -274,6 +369,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<BenchReport> {
         peak_rss_mb: peak_rss_mb(),
         threads: candle_core::utils::get_num_threads(),
         model: args.model,
+        config: BenchSetting::of(&cfg, batch),
     })
 }
 
@@ -283,19 +379,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
-        let kernel = args.attention.unwrap_or_default();
+        let c = &r.config;
         println!(
-            "model {:?}, shape {:?}, batch {}, attention {:?}, threads {}, {} timed steps",
-            r.model,
-            args.shape,
-            args.batch
-                .unwrap_or(bench_config(args.model, args.shape, kernel).1),
-            kernel,
+            "{} (d {}, {} heads, {} layers, kernels {:?}), batch {}, lens {:?}, dims {:?}, \
+             attention {:?}, threads {}, {} timed steps",
+            c.variant,
+            c.d,
+            c.heads,
+            c.layers,
+            c.kernels,
+            c.batch,
+            c.lens,
+            c.dims,
+            c.attention,
             r.threads,
             args.steps
         );
-        let (cfg, batch) = bench_config(args.model, args.shape, kernel);
-        let fwd = forward_flops(&cfg.model, args.batch.unwrap_or(batch));
+        let (cfg, batch) = resolve(args)?;
+        let fwd = forward_flops(&cfg.model, batch);
         println!(
             "matmul FLOPs: {:.2} GFLOP per forward, {:.2} GFLOP per training step (3x)",
             fwd / 1e9,
@@ -323,16 +424,7 @@ mod tests {
     #[test]
     fn small_bench_runs_and_reports() {
         for model in [BenchModel::Mult, BenchModel::Mica] {
-            let r = run_bench(&BenchArgs {
-                model,
-                shape: BenchShape::Small,
-                steps: 1,
-                attention: Some(AttentionKernel::Fused),
-                json: true,
-                seed: 1,
-                batch: None,
-            })
-            .unwrap();
+            let r = run_bench(&small_args(model)).unwrap();
             assert!(r.train_step_ms > 0.0 && r.eval_batch_ms > 0.0);
             assert!(r.peak_rss_mb > 0.0);
             assert!(r.threads >= 1);
@@ -340,9 +432,11 @@ mod tests {
             let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
             assert_eq!(
                 keys.len(),
-                5,
-                "exactly train_step_ms, eval_batch_ms, peak_rss_mb, threads, model: {keys:?}"
+                6,
+                "exactly train_step_ms, eval_batch_ms, peak_rss_mb, threads, model, config: {keys:?}"
             );
+            assert_eq!(v["config"]["lens"], serde_json::json!([10, 12, 14]));
+            assert_eq!(v["config"]["batch"], 4);
             assert_eq!(
                 v["model"],
                 if model == BenchModel::Mult {
@@ -352,6 +446,52 @@ mod tests {
                 }
             );
         }
+    }
+
+    fn small_args(model: BenchModel) -> BenchArgs {
+        BenchArgs {
+            model,
+            shape: BenchShape::Small,
+            lens: None,
+            dims: None,
+            steps: 1,
+            json: true,
+            seed: 1,
+            batch: None,
+            cfg: ConfigArgs {
+                attention: Some(AttentionKernel::Fused),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Any configuration: the official MulT defaults at short MOSI lengths, named in the
+    /// report; bad shapes are refused by option name.
+    #[test]
+    fn any_configuration_resolves_and_is_named() {
+        let mut a = small_args(BenchModel::Mult);
+        a.shape = BenchShape::Bench;
+        a.lens = Some("30,120,150".into());
+        a.dims = Some("300,5,20".into());
+        a.cfg.preset = Some(Preset::MultOfficial);
+        let (c, b) = resolve(&a).unwrap();
+        let s = BenchSetting::of(&c, b);
+        assert_eq!((s.d, s.heads, s.layers, s.kernels), (30, 5, 5, [1, 1, 1]));
+        assert_eq!((s.lens, s.dims, s.batch), ([30, 120, 150], [300, 5, 20], 24));
+        assert_eq!(s.variant, "mult");
+        a.cfg.d = Some(24);
+        a.cfg.heads = Some(6);
+        a.batch = Some(3);
+        a.model = BenchModel::Mica;
+        let (c, b) = resolve(&a).unwrap();
+        let s = BenchSetting::of(&c, b);
+        assert_eq!((s.d, s.heads, s.batch, s.variant.as_str()), (24, 6, 3, "mica"));
+        assert_eq!((s.alpha, s.beta), (0.8, 0.5));
+        a.lens = Some("30,120".into());
+        let e = resolve(&a).unwrap_err().to_string();
+        assert_eq!(e, "--lens `30,120`: expected three positive integers L,A,V");
+        a.lens = Some("30,x,5".into());
+        assert!(resolve(&a).unwrap_err().to_string().starts_with("--lens `30,x,5`"));
     }
 
     #[test]

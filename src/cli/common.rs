@@ -40,8 +40,8 @@ pub struct ConfigArgs {
     /// model.lstm_dropout=0.1).
     #[arg(long, value_enum)]
     pub variant: Option<Variant>,
-    /// Hyper-parameter preset (paper Table 1): mosi, mosei, iemocap, synth-small.
-    /// Default: from the dataset.
+    /// Hyper-parameter preset (paper Table 1): mosi, mosei, iemocap, synth-small, or
+    /// mult-official (the official MulT code's main.py defaults). Default: from the dataset.
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
     /// Task (loss and metrics): mosi, mosei, iemocap. Default: from the dataset's labels.
@@ -167,6 +167,19 @@ impl ConfigArgs {
     pub fn build(&self, data: &DataArgs, ds: &Dataset, seed: u64) -> Result<Config> {
         let (preset0, task0) = defaults_for(&data.dataset, data.data.is_some(), ds);
         let (dims, lens) = shapes(ds)?;
+        self.build_for(preset0, task0, dims, lens, seed)
+    }
+
+    /// [`ConfigArgs::build`] for given input shapes instead of a dataset (`mica bench`):
+    /// `preset0` / `task0` apply where `--preset` / `--task` are not given.
+    pub fn build_for(
+        &self,
+        preset0: Preset,
+        task0: Task,
+        dims: [usize; 3],
+        lens: [usize; 3],
+        seed: u64,
+    ) -> Result<Config> {
         let variant = self.variant.unwrap_or(Variant::Mica);
         let mut cfg = Config::preset(
             self.preset.unwrap_or(preset0),
