@@ -73,9 +73,12 @@ pub fn csv_field(s: &str) -> String {
     }
 }
 
+/// One CSV record: the 1-based line it starts on and its fields.
+type Record = (usize, Vec<String>);
+
 /// Splits CSV text into records of fields (RFC 4180 quoting; CRLF or LF line ends), each
 /// with the 1-based line it starts on. An unterminated quote is an error at its line.
-fn records(text: &str) -> Result<Vec<(usize, Vec<String>)>, (usize, String)> {
+fn records(text: &str) -> Result<Vec<Record>, (usize, String)> {
     let mut out = Vec::new();
     let (mut fields, mut field) = (Vec::new(), String::new());
     let (mut line, mut start, mut quoted, mut was_quoted) = (1usize, 1usize, false, false);
