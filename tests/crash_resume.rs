@@ -250,3 +250,20 @@ fn epochs_zero_and_duplicate_seeds_are_refused_before_anything_is_written() {
     assert!(stderr(&o).contains("--seeds: seed 1 appears twice"), "{}", stderr(&o));
     assert!(!run.exists());
 }
+
+#[test]
+fn resume_of_what_is_not_a_run_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = resume_cmd(&dir.path().join("missing"), &[]).output().unwrap();
+    assert_one_line(&o);
+    assert!(stderr(&o).contains("missing: no such directory"), "{}", stderr(&o));
+    let multi = dir.path().join("multi");
+    std::fs::create_dir_all(multi.join("seed-7")).unwrap();
+    let o = resume_cmd(&multi, &[]).output().unwrap();
+    assert_one_line(&o);
+    assert!(
+        stderr(&o).contains(&format!("holds a multi-seed run: resume each seed's directory (e.g. --resume {})", multi.join("seed-7").display())),
+        "{}",
+        stderr(&o)
+    );
+}

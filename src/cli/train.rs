@@ -177,6 +177,19 @@ fn ensure_multi_seed_dir(base: &Path) -> Result<()> {
 
 /// `--resume RUN_DIR`: continues a run with its saved config and its recorded data.
 fn resume(a: &TrainArgs, dir: &Path, t0: std::time::Instant) -> Result<()> {
+    ensure!(dir.is_dir(), "--resume {}: no such directory", dir.display());
+    let seeds: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list", dir.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("seed-"))
+        .collect();
+    ensure!(
+        seeds.is_empty() || dir.join("config.json").is_file(),
+        "--resume {}: holds a multi-seed run: resume each seed's directory (e.g. --resume {})",
+        dir.display(),
+        dir.join(&seeds[0]).display()
+    );
     ensure!(
         rundir::dir_state(dir)? == rundir::DirState::Run,
         "--resume {}: no run to continue there (no config.json; a run killed before it wrote its config): start it again with the same options and --out {}",
