@@ -9,6 +9,7 @@ pub mod analysis;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod durable;
 pub mod eval;
 pub mod model;
 pub mod train;

@@ -11,6 +11,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() {
+    // A closed pipe on stdout or stderr (`mica inspect X | head -1`) ends the process
+    // quietly, as for any Unix tool, instead of a panic in `println!`. Runs stay
+    // consistent: every file is written atomically, so a run stopped this way resumes.
+    // SAFETY: restores the default disposition of one signal before any thread exists.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // Never purge: the same tensor sizes come back every step, and purged pages would
     // be faulted in again (mica bench, MulT at the bench shape: 2.9 s → 2.5 s a step).
     // SAFETY: sets one of mimalloc's integer options; no pointer is involved.

@@ -102,12 +102,34 @@ pub fn block_mmd(
     );
     let iq = mmd::sample_valid(&valid[block.target], cfg.mmd_max_samples, salt);
     let ik = mmd::sample_valid(&valid[block.source], cfg.mmd_max_samples, salt ^ 0x5555);
+    // A modality that is all padding in this batch (or, for the linear estimator, has a
+    // single element) gives the block nothing to compare: it adds 0 instead of failing.
+    let need = match cfg.mmd_estimator {
+        MmdEstimator::Sampled => 1,
+        MmdEstimator::Linear => 2,
+    };
+    if iq.len() < need || ik.len() < need {
+        return Ok(Tensor::zeros((), block.attn.q.dtype(), block.attn.q.device())?);
+    }
     let q = mmd::gather_rows(&block.attn.q, &iq)?;
     let k = mmd::gather_rows(&block.attn.k, &ik)?;
+    let names = crate::data::MODALITIES;
     match cfg.mmd_estimator {
         MmdEstimator::Sampled => mmd::mmd_biased(&k, &q),
         MmdEstimator::Linear => mmd::mmd_linear(&k, &q),
     }
+    .with_context(|| {
+        format!(
+            "L_m of the {} <- {} block, layer {} ({} {} and {} {} elements in this batch)",
+            names[block.target],
+            names[block.source],
+            block.layer + 1,
+            iq.len(),
+            names[block.target],
+            ik.len(),
+            names[block.source]
+        )
+    })
 }
 
 /// `L_m` = sum over every traced block of [`block_mmd`].

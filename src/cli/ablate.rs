@@ -115,7 +115,7 @@ pub fn run(a: &AblateArgs) -> Result<()> {
                 dir.display()
             );
             let t = Instant::now();
-            let (m, status) = train_or_reuse(&cfg, &ds, &dir, !a.quiet)?;
+            let (m, status) = train_or_reuse(&cfg, &ds, &a.data.source(), &dir, !a.quiet)?;
             eprintln!(
                 "[{k}/{total}] {} seed {seed}: {} in {:.1}s | {}",
                 v.name(),

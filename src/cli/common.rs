@@ -30,6 +30,33 @@ impl DataArgs {
     pub fn load(&self) -> Result<Dataset> {
         load_dataset(self.data.as_deref(), &self.dataset, self.data_seed)
     }
+
+    /// Where the data comes from, as a run records it: the `--data` path (absolute when
+    /// it resolves), or `builtin:NAME:DATA_SEED`.
+    pub fn source(&self) -> String {
+        match &self.data {
+            Some(p) => p
+                .canonicalize()
+                .unwrap_or_else(|_| p.clone())
+                .display()
+                .to_string(),
+            None => format!("builtin:{}:{}", self.dataset, self.data_seed),
+        }
+    }
+
+    /// The files this data is read from (for the output-path guard): the `--data` file or
+    /// directory and, for a mica dataset directory, every file its manifest lists.
+    pub fn input_files(&self) -> Vec<PathBuf> {
+        let Some(p) = &self.data else { return Vec::new() };
+        let mut files = vec![p.clone()];
+        if p.is_dir() {
+            files.push(p.join(crate::data::mica_format::MANIFEST));
+            if let Ok(m) = crate::data::mica_format::read_manifest(p) {
+                files.extend(m.splits.values().map(|e| p.join(&e.file)));
+            }
+        }
+        files
+    }
 }
 
 /// Every model / loss / training option (defaults: the preset's).
@@ -189,8 +216,11 @@ impl ConfigArgs {
             lens,
         );
         if let Some(path) = &self.config {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("{}: cannot read", path.display()))?;
+            let text = crate::durable::read_string_capped(
+                path,
+                crate::durable::SMALL_FILE_CAP,
+                "config",
+            )?;
             let over: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
                 serde_json::from_str(&text)
                     .with_context(|| format!("{}: bad JSON", path.display()))?

@@ -72,6 +72,31 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// The most CPU threads `--threads` (or `CANDLE_NUM_THREADS` / `RAYON_NUM_THREADS`) may ask for.
+pub const MAX_THREADS: usize = 1024;
+
+/// Refuses thread counts outside 1..=[`MAX_THREADS`], from the flag or the environment.
+fn check_threads(n: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=MAX_THREADS).contains(&n),
+        "--threads {n}: expected a thread count from 1 to {MAX_THREADS}"
+    );
+    for var in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
+        if let Some(v) = std::env::var_os(var) {
+            let v = v.to_string_lossy();
+            let ok = v
+                .trim()
+                .parse::<usize>()
+                .is_ok_and(|k| k <= MAX_THREADS && (k >= 1 || var == "RAYON_NUM_THREADS"));
+            anyhow::ensure!(
+                ok,
+                "{var}={v}: expected a thread count from 1 to {MAX_THREADS}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Sets candle's and rayon's CPU thread counts (and candle's pool spinning) before the
 /// pools start (they read the environment once).
 fn set_threads(n: usize) {
@@ -95,16 +120,19 @@ fn set_threads(n: usize) {
 /// Parses the command line and runs the chosen job.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    check_threads(cli.threads)?;
     set_threads(cli.threads);
     // The job runs on a worker of the rayon pool that the parallel ops use (candle's
     // matmul, mica's kernels): the thread that issues an op then works on it too, instead
     // of a third thread waking the pool's workers and sleeping until they finish.
+    let n = candle_core::utils::get_num_threads();
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(candle_core::utils::get_num_threads())
+        .num_threads(n)
         .thread_name(|i| format!("mica-{i}"))
         // candle's backward sorts the graph recursively: room for deep graphs.
         .stack_size(64 << 20)
-        .build()?;
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start {n} worker threads: {e}"))?;
     pool.install(|| run(cli.command))
 }
 

@@ -30,6 +30,13 @@ pub struct ImportArgs {
 /// Runs `mica import-mult`.
 pub fn run_import(a: &ImportArgs) -> Result<()> {
     let device = Device::Cpu;
+    crate::durable::ensure_not_input(&a.out, "--out", &[a.weights.clone(), a.config.clone()])?;
+    let is_ckpt = a.out.join("model.safetensors").is_file() && a.out.join("config.json").is_file();
+    anyhow::ensure!(
+        is_ckpt || crate::durable::is_empty_dir(&a.out)?,
+        "--out {}: exists and is neither empty nor a mica checkpoint: choose another --out (nothing was written)",
+        a.out.display()
+    );
     let (model_cfg, store, _model) = import_official(&a.weights, &a.config, &device)?;
     let task = if model_cfg.output_dim == 8 {
         Task::Iemocap
@@ -72,6 +79,9 @@ pub struct ForwardArgs {
 /// Runs `mica forward`.
 pub fn run_forward(a: &ForwardArgs) -> Result<()> {
     let device = Device::Cpu;
+    let mut inputs = checkpoint::input_files(&a.checkpoint);
+    inputs.push(a.inputs.clone());
+    crate::durable::ensure_not_input(&a.out, "--out", &inputs)?;
     let (_cfg, _store, model) = checkpoint::load(&a.checkpoint, &device)?;
     let t = read_safetensors(&a.inputs, &device)?;
     let get = |k: &str| -> Result<Tensor> {
@@ -101,13 +111,23 @@ pub fn run_forward(a: &ForwardArgs) -> Result<()> {
     let out = model
         .forward(&Ctx::eval(), &inputs, ForwardOpts::default())
         .with_context(|| format!("forward on {}", a.inputs.display()))?;
+    let values: Vec<f32> = out.output.flatten_all()?.to_vec1()?;
+    if let Some(k) = values.iter().position(|x| !x.is_finite()) {
+        anyhow::bail!(
+            "{}: output value {k} is {} (the inputs or the weights hold NaN or infinity); nothing was written",
+            a.inputs.display(),
+            values[k]
+        );
+    }
     let map: HashMap<String, Tensor> = [
         ("output".to_string(), out.output),
         ("last_hs".to_string(), out.last_hs),
     ]
     .into_iter()
     .collect();
-    candle_core::safetensors::save(&map, &a.out)
+    let tmp = crate::durable::tmp_sibling(&a.out);
+    candle_core::safetensors::save(&map, &tmp)
         .with_context(|| format!("writing {}", a.out.display()))?;
+    crate::durable::commit_tmp(&tmp, &a.out)?;
     Ok(())
 }

@@ -7,7 +7,6 @@ use crate::analysis::ablation::{
 };
 use crate::config::Config;
 use crate::data::Dataset;
-use crate::train::checkpoint;
 use crate::train::trainer::{train, TrainOptions};
 use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
@@ -37,7 +36,7 @@ impl RunStatus {
 /// The flat test metrics of a finished run's `metrics.json`.
 pub fn read_test_metrics(path: &Path) -> Result<FlatMetrics> {
     let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        crate::durable::read_string_capped(path, crate::durable::SMALL_FILE_CAP, "metrics file")?;
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: bad JSON", path.display()))?;
     let m = flatten_json(&v["test"]);
@@ -46,11 +45,13 @@ pub fn read_test_metrics(path: &Path) -> Result<FlatMetrics> {
 }
 
 /// Trains `cfg` into `dir` unless a finished run with the same config is there (then its
-/// test metrics are read back); a killed run (a `last` checkpoint, no metrics.json) is
-/// resumed. A run directory holding a DIFFERENT config is an error, never overwritten.
+/// test metrics are read back); a killed run (a config, no metrics.json) is resumed (from
+/// epoch 1 when it had no checkpoint yet). A run directory holding a DIFFERENT config or
+/// data is an error, never overwritten.
 pub fn train_or_reuse(
     cfg: &Config,
     ds: &Dataset,
+    data_source: &str,
     dir: &Path,
     verbose: bool,
 ) -> Result<(FlatMetrics, RunStatus)> {
@@ -64,20 +65,25 @@ pub fn train_or_reuse(
             dir.display()
         );
         if metrics.is_file() {
+            if let Some(info) = crate::train::rundir::read_info(dir)? {
+                let sha = crate::data::fingerprint::fingerprint(ds);
+                ensure!(
+                    info.data.sha256 == sha,
+                    "{} holds a run on other data ({}): choose another --out or delete that directory",
+                    dir.display(),
+                    info.data.describe()
+                );
+            }
             return Ok((read_test_metrics(&metrics)?, RunStatus::Reused));
         }
     }
-    let resume = checkpoint::existing(&dir.join("last")).is_some();
-    if !resume && cfg_path.is_file() {
-        // Killed before its first epoch ended: nothing to continue from.
-        std::fs::remove_file(&cfg_path)
-            .with_context(|| format!("removing {}", cfg_path.display()))?;
-    }
+    let resume = cfg_path.is_file();
     let opts = TrainOptions {
         out: dir.to_path_buf(),
         resume,
         stop_after_epochs: None,
         verbose,
+        data_source: Some(data_source.to_string()),
     };
     train(cfg, ds, &opts)?;
     let status = if resume {

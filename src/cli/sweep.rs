@@ -121,7 +121,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
                 dir.display()
             );
             let t = Instant::now();
-            let (m, status) = train_or_reuse(&cfg, &ds, &dir, !a.quiet)?;
+            let (m, status) = train_or_reuse(&cfg, &ds, &a.data.source(), &dir, !a.quiet)?;
             eprintln!(
                 "[{k}/{total}] {p} = {value}, seed {seed}: {} in {:.1}s | {}",
                 status.word(),

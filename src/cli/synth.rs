@@ -123,10 +123,55 @@ fn save_mica(ds: &Dataset, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuses non-finite generator options (they would write non-finite data).
+fn check_finite(args: &SynthArgs) -> Result<()> {
+    for (flag, v) in [
+        ("--events", args.events),
+        ("--distractors", args.distractors),
+        ("--p-flip", args.p_flip),
+        ("--p-emphasis", args.p_emphasis),
+        ("--burst-strength", args.burst_strength),
+        ("--jitter", args.jitter),
+        ("--max-offset", args.max_offset),
+        ("--warp", args.warp),
+        ("--noise", args.noise),
+        ("--discrepancy", args.discrepancy),
+    ] {
+        if let Some(x) = v {
+            anyhow::ensure!(x.is_finite(), "{flag} {x}: expected a finite number");
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a dataset whose arrays alone cannot fit in this machine's memory.
+fn check_memory(cfg: &SynthConfig) -> Result<()> {
+    let n: u128 = cfg.split_sizes().iter().map(|&x| x as u128).sum();
+    // Features plus the (start, end) interval of every element, f32 each.
+    let per_sample: u128 = (0..3)
+        .map(|m| cfg.lengths[m] as u128 * (cfg.dims[m] as u128 + 2))
+        .sum();
+    let bytes = n.saturating_mul(per_sample).saturating_mul(4);
+    let limit = crate::model::memory::limit_bytes();
+    anyhow::ensure!(
+        bytes <= limit,
+        "{} samples need at least {}, more than this machine's {}: lower --n-train / --n-valid / --n-test",
+        n,
+        crate::model::memory::human(bytes),
+        crate::model::memory::human(limit)
+    );
+    Ok(())
+}
+
 /// Runs `mica synth`.
 pub fn run(args: &SynthArgs) -> Result<()> {
+    check_finite(args)?;
     let cfg = args.config();
     cfg.validate()?;
+    check_memory(&cfg)?;
+    if args.format == SynthFormat::Mica {
+        crate::data::mica_format::check_output(&args.out)?;
+    }
     let total: usize = cfg.split_sizes().iter().sum();
     let bar = indicatif::ProgressBar::new(total as u64).with_style(
         indicatif::ProgressStyle::with_template(
@@ -161,7 +206,7 @@ pub fn run(args: &SynthArgs) -> Result<()> {
     };
     eprintln!("wrote {}", written.display());
     if let Some(path) = &args.sums {
-        std::fs::write(path, serde_json::to_string_pretty(&array_sums(&ds))?)?;
+        crate::durable::write_atomic(path, serde_json::to_string_pretty(&array_sums(&ds))?.as_bytes())?;
         eprintln!("wrote {}", path.display());
     }
     if args.probe {

@@ -12,8 +12,9 @@
 //! provenance, and per split: file name, byte size, sha256, N, label kind, tensor shapes,
 //! ids and the non-finite counts of the conversion. [`load`] checks size and sha256 of every
 //! data file, so a truncated or corrupted copy is reported by name instead of read.
-//! [`save`] writes every file under a temporary name and renames it into place; the manifest
-//! is removed first and written last, so a directory is either complete or has no manifest.
+//! [`save`] writes the whole dataset into a temporary sibling directory (every file fsynced,
+//! the manifest last) and only then swaps it in by rename, so an existing dataset at the
+//! output path stays intact until the new one is complete (a full disk leaves it as it was).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -168,14 +169,72 @@ impl HashingWriter {
     }
 }
 
-/// Writes `ds` to `dir` in mica's format (creating `dir` if needed).
+/// Writes `ds` to `dir` in mica's format: into a temporary sibling directory first, then
+/// renamed into place (an existing mica dataset at `dir` is replaced only then). A
+/// non-empty `dir` that is not a mica dataset is refused.
 pub fn save(ds: &Dataset, dir: &Path) -> Result<(), DataError> {
-    fs::create_dir_all(dir).map_err(|e| DataError::io(dir, "cannot create directory", e))?;
-    let manifest_path = dir.join(MANIFEST);
-    if manifest_path.exists() {
-        fs::remove_file(&manifest_path)
-            .map_err(|e| DataError::io(&manifest_path, "cannot replace manifest", e))?;
+    check_output(dir)?;
+    let tmp = temp_path(dir);
+    // Temporaries of earlier, killed saves to the same path.
+    let stale = format!(
+        ".{}.tmp-",
+        dir.file_name().map_or_else(|| "data".into(), |n| n.to_string_lossy())
+    );
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let Ok(entries) = fs::read_dir(parent) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&stale) && e.path().is_dir() {
+                fs::remove_dir_all(e.path())
+                    .map_err(|err| DataError::io(&e.path(), "cannot remove", err))?;
+            }
+        }
     }
+    fs::create_dir_all(&tmp).map_err(|e| DataError::io(&tmp, "cannot create directory", e))?;
+    if let Err(e) = save_into(ds, &tmp) {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let sync = |d: &Path| {
+        crate::durable::sync_dir(d).map_err(|e| DataError::format(d, format!("{e:#}")))
+    };
+    sync(&tmp)?;
+    let old = dir.with_file_name(format!(
+        ".{}.old-{}",
+        dir.file_name().map_or_else(|| "data".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    let had_old = dir.exists();
+    if had_old {
+        fs::rename(dir, &old).map_err(|e| DataError::io(dir, "cannot move the old dataset aside", e))?;
+    }
+    fs::rename(&tmp, dir).map_err(|e| DataError::io(dir, "cannot move the new dataset into place", e))?;
+    sync(parent)?;
+    if had_old {
+        fs::remove_dir_all(&old).map_err(|e| DataError::io(&old, "cannot remove the old dataset", e))?;
+    }
+    Ok(())
+}
+
+/// Refuses an output path for [`save`] that exists, is not empty and is not a mica
+/// dataset (nothing of a foreign directory is ever replaced).
+pub fn check_output(dir: &Path) -> Result<(), DataError> {
+    let empty = crate::durable::is_empty_dir(dir)
+        .map_err(|e| DataError::format(dir, format!("{e:#}")))?;
+    if dir.exists() && !is_mica_dir(dir) && !empty {
+        return Err(DataError::format(
+            dir,
+            "exists, is not empty and is not a mica dataset directory: choose another output path (nothing was written)",
+        ));
+    }
+    Ok(())
+}
+
+/// Writes every file of `ds` into the (new, empty) directory `dir`, the manifest last.
+fn save_into(ds: &Dataset, dir: &Path) -> Result<(), DataError> {
+    let manifest_path = dir.join(MANIFEST);
     let mut splits = BTreeMap::new();
     for (name, split) in &ds.splits {
         check_split(dir, name, split)?;
@@ -215,9 +274,8 @@ pub fn save(ds: &Dataset, dir: &Path) -> Result<(), DataError> {
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| DataError::format(&manifest_path, format!("cannot encode manifest: {e}")))?;
-    let tmp = temp_path(&manifest_path);
-    fs::write(&tmp, json).map_err(|e| DataError::io(&tmp, "cannot write", e))?;
-    fs::rename(&tmp, &manifest_path).map_err(|e| DataError::io(&manifest_path, "cannot rename", e))
+    crate::durable::write_atomic(&manifest_path, &json)
+        .map_err(|e| DataError::format(&manifest_path, format!("{e:#}")))
 }
 
 /// Checks that a split's buffers agree with its declared sizes before it is written.
@@ -393,7 +451,8 @@ pub fn is_mica_dir(path: &Path) -> bool {
 /// Reads and checks `manifest.json` of `dir`.
 pub fn read_manifest(dir: &Path) -> Result<Manifest, DataError> {
     let path = dir.join(MANIFEST);
-    let text = fs::read_to_string(&path).map_err(|e| DataError::io(&path, "cannot read", e))?;
+    let text = crate::durable::read_string_capped(&path, crate::durable::SMALL_FILE_CAP, "manifest")
+        .map_err(|e| DataError::format(&path, format!("{e:#}").replace(&format!("{}: ", path.display()), "")))?;
     let m: Manifest = serde_json::from_str(&text)
         .map_err(|e| DataError::format(&path, format!("invalid manifest: {e}")))?;
     if m.format != FORMAT_NAME || m.version != FORMAT_VERSION {
@@ -554,7 +613,16 @@ fn split_from_tensors(
     if ids.as_ref().is_some_and(|v| v.len() != n) {
         return Err(err("ids", format!("manifest ids do not match {n} samples")));
     }
-    let count = |k: &str| entry.non_finite.get(k).copied().unwrap_or(0);
+    // The format stores non-finite values as 0; any found anyway are zeroed here and
+    // counted with the conversion's (so the summary agrees with `inspect`'s table).
+    let mut found = [0u64; 3];
+    for (m, f) in mods.iter_mut().zip(&mut found) {
+        for x in m.data.iter_mut().filter(|x| !x.is_finite()) {
+            *x = 0.0;
+            *f += 1;
+        }
+    }
+    let count = |k: usize| entry.non_finite.get(MODALITIES[k]).copied().unwrap_or(0) + found[k];
     let mut mods = mods.into_iter();
     let (Some(text), Some(audio), Some(vision)) = (mods.next(), mods.next(), mods.next()) else {
         return Err(err("-", "missing modality".into()));
@@ -565,7 +633,7 @@ fn split_from_tensors(
         vision,
         labels,
         ids,
-        non_finite: [count("text"), count("audio"), count("vision")],
+        non_finite: [count(0), count(1), count(2)],
         intervals,
     })
 }

@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod error;
+pub mod fingerprint;
 pub mod mica_format;
 pub mod pickle;
 pub mod pickle_dataset;

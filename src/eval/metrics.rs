@@ -105,6 +105,16 @@ pub enum MetricsError {
     /// The task name is not one of mosi, mosei, iemocap.
     #[error("unknown task {0:?} (expected mosi, mosei or iemocap)")]
     UnknownTask(String),
+    /// A prediction or label is NaN or infinite.
+    #[error("{what} at index {index} is {value}: metrics need finite values (non-finite predictions come from a model whose weights or inputs hold NaN or infinity)")]
+    NonFinite {
+        /// `prediction` or `label`.
+        what: &'static str,
+        /// Flat index into the slice.
+        index: usize,
+        /// The offending value.
+        value: f64,
+    },
 }
 
 // ---------------------------------------------------------------------------------------
@@ -570,8 +580,17 @@ pub fn emotion_mult(preds: &[f64], labels: &[f64]) -> Result<MultEmotion, Metric
 }
 
 /// All metric sets of `task` for flattened predictions and labels
-/// (sentiment: N and N values; IEMOCAP: N*8 and N*4).
+/// (sentiment: N and N values; IEMOCAP: N*8 and N*4). A non-finite value is an error.
 pub fn evaluate(task: Task, preds: &[f64], labels: &[f64]) -> Result<Metrics, MetricsError> {
+    for (what, v) in [("prediction", preds), ("label", labels)] {
+        if let Some(index) = v.iter().position(|x| !x.is_finite()) {
+            return Err(MetricsError::NonFinite {
+                what,
+                index,
+                value: v[index],
+            });
+        }
+    }
     if task.is_sentiment() {
         Ok(Metrics::Sentiment {
             mult: sentiment_mult(preds, labels)?,

@@ -5,6 +5,8 @@
 //!
 //! Columns are found by name (any order); one optional `id` column is ignored. Every other
 //! cell must be a finite number. Errors name the file, the 1-based line and the problem.
+//! Fields follow RFC 4180: a field holding a comma, a double quote or a line break is
+//! quoted (`"a,b"`, `"say ""hi"""`); [`csv_field`] writes them, the reader accepts them.
 
 use super::metrics::Task;
 use std::path::Path;
@@ -49,12 +51,83 @@ pub fn expected_columns(task: Task) -> (Vec<String>, Vec<String>) {
 /// Reads a prediction CSV from disk, see [`parse_predictions`].
 pub fn read_predictions(path: &Path, task: Task) -> Result<(Vec<f64>, Vec<f64>), CsvError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| CsvError {
-        file: name.clone(),
-        line: 0,
-        message: format!("cannot read file: {e}"),
-    })?;
+    let text = crate::durable::read_string_capped(path, crate::durable::CSV_CAP, "prediction CSV")
+        .map_err(|e| CsvError {
+            file: name.clone(),
+            line: 0,
+            message: format!("{e:#}")
+                .strip_prefix(&format!("{name}: "))
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{e:#}")),
+        })?;
     parse_predictions(&text, task, &name)
+}
+
+/// One CSV field per RFC 4180: quoted (inner quotes doubled) when it holds a comma, a
+/// double quote or a line break, as is otherwise.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// One CSV record: the 1-based line it starts on and its fields.
+type Record = (usize, Vec<String>);
+
+/// Splits CSV text into records of fields (RFC 4180 quoting; CRLF or LF line ends), each
+/// with the 1-based line it starts on. An unterminated quote is an error at its line.
+fn records(text: &str) -> Result<Vec<Record>, (usize, String)> {
+    let mut out = Vec::new();
+    let (mut fields, mut field) = (Vec::new(), String::new());
+    let (mut line, mut start, mut quoted, mut was_quoted) = (1usize, 1usize, false, false);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if quoted {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => quoted = false,
+                '\n' => {
+                    line += 1;
+                    field.push(c);
+                }
+                _ => field.push(c),
+            }
+            continue;
+        }
+        match c {
+            '"' if field.trim().is_empty() && !was_quoted => {
+                field.clear();
+                quoted = true;
+                was_quoted = true;
+            }
+            ',' => {
+                fields.push(std::mem::take(&mut field));
+                was_quoted = false;
+            }
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' => {
+                fields.push(std::mem::take(&mut field));
+                out.push((start, std::mem::take(&mut fields)));
+                was_quoted = false;
+                line += 1;
+                start = line;
+            }
+            _ => field.push(c),
+        }
+    }
+    if quoted {
+        return Err((start, "a quoted field is not closed".into()));
+    }
+    if !field.is_empty() || !fields.is_empty() {
+        fields.push(field);
+        out.push((start, fields));
+    }
+    Ok(out)
 }
 
 /// Parses prediction CSV text (`file` only names it in errors). Returns the flattened
@@ -69,14 +142,12 @@ pub fn parse_predictions(
         line,
         message,
     };
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')));
+    let recs = records(text).map_err(|(line, m)| err(line, m))?;
+    let mut lines = recs.into_iter();
     let (_, header) = lines
         .next()
         .ok_or_else(|| err(1, "empty file: expected a header line".into()))?;
-    let header: Vec<&str> = header.split(',').map(|c| c.trim()).collect();
+    let header: Vec<&str> = header.iter().map(|c| c.trim()).collect();
     let (pred_cols, label_cols) = expected_columns(task);
     let wanted: Vec<&String> = pred_cols.iter().chain(&label_cols).collect();
     let expected_header = wanted
@@ -116,10 +187,10 @@ pub fn parse_predictions(
     let (mut preds, mut labels) = (Vec::new(), Vec::new());
     let mut rows = 0usize;
     for (no, line) in lines {
-        if line.trim().is_empty() {
+        if line.len() == 1 && line[0].trim().is_empty() {
             continue;
         }
-        let cells: Vec<&str> = line.split(',').map(|c| c.trim()).collect();
+        let cells: Vec<&str> = line.iter().map(|c| c.trim()).collect();
         if cells.len() != header.len() {
             return Err(err(
                 no,
@@ -169,4 +240,33 @@ pub fn parse_predictions(
         return Err(err(1, "no data rows after the header".into()));
     }
     Ok((preds, labels))
+}
+
+#[cfg(test)]
+mod quoting_tests {
+    use super::*;
+
+    #[test]
+    fn quoted_ids_round_trip() {
+        let ids = ["plain", "a,b", "say \"hi\"", "two\nlines", "cr\r\nlf"];
+        let mut text = String::from("id,pred,label\r\n");
+        for (i, id) in ids.iter().enumerate() {
+            text.push_str(&format!("{},{}.5,{}\n", csv_field(id), i, i));
+        }
+        let (p, l) = parse_predictions(&text, Task::Mosi, "p.csv").unwrap();
+        assert_eq!(p, vec![0.5, 1.5, 2.5, 3.5, 4.5]);
+        assert_eq!(l, vec![0.0, 1.0, 2.0, 3.0, 4.0]);
+        let recs = records(&text).unwrap();
+        let got: Vec<&str> = recs[1..].iter().map(|(_, r)| r[0].as_str()).collect();
+        assert_eq!(got, ids);
+        // Line numbers count the line breaks inside quotes.
+        let e = parse_predictions("id,pred,label\n\"a\nb\",x,1\n", Task::Mosi, "p.csv")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "p.csv:2: column 2 (pred): \"x\" is not a number");
+        let e = parse_predictions("id,pred,label\n\"open,1,1\n", Task::Mosi, "p.csv")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "p.csv:2: a quoted field is not closed");
+    }
 }

@@ -284,7 +284,9 @@ impl ModelConfig {
             self.lstm_mod_hidden > 0,
             "model option `lstm_mod_hidden` must be positive"
         );
-        Ok(())
+        // The parameters must fit in memory (an absurd d or layer count, also from a
+        // checkpoint's config.json, is refused here instead of aborting an allocation).
+        super::memory::ensure_fits(self, None)
     }
 }
 

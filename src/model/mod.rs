@@ -11,6 +11,7 @@ pub mod gemm;
 pub mod import;
 pub mod layers;
 pub mod lstm;
+pub mod memory;
 pub mod mica;
 pub mod mult;
 mod par;

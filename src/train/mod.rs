@@ -2,5 +2,6 @@
 pub mod checkpoint;
 pub mod loss;
 pub mod optim;
+pub mod rundir;
 pub mod schedule;
 pub mod trainer;

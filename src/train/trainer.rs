@@ -4,6 +4,7 @@
 //! loss-curve PNG; exact `--resume`.
 
 use super::checkpoint;
+use super::rundir::{self, DataRef, RunInfo};
 use super::loss::{emotion_ce, l1_loss};
 use super::optim::{clip_grad_norm, Adam, AdamConfig};
 use super::schedule::ReduceLrOnPlateau;
@@ -36,6 +37,9 @@ pub struct TrainOptions {
     pub stop_after_epochs: Option<usize>,
     /// Show progress bars and per-epoch lines on stderr.
     pub verbose: bool,
+    /// Where the data came from (recorded in `run.json`; on resume the data's hash must
+    /// match the recorded one). `None`: described as `unnamed`.
+    pub data_source: Option<String>,
 }
 
 /// One line of the per-epoch log.
@@ -236,12 +240,9 @@ fn write_log(path: &Path, history: &[EpochLog]) -> Result<()> {
     atomic_write(path, s.as_bytes())
 }
 
-/// Writes a file atomically (temp file + rename).
+/// Writes a file atomically (see [`crate::durable::write_atomic`]).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
-    Ok(())
+    crate::durable::write_atomic(path, bytes)
 }
 
 fn plot_losses(path: &Path, history: &[EpochLog]) -> Result<()> {
@@ -265,14 +266,57 @@ fn plot_losses(path: &Path, history: &[EpochLog]) -> Result<()> {
 }
 
 /// Trains one seed (`cfg.train.seed`) into `opts.out` and evaluates the best weights on test.
+///
+/// Every state a kill can leave in `opts.out` is either resumable (`opts.resume`) or, when
+/// no run had started yet, restartable: a run directory holding its `config.json` but no
+/// `last` checkpoint (killed in epoch 1) is resumed from epoch 1.
 pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResult> {
     cfg.validate()?;
+    ensure!(
+        cfg.train.epochs >= 1,
+        "--epochs {}: nothing to train (use 1 or more)",
+        cfg.train.epochs
+    );
     check_dataset(cfg, ds)?;
     let device = Device::Cpu;
     let out = &opts.out;
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("creating run directory {}", out.display()))?;
     let (train_s, valid_s) = (&ds.splits["train"], &ds.splits["valid"]);
+    crate::model::memory::ensure_fits(&cfg.model, Some(cfg.train.batch_size.min(train_s.len())))?;
+    let data = DataRef {
+        source: opts.data_source.clone().unwrap_or_else(|| "unnamed".into()),
+        sha256: crate::data::fingerprint::fingerprint(ds),
+    };
+    if opts.resume {
+        ensure!(
+            rundir::dir_state(out)? == rundir::DirState::Run,
+            "--resume {}: no run to continue there (no config.json; a run killed before it wrote its config): start it again with the same options and --out {}",
+            out.display(),
+            out.display()
+        );
+        match rundir::read_info(out)? {
+            Some(info) if info.data.sha256 != data.sha256 => bail!(
+                "--resume {}: the run was trained on {} (sha256 {}), but the data given is {} (sha256 {}): resume with the run's data",
+                out.display(),
+                info.data.describe(),
+                &info.data.sha256[..12.min(info.data.sha256.len())],
+                data.describe(),
+                &data.sha256[..12]
+            ),
+            Some(_) => {}
+            None => rundir::write_info(out, &RunInfo::new(data.clone()))?,
+        }
+    } else {
+        rundir::ensure_fresh(out)?;
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("creating run directory {}", out.display()))?;
+        crate::durable::remove_leftovers(out)?;
+        // run.json first: a directory with a config always knows its data.
+        rundir::write_info(out, &RunInfo::new(data))?;
+        atomic_write(
+            &out.join("config.json"),
+            serde_json::to_string_pretty(cfg)?.as_bytes(),
+        )?;
+    }
 
     let seed = cfg.train.seed;
     let mut init = Initializer::new(seed, &device);
@@ -295,39 +339,29 @@ pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResul
     let last_dir = out.join("last");
     let best_dir = out.join("best");
     if opts.resume {
-        let dir = checkpoint::existing(&last_dir)
-            .with_context(|| format!("--resume: {} has no last checkpoint", out.display()))?;
-        let saved = Config::from_file(&dir.join("config.json"))?;
-        ensure!(saved == *cfg, "--resume: the config differs from the run's saved config ({}); resume without other options", dir.join("config.json").display());
-        let (_, saved_store, _) = checkpoint::load(&dir, &device)?;
-        store.assign_from(&saved_store.tensors())?;
-        let text = std::fs::read_to_string(dir.join("state.json"))
-            .with_context(|| format!("{}: missing state.json", dir.display()))?;
-        state = serde_json::from_str(&text)
-            .with_context(|| format!("{}: bad state.json", dir.display()))?;
-        checkpoint::adam_from_file(
-            &mut adam,
-            &dir.join("optimizer.safetensors"),
-            &state.adam_steps,
-        )?;
-        if opts.verbose {
-            eprintln!(
-                "resuming {} after epoch {}",
-                out.display(),
-                state.epochs_done
-            );
+        crate::durable::remove_leftovers(out)?;
+        checkpoint::tidy(&last_dir)?;
+        checkpoint::tidy(&best_dir)?;
+        match checkpoint::existing(&last_dir) {
+            Some(dir) => {
+                restore(&dir, cfg, &store, &mut adam, &mut state, &device)?;
+                if opts.verbose {
+                    eprintln!(
+                        "resuming {} after epoch {}",
+                        out.display(),
+                        state.epochs_done
+                    );
+                }
+            }
+            None => {
+                if opts.verbose {
+                    eprintln!(
+                        "{}: no epoch had finished (no last checkpoint): starting over from epoch 1",
+                        out.display()
+                    );
+                }
+            }
         }
-    } else {
-        ensure!(
-            !out.join("config.json").exists(),
-            "{} already holds a run: continue it with --resume {}, or choose another --out",
-            out.display(),
-            out.display()
-        );
-        atomic_write(
-            &out.join("config.json"),
-            serde_json::to_string_pretty(cfg)?.as_bytes(),
-        )?;
     }
 
     let mut ran_here = 0;
@@ -350,7 +384,14 @@ pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResul
             let step_seed = mix64(seed ^ mix64(0xD0 ^ state.global_step));
             let batch = make_batch(train_s, idx, &device)?;
             let ctx = Ctx::train(step_seed);
-            let losses = step_losses(&model, cfg, &batch, &ctx, mix64(step_seed))?;
+            let losses = step_losses(&model, cfg, &batch, &ctx, mix64(step_seed))
+                .with_context(|| {
+                    format!(
+                        "epoch {epoch}, step {} (training samples {})",
+                        state.global_step,
+                        sample_list(idx, train_s)
+                    )
+                })?;
             let total_v = scalar(&losses.total)?;
             if !total_v.is_finite() {
                 let kept = match checkpoint::existing(&last_dir) {
@@ -424,32 +465,64 @@ pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResul
             checkpoint::save(&best_dir, cfg, &store, &|_| Ok(()))?;
         }
         state.epochs_done = epoch;
-        save_last(&last_dir, cfg, &store, &adam, &mut state)?;
+        save_last(&last_dir, cfg, &store, &adam, &state)?;
         write_log(&out.join("log.csv"), &state.history)?;
         ran_here += 1;
     }
     finish(cfg, ds, opts, &state, &device)
 }
 
+/// The ids (or indices) of a batch's samples, for error messages: at most 8 of them.
+fn sample_list(idx: &[usize], split: &Split) -> String {
+    let name = |i: usize| split.ids.as_ref().map_or_else(|| i.to_string(), |v| v[i].clone());
+    let mut s: Vec<String> = idx.iter().take(8).map(|&i| name(i)).collect();
+    if idx.len() > 8 {
+        s.push(format!("and {} more", idx.len() - 8));
+    }
+    s.join(", ")
+}
+
+/// Restores weights, optimiser and loop state from the `last` checkpoint `dir`.
+fn restore(
+    dir: &Path,
+    cfg: &Config,
+    store: &ParamStore,
+    adam: &mut Adam,
+    state: &mut RunState,
+    device: &Device,
+) -> Result<()> {
+    let manifest = checkpoint::read_manifest(dir)?;
+    let mut saved = Config::from_file(&dir.join("config.json"))?;
+    // More epochs may be asked for on resume; nothing else may differ.
+    saved.train.epochs = cfg.train.epochs;
+    ensure!(saved == *cfg, "--resume: the config differs from the run's saved config ({}); resume without other options", dir.join("config.json").display());
+    let (_, saved_store, _) = checkpoint::load(dir, device)?;
+    store.assign_from(&saved_store.tensors())?;
+    if !dir.join("state.json").is_file() {
+        bail!("{}: no state.json (a checkpoint of an older mica, killed between its writes): this run cannot be continued; start it again into a new --out", dir.display());
+    }
+    let text = checkpoint::read_verified(dir, manifest.as_ref(), "state.json")?;
+    *state = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: bad state.json", dir.display()))?;
+    checkpoint::adam_from_file(adam, dir, manifest.as_ref(), &state.adam_steps)
+}
+
+/// Saves the `last` checkpoint: weights, config, optimiser and loop state as one unit.
 fn save_last(
     dir: &Path,
     cfg: &Config,
     store: &ParamStore,
     adam: &Adam,
-    state: &mut RunState,
+    state: &RunState,
 ) -> Result<()> {
-    let steps = std::cell::RefCell::new(Default::default());
     checkpoint::save(dir, cfg, store, &|tmp| {
-        *steps.borrow_mut() =
+        let mut st = state.clone();
+        st.adam_steps =
             checkpoint::adam_to_file(adam, store, &tmp.join("optimizer.safetensors"))?;
+        std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(&st)?)
+            .with_context(|| format!("writing {}", tmp.join("state.json").display()))?;
         Ok(())
-    })?;
-    state.adam_steps = steps.into_inner();
-    // The state goes in last: written into the finished directory atomically.
-    atomic_write(
-        &dir.join("state.json"),
-        serde_json::to_string_pretty(state)?.as_bytes(),
-    )
+    })
 }
 
 fn finish(
@@ -460,6 +533,8 @@ fn finish(
     device: &Device,
 ) -> Result<RunResult> {
     let out = &opts.out;
+    // Also here: a kill between the last checkpoint and the log leaves the log behind.
+    write_log(&out.join("log.csv"), &state.history)?;
     let (_, _, best) = checkpoint::load(&out.join("best"), device)?;
     let (valid_preds, _) = predict_split(&best, cfg, &ds.splits["valid"], device)?;
     let (test_preds, _) = predict_split(&best, cfg, &ds.splits["test"], device)?;
@@ -510,4 +585,19 @@ fn progress_bar(
     );
     bar.set_prefix(format!("{epoch}/{epochs}"));
     Some(bar)
+}
+
+/// Epochs the run in `out` has finished (from its last checkpoint; 0 without one).
+pub fn epochs_done(out: &Path) -> Result<usize> {
+    let Some(dir) = checkpoint::existing(&out.join("last")) else {
+        return Ok(0);
+    };
+    let manifest = checkpoint::read_manifest(&dir)?;
+    if !dir.join("state.json").is_file() {
+        return Ok(0);
+    }
+    let bytes = checkpoint::read_verified(&dir, manifest.as_ref(), "state.json")?;
+    let state: RunState = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: bad state.json", dir.display()))?;
+    Ok(state.epochs_done)
 }
