@@ -14,11 +14,21 @@ pub struct Args {
     /// split plus manifest.json with shapes, ids, non-finite counts and sha256 checksums.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Drop the samples whose label is NaN or ±inf (counted on stderr); without it such
+    /// labels are an error naming the split, key and count.
+    #[arg(long)]
+    pub drop_nonfinite_labels: bool,
 }
 
 /// Runs `mica convert`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let ds = data::load_any(&args.input)?;
+    let opts = data::LoadOptions {
+        drop_nonfinite_labels: args.drop_nonfinite_labels,
+    };
+    let (ds, dropped) = data::load_any_with(&args.input, &opts)?;
+    for d in dropped {
+        eprintln!("note: {}: {}", args.input.display(), d.note());
+    }
     eprint!("{}", ds.summary());
     mica_format::save(&ds, &args.out)?;
     eprintln!("wrote {}", args.out.display());

@@ -461,6 +461,7 @@ fn inspection_of(manifest: &Manifest, splits: &SplitTensors) -> Inspection {
                 (s.clone(), summaries)
             })
             .collect(),
+        ..Inspection::default()
     }
 }
 
