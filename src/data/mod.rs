@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod clean;
+pub mod doctor;
 pub mod error;
 pub mod mica_format;
 pub mod pickle;
