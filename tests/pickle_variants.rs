@@ -369,6 +369,28 @@ fn cli_drop_nonfinite_labels_and_inspect_lists_unused_keys() {
 }
 
 #[test]
+fn parse_errors_name_the_split_and_key_being_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(variant("ids_S_p2.pkl")).unwrap();
+    let path = dir.path().join("cut.pkl");
+    std::fs::write(&path, &bytes[..1500]).unwrap();
+    assert_eq!(
+        err_of(&path),
+        format!(
+            "{}: byte 1500, in ['valid']['labels']: file ends without the pickle STOP opcode \
+             (truncated file?)",
+            path.display()
+        )
+    );
+    // A forbidden global inside a split's key is named with its place too.
+    let mut evil = bytes[..bytes.len() - 3].to_vec(); // drop the last SETITEMS, SETITEMS, STOP
+    evil.extend_from_slice(b"\x8c\x04evilcposix\nsystem\n");
+    let e = pickle::parse_bytes(&evil, &ParseOptions::default()).unwrap_err();
+    assert!(matches!(e.kind, PickleErrorKind::ForbiddenGlobal { .. }));
+    assert_eq!(e.within, ["test", "evil"]);
+}
+
+#[test]
 fn every_prefix_of_every_variant_is_an_error_and_whole_files_parse() {
     let dir = variant("");
     let mut seen = 0;

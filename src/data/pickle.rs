@@ -229,11 +229,20 @@ pub struct PickleError {
     pub offset: u64,
     /// The problem.
     pub kind: PickleErrorKind,
+    /// The dict keys leading to the value being built when the problem was found (e.g.
+    /// `["train", "audio"]`: split and key), as far as the parser's stack tells.
+    pub within: Vec<String>,
 }
 
 impl fmt::Display for PickleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let at = self.offset;
+        let mut at = self.offset.to_string();
+        if !self.within.is_empty() {
+            at.push_str(", in ");
+            for key in &self.within {
+                at.push_str(&format!("['{key}']"));
+            }
+        }
         match &self.kind {
             PickleErrorKind::ForbiddenGlobal { module, name } => write!(
                 f,
@@ -440,6 +449,7 @@ pub fn parse<R: Read + Seek>(mut reader: R, opts: &ParseOptions) -> Result<Pickl
     let io_err = |e| PickleError {
         offset: 0,
         kind: PickleErrorKind::Io(e),
+        within: Vec::new(),
     };
     let len = reader.seek(SeekFrom::End(0)).map_err(io_err)?;
     reader.seek(SeekFrom::Start(0)).map_err(io_err)?;
@@ -649,7 +659,38 @@ impl<R: Read + Seek> Machine<R> {
         PickleError {
             offset: self.op_offset,
             kind,
+            within: self.within(),
         }
+    }
+
+    /// The string keys of the dicts being filled (`dict, MARK, k1, v1, k2, ...`: the last
+    /// key of each such batch), outermost first.
+    fn within(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for (i, &m) in self.marks.iter().enumerate() {
+            let is_dict = m
+                .checked_sub(1)
+                .and_then(|d| self.stack.get(d))
+                .is_some_and(|&d| matches!(self.objects.get(d), Some(Object::Dict(_))));
+            if !is_dict {
+                continue;
+            }
+            let end = self
+                .marks
+                .get(i + 1)
+                .copied()
+                .unwrap_or(self.stack.len())
+                .min(self.stack.len());
+            let key = (m..end)
+                .step_by(2)
+                .filter_map(|k| match self.objects.get(*self.stack.get(k)?) {
+                    Some(Object::Str(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .last();
+            keys.extend(key);
+        }
+        keys
     }
 
     /// Charges `bytes` against the memory budget.
