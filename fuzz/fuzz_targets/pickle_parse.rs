@@ -12,11 +12,13 @@ fuzz_target!(|data: &[u8]| {
         lazy_threshold: u64::MAX,
         lazy_str_threshold: u64::MAX,
         chunk_bytes: 64,
+        ..ParseOptions::default()
     };
     let lazy = ParseOptions {
         lazy_threshold: 0,
         lazy_str_threshold: 300,
         chunk_bytes: 3,
+        ..ParseOptions::default()
     };
     let a = parse_bytes(data, &eager);
     let b = parse_bytes(data, &lazy);

@@ -1,8 +1,8 @@
 //! Options shared by the commands that build a config or read data.
 
 use crate::config::{Config, Preset, Task, Variant};
-use crate::data::source::load_dataset;
-use crate::data::{Dataset, Labels};
+use crate::data::source::load_dataset_with;
+use crate::data::{Dataset, Labels, LoadOptions};
 use crate::model::attention::AttentionKernel;
 use crate::model::config::{GateBias, KvSource, Positions};
 use anyhow::{Context, Result};
@@ -23,12 +23,19 @@ pub struct DataArgs {
     /// Seed of the synthetic generator (independent of the training seed).
     #[arg(long, default_value_t = 0)]
     pub data_seed: u64,
+    /// Drop the samples whose label is NaN or ±inf (counted on stderr); without it such
+    /// labels are an error naming the split, key and count.
+    #[arg(long)]
+    pub drop_nonfinite_labels: bool,
 }
 
 impl DataArgs {
-    /// Loads the requested dataset.
+    /// Loads the requested dataset (notes about dropped samples go to stderr).
     pub fn load(&self) -> Result<Dataset> {
-        load_dataset(self.data.as_deref(), &self.dataset, self.data_seed)
+        let opts = LoadOptions {
+            drop_nonfinite_labels: self.drop_nonfinite_labels,
+        };
+        load_dataset_with(self.data.as_deref(), &self.dataset, self.data_seed, &opts)
     }
 
     /// Where the data comes from, as a run records it: the `--data` path (absolute when

@@ -16,6 +16,10 @@ pub struct Args {
     /// is replaced, any other non-empty directory refused.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Drop the samples whose label is NaN or ±inf (counted on stderr); without it such
+    /// labels are an error naming the split, key and count.
+    #[arg(long)]
+    pub drop_nonfinite_labels: bool,
 }
 
 /// Runs `mica convert`.
@@ -26,7 +30,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     crate::durable::ensure_not_input(&args.out, "--out", &inputs)?;
     mica_format::check_output(&args.out)?;
-    let ds = data::load_any(&args.input)?;
+    let opts = data::LoadOptions {
+        drop_nonfinite_labels: args.drop_nonfinite_labels,
+    };
+    let (ds, dropped) = data::load_any_with(&args.input, &opts)?;
+    for d in dropped {
+        eprintln!("note: {}: {}", args.input.display(), d.note());
+    }
     eprint!("{}", ds.summary());
     mica_format::save(&ds, &args.out)?;
     eprintln!("wrote {}", args.out.display());

@@ -13,8 +13,9 @@ pub struct Args {
     #[arg(value_name = "FILE_OR_DIR")]
     pub path: PathBuf,
     /// Print machine-readable JSON (format, and per split and key: dtype, shape,
-    /// sum after the f32 cast with non-finite values as 0, non-finite count) instead of
-    /// the human summary.
+    /// sum after the f32 cast with non-finite values as 0, non-finite count; for pickles
+    /// also every key with what it holds and whether mica reads it) instead of the human
+    /// summary. Keys mica does not read are listed, never fatal.
     #[arg(long)]
     pub json: bool,
 }
@@ -37,6 +38,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 a.dtype, a.shape, a.sum_f32_clean, a.non_finite_after_f32_cast
             );
         }
+        let unused = inspection.keys.get(split).into_iter().flatten();
+        for (key, info) in unused.filter(|(_, i)| !i.used) {
+            println!("  {key:<22} not read by mica: {}", info.value);
+        }
+    }
+    for key in &inspection.ignored_top_level {
+        println!("top-level key {key:?} ignored (not a split)");
     }
     print!("{}", ds.summary());
     Ok(())

@@ -18,6 +18,7 @@ pub mod train;
 use clap::{Parser, Subcommand};
 
 pub mod convert;
+pub mod doctor;
 pub mod inspect;
 
 /// mica: train, evaluate and explain MICA / MulT models on asynchronous multimodal sequences.
@@ -56,6 +57,10 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Convert a dataset (MulT / MMSA pickle or mica directory) into mica's own format.
     Convert(convert::Args),
+    /// Check a data file or directory: format, protocol, sha256, split sizes and feature
+    /// dims against the published datasets, non-finite values, label ranges, sequence
+    /// lengths, HTML pages saved as data. Exits non-zero on errors.
+    Doctor(doctor::Args),
     /// Table 5: train the ablation rows (MulT, backbone, mmd, mica, mica-nopropagate) over
     /// seeds; mean ± std per metric and paired t-tests against backbone and MulT.
     Ablate(ablate::AblateArgs),
@@ -148,6 +153,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Synth(args) => synth::run(&args),
         Command::Inspect(args) => inspect::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Doctor(args) => doctor::run(&args),
         Command::Ablate(a) => ablate::run(&a),
         Command::Analyze(a) => analyze::run(&a),
         Command::Sweep(a) => sweep::run(&a),

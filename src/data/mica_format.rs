@@ -520,6 +520,7 @@ fn inspection_of(manifest: &Manifest, splits: &SplitTensors) -> Inspection {
                 (s.clone(), summaries)
             })
             .collect(),
+        ..Inspection::default()
     }
 }
 

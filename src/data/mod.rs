@@ -5,11 +5,14 @@
 //! (real frames at the end) so MulT's last-step read-out always sees a real frame.
 
 pub mod batch;
+pub mod clean;
+pub mod doctor;
 pub mod error;
 pub mod fingerprint;
 pub mod mica_format;
 pub mod pickle;
 pub mod pickle_dataset;
+pub mod pickle_numpy;
 pub mod pickle_write;
 pub mod source;
 pub mod synth;
@@ -19,6 +22,7 @@ use std::fmt::Write as _;
 use std::io::Read;
 use std::path::Path;
 
+pub use clean::{Dropped, LoadOptions};
 pub use error::DataError;
 pub use pickle_dataset::{ArraySummary, Inspection};
 
@@ -218,15 +222,41 @@ pub fn detect(path: &Path) -> Result<SourceKind, DataError> {
     }
 }
 
-/// Loads a dataset from a MulT or MMSA pickle or a mica dataset directory.
+/// Loads a dataset from a MulT or MMSA pickle or a mica dataset directory; non-finite
+/// labels are an error.
 pub fn load_any(path: &Path) -> Result<Dataset, DataError> {
-    load_with_inspection(path).map(|(ds, _)| ds)
+    load_any_with(path, &LoadOptions::default()).map(|(ds, _)| ds)
 }
 
-/// Loads a dataset and summarises every numeric array of the file as stored.
+/// [`load_any`] with options; also returns the samples dropped (non-finite labels, with
+/// [`LoadOptions::drop_nonfinite_labels`]).
+pub fn load_any_with(
+    path: &Path,
+    opts: &LoadOptions,
+) -> Result<(Dataset, Vec<Dropped>), DataError> {
+    match detect(path)? {
+        SourceKind::MicaDir => {
+            let mut ds = mica_format::load(path)?;
+            let dropped = clean::apply_to_dataset(path, &mut ds, "labels", opts)?;
+            Ok((ds, dropped))
+        }
+        SourceKind::Pickle => {
+            let p = pickle_dataset::read_pickle(path)?;
+            let layout = pickle_dataset::detect_layout(path, &p)?;
+            pickle_dataset::dataset_from_pickle_with(path, p, layout, opts)
+        }
+    }
+}
+
+/// Loads a dataset (non-finite labels are an error) and summarises every numeric array of
+/// the file as stored.
 pub fn load_with_inspection(path: &Path) -> Result<(Dataset, Inspection), DataError> {
     match detect(path)? {
-        SourceKind::MicaDir => mica_format::load_with_inspection(path),
+        SourceKind::MicaDir => {
+            let (mut ds, inspection) = mica_format::load_with_inspection(path)?;
+            clean::apply_to_dataset(path, &mut ds, "labels", &LoadOptions::default())?;
+            Ok((ds, inspection))
+        }
         SourceKind::Pickle => {
             let p = pickle_dataset::read_pickle(path)?;
             let layout = pickle_dataset::detect_layout(path, &p)?;

@@ -11,13 +11,26 @@
 //! `BUILD` / `_frombuffer` turns them into an array, converting straight to `f32`. Peak
 //! memory is therefore close to the size of the `f32` arrays, never file + result.
 //!
+//! The object graph (every value the program builds, its containers, memo and stack, and
+//! the decoded arrays) is charged against a budget proportional to the file
+//! ([`ParseOptions::budget_floor`] + [`ParseOptions::budget_per_byte`] × file size), so a
+//! small file cannot make the parser allocate without bound (e.g. a file of `EMPTY_DICT`
+//! opcodes, or one payload memoised once and built into arrays a thousand times).
+//!
 //! Robustness: every length declared by the file is checked against the bytes that remain
 //! before anything is allocated or read; all arithmetic on sizes is checked; no input can
-//! make the parser panic.
+//! make the parser panic. Arrays of dtypes the reader does not convert (complex,
+//! datetime, structured, ...) are kept as [`ArrayData::Unconverted`] with their payload
+//! skipped, so an unused key never makes a file fail.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{Read, Seek, SeekFrom};
+
+use super::pickle_numpy::{
+    decode_text_items, element_count, is_order_free, Converter, FortranCursor, Latin1FromUtf8,
+};
+pub use super::pickle_numpy::{DType, ScalarKind};
 
 /// Index of an object in a [`Pickle`]'s arena.
 pub type ObjId = usize;
@@ -55,88 +68,6 @@ pub fn allowed_global(module: &str, name: &str) -> Option<Global> {
     }
 }
 
-/// Element kind of a numpy dtype.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScalarKind {
-    /// IEEE float (`f4`, `f8`).
-    Float,
-    /// Signed integer (`i1`..`i8`).
-    Int,
-    /// Unsigned integer (`u1`..`u8`).
-    UInt,
-    /// Boolean (`b1`).
-    Bool,
-    /// Python objects (`O`).
-    Object,
-}
-
-/// A numpy dtype as far as this reader supports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DType {
-    /// Element kind.
-    pub kind: ScalarKind,
-    /// Bytes per element (8 for objects, as numpy reports).
-    pub size: usize,
-    /// Byte order of the stored data.
-    pub big_endian: bool,
-}
-
-impl DType {
-    /// Parses numpy's dtype spec string (`'f8'`, `'<f4'`, `'i8'`, `'O8'`, `'b1'`, `'u1'`);
-    /// specs longer than 4 characters (numpy never writes them) are refused.
-    pub fn parse(spec: &str) -> Option<DType> {
-        if spec.len() > 4 {
-            return None;
-        }
-        let (big_endian, rest) = match spec.as_bytes().first() {
-            Some(b'>') => (true, &spec[1..]),
-            Some(b'<' | b'=' | b'|') => (false, &spec[1..]),
-            _ => (false, spec),
-        };
-        let mut chars = rest.chars();
-        let kind = match chars.next()? {
-            'f' => ScalarKind::Float,
-            'i' => ScalarKind::Int,
-            'u' => ScalarKind::UInt,
-            'b' | '?' => ScalarKind::Bool,
-            'O' => ScalarKind::Object,
-            _ => return None,
-        };
-        let digits = chars.as_str();
-        let size = if digits.is_empty() {
-            match kind {
-                ScalarKind::Bool => 1,
-                ScalarKind::Object => 8,
-                _ => return None,
-            }
-        } else {
-            digits.parse::<usize>().ok()?
-        };
-        let ok = match kind {
-            ScalarKind::Float => matches!(size, 4 | 8),
-            ScalarKind::Int | ScalarKind::UInt => matches!(size, 1 | 2 | 4 | 8),
-            ScalarKind::Bool => size == 1,
-            ScalarKind::Object => size == 8 || size == 4,
-        };
-        ok.then_some(DType {
-            kind,
-            size,
-            big_endian,
-        })
-    }
-
-    /// numpy's name of the dtype (`float64`, `int32`, `bool`, `object`, ...).
-    pub fn name(&self) -> String {
-        match self.kind {
-            ScalarKind::Float => format!("float{}", self.size * 8),
-            ScalarKind::Int => format!("int{}", self.size * 8),
-            ScalarKind::UInt => format!("uint{}", self.size * 8),
-            ScalarKind::Bool => "bool".to_string(),
-            ScalarKind::Object => "object".to_string(),
-        }
-    }
-}
-
 /// A byte range of the pickle file whose content has not been read yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
@@ -149,26 +80,46 @@ pub struct Span {
 /// The content of a numpy array.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ArrayData {
-    /// A numeric array converted to `f32` (row-major); non-finite values were replaced by 0.
+    /// A numeric array converted to `f32` (row-major); non-finite values were replaced by 0
+    /// unless [`ParseOptions::keep_non_finite`].
     Numeric {
         /// The values, C order.
         values: Vec<f32>,
-        /// How many values were non-finite after the cast to `f32` (and replaced by 0).
+        /// How many values were non-finite after the cast to `f32`.
         non_finite: u64,
     },
     /// An object array: the element objects, C order.
     Objects(Vec<ObjId>),
+    /// A fixed-width string array (`S` / `U`), decoded, C order.
+    Text(Vec<String>),
+    /// An array of a dtype this reader does not convert; its payload was skipped.
+    Unconverted {
+        /// numpy's spec string of the dtype (`c16`, `M8`, `V12`, ...).
+        dtype: String,
+    },
 }
 
 /// A numpy array read from the pickle.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Array {
-    /// The dtype stored in the file.
+    /// The dtype stored in the file ([`ScalarKind::Object`] with size 0 for
+    /// [`ArrayData::Unconverted`] arrays, whose spec is in the data).
     pub dtype: DType,
     /// The shape.
     pub shape: Vec<usize>,
     /// The content.
     pub data: ArrayData,
+}
+
+impl Array {
+    /// The dtype's name (`float64`, `object`, `|S10`, `<U7`, or the spec string of an
+    /// unconverted dtype such as `c16`).
+    pub fn dtype_name(&self) -> String {
+        match &self.data {
+            ArrayData::Unconverted { dtype } => dtype.clone(),
+            _ => self.dtype.name(),
+        }
+    }
 }
 
 /// A value built by the pickle program.
@@ -204,10 +155,12 @@ pub enum Object {
     Global(Global),
     /// A numpy dtype.
     DType(DType),
+    /// A numpy dtype this reader does not convert (its spec string).
+    OtherDType(String),
     /// The result of `_reconstruct(ndarray, ...)` before its `BUILD`.
     ArrayStub,
     /// A numpy array.
-    Array(Array),
+    Array(Box<Array>),
 }
 
 impl Object {
@@ -225,7 +178,7 @@ impl Object {
             Object::Dict(_) => "dict",
             Object::Set(_) => "set",
             Object::Global(_) => "global",
-            Object::DType(_) => "numpy.dtype",
+            Object::DType(_) | Object::OtherDType(_) => "numpy.dtype",
             Object::ArrayStub => "unbuilt numpy.ndarray",
             Object::Array(_) => "numpy.ndarray",
         }
@@ -260,6 +213,13 @@ pub enum PickleErrorKind {
     NoStop,
     /// A read failed.
     Io(std::io::Error),
+    /// The object graph needs more memory than the budget allows.
+    Budget {
+        /// The budget, in bytes.
+        limit: u64,
+        /// Size of the file, in bytes.
+        file_len: u64,
+    },
 }
 
 /// A parse error: what went wrong and at which byte offset of the file.
@@ -269,11 +229,20 @@ pub struct PickleError {
     pub offset: u64,
     /// The problem.
     pub kind: PickleErrorKind,
+    /// The dict keys leading to the value being built when the problem was found (e.g.
+    /// `["train", "audio"]`: split and key), as far as the parser's stack tells.
+    pub within: Vec<String>,
 }
 
 impl fmt::Display for PickleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let at = self.offset;
+        let mut at = self.offset.to_string();
+        if !self.within.is_empty() {
+            at.push_str(", in ");
+            for key in &self.within {
+                at.push_str(&format!("['{key}']"));
+            }
+        }
         match &self.kind {
             PickleErrorKind::ForbiddenGlobal { module, name } => write!(
                 f,
@@ -300,6 +269,12 @@ impl fmt::Display for PickleError {
                 "byte {at}: file ends without the pickle STOP opcode (truncated file?)"
             ),
             PickleErrorKind::Io(e) => write!(f, "byte {at}: read error: {e}"),
+            PickleErrorKind::Budget { limit, file_len } => write!(
+                f,
+                "byte {at}: the pickle's objects need more than {limit} bytes of memory for \
+                 a {file_len}-byte file (the budget grows with the file size): this is not a \
+                 dataset pickle (a memory bomb?)"
+            ),
         }
     }
 }
@@ -316,6 +291,13 @@ pub struct ParseOptions {
     pub lazy_str_threshold: u64,
     /// Size of the chunks in which lazy payloads are read and converted.
     pub chunk_bytes: usize,
+    /// Keep non-finite values of numeric arrays (default: replace them by 0); they are
+    /// counted either way.
+    pub keep_non_finite: bool,
+    /// Memory budget of the object graph: this many bytes ...
+    pub budget_floor: u64,
+    /// ... plus this many per byte of the file.
+    pub budget_per_byte: u64,
 }
 
 impl Default for ParseOptions {
@@ -324,6 +306,9 @@ impl Default for ParseOptions {
             lazy_threshold: 64 * 1024,
             lazy_str_threshold: 64 * 1024,
             chunk_bytes: 8 * 1024 * 1024,
+            keep_non_finite: false,
+            budget_floor: 32 << 20,
+            budget_per_byte: 8,
         }
     }
 }
@@ -435,13 +420,15 @@ impl Pickle {
     }
 
     /// Moves the array `id` out of the pickle (leaving `None` behind), avoiding a copy.
+    /// Callers must not take an array that is referenced again later (shared references,
+    /// e.g. `d['valid'] = d['test']`): clone it with [`Pickle::as_array`] instead.
     pub fn take_array(&mut self, id: ObjId) -> Option<Array> {
         let slot = self.objects.get_mut(id)?;
         if !matches!(slot, Object::Array(_)) {
             return None;
         }
         match std::mem::replace(slot, Object::None) {
-            Object::Array(a) => Some(a),
+            Object::Array(a) => Some(*a),
             _ => None,
         }
     }
@@ -462,6 +449,7 @@ pub fn parse<R: Read + Seek>(mut reader: R, opts: &ParseOptions) -> Result<Pickl
     let io_err = |e| PickleError {
         offset: 0,
         kind: PickleErrorKind::Io(e),
+        within: Vec::new(),
     };
     let len = reader.seek(SeekFrom::End(0)).map_err(io_err)?;
     reader.seek(SeekFrom::Start(0)).map_err(io_err)?;
@@ -478,6 +466,10 @@ pub fn parse<R: Read + Seek>(mut reader: R, opts: &ParseOptions) -> Result<Pickl
         memo: HashMap::new(),
         protocol: 0,
         op_offset: 0,
+        budget: opts
+            .budget_floor
+            .saturating_add(opts.budget_per_byte.saturating_mul(len)),
+        used: 0,
     };
     let root = machine.run()?;
     Ok(Pickle {
@@ -487,9 +479,9 @@ pub fn parse<R: Read + Seek>(mut reader: R, opts: &ParseOptions) -> Result<Pickl
     })
 }
 
-type Res<T> = Result<T, PickleErrorKind>;
+pub(crate) type Res<T> = Result<T, PickleErrorKind>;
 
-fn malformed<T>(msg: impl Into<String>) -> Res<T> {
+pub(crate) fn malformed<T>(msg: impl Into<String>) -> Res<T> {
     Err(PickleErrorKind::Malformed(msg.into()))
 }
 
@@ -635,7 +627,17 @@ struct Machine<R> {
     memo: HashMap<u64, ObjId>,
     protocol: u8,
     op_offset: u64,
+    /// Memory budget of the object graph, bytes.
+    budget: u64,
+    /// Memory charged so far (never refunded: an upper bound of the live graph).
+    used: u64,
 }
+
+/// Bytes charged per new object (its arena slot, with room for the arena's growth, and
+/// a stack slot).
+const OBJECT_COST: u64 = 2 * std::mem::size_of::<Object>() as u64 + 8;
+/// Bytes charged per reference stored in a container, the stack or the memo.
+const REF_COST: u64 = 8;
 
 impl<R: Read + Seek> Machine<R> {
     fn run(&mut self) -> Result<ObjId, PickleError> {
@@ -657,13 +659,70 @@ impl<R: Read + Seek> Machine<R> {
         PickleError {
             offset: self.op_offset,
             kind,
+            within: self.within(),
         }
     }
 
-    fn push_new(&mut self, obj: Object) {
+    /// The string keys of the dicts being filled (`dict, MARK, k1, v1, k2, ...`: the last
+    /// key of each such batch), outermost first.
+    fn within(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for (i, &m) in self.marks.iter().enumerate() {
+            let is_dict = m
+                .checked_sub(1)
+                .and_then(|d| self.stack.get(d))
+                .is_some_and(|&d| matches!(self.objects.get(d), Some(Object::Dict(_))));
+            if !is_dict {
+                continue;
+            }
+            let end = self
+                .marks
+                .get(i + 1)
+                .copied()
+                .unwrap_or(self.stack.len())
+                .min(self.stack.len());
+            let key = (m..end)
+                .step_by(2)
+                .filter_map(|k| match self.objects.get(*self.stack.get(k)?) {
+                    Some(Object::Str(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .last();
+            keys.extend(key);
+        }
+        keys
+    }
+
+    /// Charges `bytes` against the memory budget.
+    fn charge(&mut self, bytes: u64) -> Res<()> {
+        self.used = self.used.saturating_add(bytes);
+        if self.used > self.budget {
+            return Err(PickleErrorKind::Budget {
+                limit: self.budget,
+                file_len: self.src.len,
+            });
+        }
+        Ok(())
+    }
+
+    /// Charges `n` references of `size` bytes.
+    fn charge_refs(&mut self, n: usize, size: u64) -> Res<()> {
+        self.charge((n as u64).saturating_mul(size))
+    }
+
+    fn push_new(&mut self, obj: Object) -> Res<()> {
+        self.charge(OBJECT_COST)?;
         let id = self.objects.len();
         self.objects.push(obj);
         self.stack.push(id);
+        Ok(())
+    }
+
+    /// Pushes an existing object again (memo `GET`, `DUP`).
+    fn push_ref(&mut self, id: ObjId) -> Res<()> {
+        self.charge(2 * REF_COST)?;
+        self.stack.push(id);
+        Ok(())
     }
 
     fn floor(&self) -> usize {
@@ -711,7 +770,9 @@ impl<R: Read + Seek> Machine<R> {
 
     fn memo_put(&mut self, idx: u64) -> Res<()> {
         let top = self.top()?;
-        self.memo.insert(idx, top);
+        if self.memo.insert(idx, top).is_none() {
+            self.charge(6 * REF_COST)?;
+        }
         Ok(())
     }
 
@@ -720,8 +781,7 @@ impl<R: Read + Seek> Machine<R> {
             .memo
             .get(&idx)
             .ok_or_else(|| PickleErrorKind::Malformed(format!("memo key {idx} not defined")))?;
-        self.stack.push(id);
-        Ok(())
+        self.push_ref(id)
     }
 
     fn u32_len(&mut self) -> Res<u64> {
@@ -758,6 +818,7 @@ impl<R: Read + Seek> Machine<R> {
                 Object::LazyBytes(span)
             });
         }
+        self.charge(n)?;
         let data = self.src.bytes(n)?;
         if text {
             String::from_utf8(data)
@@ -814,7 +875,10 @@ impl<R: Read + Seek> Machine<R> {
                 let n = self.u64_len()?;
                 self.src.need(n)?;
             }
-            b'(' => self.marks.push(self.stack.len()),
+            b'(' => {
+                self.charge(2 * REF_COST)?;
+                self.marks.push(self.stack.len());
+            }
             b'0' => {
                 if self.stack.len() > self.floor() {
                     self.pop()?;
@@ -827,7 +891,7 @@ impl<R: Read + Seek> Machine<R> {
             }
             b'2' => {
                 let top = self.top()?;
-                self.stack.push(top);
+                self.push_ref(top)?;
             }
             _ => return Ok(false),
         }
@@ -873,31 +937,31 @@ impl<R: Read + Seek> Machine<R> {
     /// Constants and numbers; `false` if `op` is not one of them.
     fn number_op(&mut self, op: u8) -> Res<bool> {
         match op {
-            b'N' => self.push_new(Object::None),
-            0x88 => self.push_new(Object::Bool(true)),
-            0x89 => self.push_new(Object::Bool(false)),
+            b'N' => self.push_new(Object::None)?,
+            0x88 => self.push_new(Object::Bool(true))?,
+            0x89 => self.push_new(Object::Bool(false))?,
             b'J' => {
                 let v = i32::from_le_bytes(self.src.fixed()?);
-                self.push_new(Object::Int(i64::from(v)));
+                self.push_new(Object::Int(i64::from(v)))?;
             }
             b'K' => {
                 let v = self.src.byte()?;
-                self.push_new(Object::Int(i64::from(v)));
+                self.push_new(Object::Int(i64::from(v)))?;
             }
             b'M' => {
                 let v = u16::from_le_bytes(self.src.fixed()?);
-                self.push_new(Object::Int(i64::from(v)));
+                self.push_new(Object::Int(i64::from(v)))?;
             }
             0x8a => {
                 let n = u64::from(self.src.byte()?);
                 let v = self.long_bytes(n)?;
-                self.push_new(Object::Int(v));
+                self.push_new(Object::Int(v))?;
             }
             0x8b => {
                 let n = i32::from_le_bytes(self.src.fixed()?);
                 let n = u64::try_from(n).or_else(|_| malformed("negative LONG4 size"))?;
                 let v = self.long_bytes(n)?;
-                self.push_new(Object::Int(v));
+                self.push_new(Object::Int(v))?;
             }
             b'I' => {
                 let line = self.text_line()?;
@@ -906,17 +970,17 @@ impl<R: Read + Seek> Machine<R> {
                     "01" => Object::Bool(true),
                     s => Object::Int(parse_int_text(s)?),
                 };
-                self.push_new(obj);
+                self.push_new(obj)?;
             }
             b'L' => {
                 let line = self.text_line()?;
                 let s = line.strip_suffix('L').unwrap_or(&line);
                 let v = parse_int_text(s)?;
-                self.push_new(Object::Int(v));
+                self.push_new(Object::Int(v))?;
             }
             b'G' => {
                 let v = f64::from_be_bytes(self.src.fixed()?);
-                self.push_new(Object::Float(v));
+                self.push_new(Object::Float(v))?;
             }
             b'F' => {
                 let line = self.text_line()?;
@@ -924,7 +988,7 @@ impl<R: Read + Seek> Machine<R> {
                     .trim()
                     .parse::<f64>()
                     .or_else(|_| malformed(format!("bad float {line:?}")))?;
-                self.push_new(Object::Float(v));
+                self.push_new(Object::Float(v))?;
             }
             _ => return Ok(false),
         }
@@ -937,43 +1001,44 @@ impl<R: Read + Seek> Machine<R> {
             b'X' => {
                 let n = self.u32_len()?;
                 let o = self.payload(n, true)?;
-                self.push_new(o);
+                self.push_new(o)?;
             }
             0x8c => {
                 let n = u64::from(self.src.byte()?);
                 let o = self.payload(n, true)?;
-                self.push_new(o);
+                self.push_new(o)?;
             }
             0x8d => {
                 let n = self.u64_len()?;
                 let o = self.payload(n, true)?;
-                self.push_new(o);
+                self.push_new(o)?;
             }
             b'V' => {
                 let line = self.src.line()?;
+                self.charge(2 * line.len() as u64)?;
                 let s = decode_raw_unicode_escape(&line)?;
-                self.push_new(Object::Str(s));
+                self.push_new(Object::Str(s))?;
             }
             b'T' => {
                 let n = i32::from_le_bytes(self.src.fixed()?);
                 let n = u64::try_from(n).or_else(|_| malformed("negative BINSTRING size"))?;
                 let o = self.payload(n, false)?;
-                self.push_new(o);
+                self.push_new(o)?;
             }
             b'U' | b'C' => {
                 let n = u64::from(self.src.byte()?);
                 let o = self.payload(n, false)?;
-                self.push_new(o);
+                self.push_new(o)?;
             }
             b'B' => {
                 let n = self.u32_len()?;
                 let o = self.payload(n, false)?;
-                self.push_new(o);
+                self.push_new(o)?;
             }
             0x8e | 0x96 => {
                 let n = self.u64_len()?;
                 let o = self.payload(n, false)?;
-                self.push_new(o);
+                self.push_new(o)?;
             }
             _ => return Ok(false),
         }
@@ -983,13 +1048,14 @@ impl<R: Read + Seek> Machine<R> {
     /// Container opcodes; `false` if `op` is not one of them.
     fn container_op(&mut self, op: u8) -> Res<bool> {
         match op {
-            b'}' => self.push_new(Object::Dict(Vec::new())),
-            b']' => self.push_new(Object::List(Vec::new())),
-            b')' => self.push_new(Object::Tuple(Vec::new())),
-            0x8f => self.push_new(Object::Set(Vec::new())),
+            b'}' => self.push_new(Object::Dict(Vec::new()))?,
+            b']' => self.push_new(Object::List(Vec::new()))?,
+            b')' => self.push_new(Object::Tuple(Vec::new()))?,
+            0x8f => self.push_new(Object::Set(Vec::new()))?,
             b't' => {
                 let items = self.pop_mark()?;
-                self.push_new(Object::Tuple(items));
+                self.charge_refs(items.len(), REF_COST)?;
+                self.push_new(Object::Tuple(items))?;
             }
             0x85..=0x87 => {
                 let n = usize::from(op - 0x84);
@@ -998,16 +1064,17 @@ impl<R: Read + Seek> Machine<R> {
                     items.push(self.pop()?);
                 }
                 items.reverse();
-                self.push_new(Object::Tuple(items));
+                self.push_new(Object::Tuple(items))?;
             }
             b'l' => {
                 let items = self.pop_mark()?;
-                self.push_new(Object::List(items));
+                self.charge_refs(items.len(), REF_COST)?;
+                self.push_new(Object::List(items))?;
             }
             b'd' => {
                 let items = self.pop_mark()?;
                 let pairs = pairs_of(items)?;
-                self.push_new(Object::Dict(Vec::new()));
+                self.push_new(Object::Dict(Vec::new()))?;
                 let dict = self.top()?;
                 for (k, v) in pairs {
                     self.dict_insert(dict, k, v)?;
@@ -1015,7 +1082,8 @@ impl<R: Read + Seek> Machine<R> {
             }
             0x91 => {
                 let items = self.pop_mark()?;
-                self.push_new(Object::Set(items));
+                self.charge_refs(items.len(), REF_COST)?;
+                self.push_new(Object::Set(items))?;
             }
             b'a' => {
                 let v = self.pop()?;
@@ -1042,6 +1110,7 @@ impl<R: Read + Seek> Machine<R> {
             }
             0x90 => {
                 let items = self.pop_mark()?;
+                self.charge_refs(items.len(), REF_COST)?;
                 let set = self.top()?;
                 match self.obj_mut(set)? {
                     Object::Set(v) => v.extend(items),
@@ -1074,13 +1143,13 @@ impl<R: Read + Seek> Machine<R> {
                 let args = self.pop()?;
                 let callable = self.pop()?;
                 let obj = self.call(callable, args, "REDUCE")?;
-                self.push_new(obj);
+                self.push_new(obj)?;
             }
             0x81 => {
                 let args = self.pop()?;
                 let cls = self.pop()?;
                 let obj = self.call(cls, args, "NEWOBJ")?;
-                self.push_new(obj);
+                self.push_new(obj)?;
             }
             0x92 => {
                 let kwargs = self.pop()?;
@@ -1090,7 +1159,7 @@ impl<R: Read + Seek> Machine<R> {
                     return malformed("NEWOBJ_EX with keyword arguments is not supported");
                 }
                 let obj = self.call(cls, args, "NEWOBJ_EX")?;
-                self.push_new(obj);
+                self.push_new(obj)?;
             }
             b'b' => {
                 let state = self.pop()?;
@@ -1116,7 +1185,7 @@ impl<R: Read + Seek> Machine<R> {
     fn push_global(&mut self, module: String, name: String) -> Res<()> {
         match allowed_global(&module, &name) {
             Some(g) => {
-                self.push_new(Object::Global(g));
+                self.push_new(Object::Global(g))?;
                 Ok(())
             }
             None => Err(PickleErrorKind::ForbiddenGlobal { module, name }),
@@ -1124,6 +1193,7 @@ impl<R: Read + Seek> Machine<R> {
     }
 
     fn extend_list(&mut self, list: ObjId, items: Vec<ObjId>) -> Res<()> {
+        self.charge_refs(items.len(), REF_COST)?;
         match self.obj_mut(list)? {
             Object::List(v) => {
                 v.extend(items);
@@ -1136,6 +1206,7 @@ impl<R: Read + Seek> Machine<R> {
     /// `SETITEM`: appends the pair; lookups take the last value of a key, as Python does
     /// (no de-duplication here, so a huge dict cannot make parsing quadratic).
     fn dict_insert(&mut self, dict: ObjId, key: ObjId, value: ObjId) -> Res<()> {
+        self.charge(2 * REF_COST)?;
         match self.obj_mut(dict)? {
             Object::Dict(items) => {
                 items.push((key, value));
@@ -1205,18 +1276,26 @@ impl<R: Read + Seek> Machine<R> {
         let Some(spec) = spec else {
             return malformed("numpy.dtype expects a type string");
         };
-        DType::parse(&spec)
-            .map(Object::DType)
-            .ok_or_else(|| PickleErrorKind::Malformed(format!("unsupported numpy dtype {spec:?}")))
+        if spec.len() > 64 {
+            return malformed("numpy.dtype spec longer than 64 characters");
+        }
+        Ok(match DType::parse(&spec) {
+            Some(d) => Object::DType(d),
+            None => Object::OtherDType(spec),
+        })
     }
 
-    fn codecs_encode(&self, args: &[ObjId]) -> Res<Object> {
+    fn codecs_encode(&mut self, args: &[ObjId]) -> Res<Object> {
         let [text, encoding] = args else {
             return malformed("_codecs.encode expects (str, encoding)");
         };
         match self.obj(*encoding)? {
             Object::Str(e) if e == "latin1" || e == "latin-1" || e == "iso-8859-1" => {}
             _ => return malformed("_codecs.encode is only accepted with 'latin1'"),
+        }
+        if let Object::Str(s) = self.obj(*text)? {
+            let n = s.len() as u64;
+            self.charge(n)?;
         }
         match self.obj(*text)? {
             Object::Str(s) => s
@@ -1244,11 +1323,24 @@ impl<R: Read + Seek> Machine<R> {
             .collect()
     }
 
-    fn dtype_of(&self, id: ObjId) -> Res<DType> {
+    /// The dtype `id`: `Ok(Err(spec))` for a dtype this reader does not convert.
+    fn dtype_of(&self, id: ObjId) -> Res<Result<DType, String>> {
         match self.obj(id)? {
-            Object::DType(d) => Ok(*d),
+            Object::DType(d) => Ok(Ok(*d)),
+            Object::OtherDType(spec) => Ok(Err(spec.clone())),
             other => malformed(format!("expected a numpy.dtype, got {}", other.type_name())),
         }
+    }
+
+    /// An array of a dtype this reader does not convert (its payload is not read).
+    fn unconverted(spec: String, shape: Vec<usize>) -> Object {
+        let dtype = DType {
+            kind: ScalarKind::Object,
+            size: 0,
+            big_endian: false,
+        };
+        let data = ArrayData::Unconverted { dtype: spec };
+        Object::Array(Box::new(Array { dtype, shape, data }))
     }
 
     fn call_frombuffer(&mut self, args: &[ObjId]) -> Res<Object> {
@@ -1262,11 +1354,19 @@ impl<R: Read + Seek> Machine<R> {
             Object::Str(s) if s == "F" => true,
             _ => return malformed("_frombuffer order must be 'C' or 'F'"),
         };
+        let dtype = match dtype {
+            Ok(d) => d,
+            Err(spec) => return Ok(Self::unconverted(spec, shape)),
+        };
         if dtype.kind == ScalarKind::Object {
             return malformed("_frombuffer of an object dtype");
         }
-        let data = self.numeric_data(*buf, dtype, &shape, fortran)?;
-        Ok(Object::Array(Array { dtype, shape, data }))
+        let data = if dtype.is_text() {
+            self.text_data(*buf, dtype, &shape, fortran)?
+        } else {
+            self.numeric_data(*buf, dtype, &shape, fortran)?
+        };
+        Ok(Object::Array(Box::new(Array { dtype, shape, data })))
     }
 
     /// `BUILD`: sets the state of a dtype or of an array made by `_reconstruct`.
@@ -1274,19 +1374,25 @@ impl<R: Read + Seek> Machine<R> {
         match self.obj(target)? {
             Object::DType(d) => {
                 let d = self.dtype_state(*d, state)?;
-                *self.obj_mut(target)? = Object::DType(d);
+                *self.obj_mut(target)? = d;
                 Ok(())
             }
+            // A dtype this reader does not convert: its state (fields, metadata, ...) is
+            // not needed.
+            Object::OtherDType(_) => Ok(()),
             Object::ArrayStub => {
                 let array = self.array_state(state)?;
-                *self.obj_mut(target)? = Object::Array(array);
+                *self.obj_mut(target)? = array;
                 Ok(())
             }
             other => malformed(format!("BUILD on a {} is not supported", other.type_name())),
         }
     }
 
-    fn dtype_state(&mut self, mut d: DType, state: ObjId) -> Res<DType> {
+    /// The dtype after its `BUILD` state `(version, byte order, subarray, names, fields,
+    /// elsize, alignment, flags[, metadata])`: byte order, and the width of `S` / `U`;
+    /// a structured or sub-array dtype becomes an [`Object::OtherDType`].
+    fn dtype_state(&mut self, mut d: DType, state: ObjId) -> Res<Object> {
         let items = match self.obj(state)? {
             Object::Tuple(v) if v.len() >= 8 => v.clone(),
             _ => return malformed("numpy.dtype state must be a tuple of 8 or 9 items"),
@@ -1301,12 +1407,25 @@ impl<R: Read + Seek> Machine<R> {
         };
         let is_plain = |i: usize| matches!(self.objects.get(items[i]), Some(Object::None));
         if !is_plain(2) || !is_plain(3) {
-            return malformed("structured numpy dtypes are not supported");
+            return Ok(Object::OtherDType(format!("structured {}", d.name())));
         }
-        Ok(d)
+        if d.is_text() {
+            let elsize = match self.obj(items[5])? {
+                Object::Int(n) => usize::try_from(*n).ok(),
+                _ => None,
+            };
+            match elsize {
+                Some(n) if d.kind == ScalarKind::Unicode && n % 4 != 0 => {
+                    return malformed(format!("unicode dtype of {n} bytes per item"))
+                }
+                Some(n) => d.size = n,
+                None => return malformed("string dtype without a valid item size"),
+            }
+        }
+        Ok(Object::DType(d))
     }
 
-    fn array_state(&mut self, state: ObjId) -> Res<Array> {
+    fn array_state(&mut self, state: ObjId) -> Res<Object> {
         let items = match self.obj(state)? {
             Object::Tuple(v) if v.len() == 5 => v[1..].to_vec(),
             Object::Tuple(v) if v.len() == 4 => v.clone(),
@@ -1317,7 +1436,10 @@ impl<R: Read + Seek> Machine<R> {
             }
         };
         let shape = self.shape_of(items[0])?;
-        let dtype = self.dtype_of(items[1])?;
+        let dtype = match self.dtype_of(items[1])? {
+            Ok(d) => d,
+            Err(spec) => return Ok(Self::unconverted(spec, shape)),
+        };
         let fortran = match self.obj(items[2])? {
             Object::Bool(b) => *b,
             Object::Int(i) => *i != 0,
@@ -1325,18 +1447,21 @@ impl<R: Read + Seek> Machine<R> {
         };
         let data = if dtype.kind == ScalarKind::Object {
             self.object_data(items[3], &shape, fortran)?
+        } else if dtype.is_text() {
+            self.text_data(items[3], dtype, &shape, fortran)?
         } else {
             self.numeric_data(items[3], dtype, &shape, fortran)?
         };
-        Ok(Array { dtype, shape, data })
+        Ok(Object::Array(Box::new(Array { dtype, shape, data })))
     }
 
-    fn object_data(&self, raw: ObjId, shape: &[usize], fortran: bool) -> Res<ArrayData> {
+    fn object_data(&mut self, raw: ObjId, shape: &[usize], fortran: bool) -> Res<ArrayData> {
+        let count = element_count(shape)?;
+        self.charge_refs(count, REF_COST)?;
         let items = match self.obj(raw)? {
             Object::List(v) => v,
             other => return malformed(format!("object array data is a {}", other.type_name())),
         };
-        let count = element_count(shape)?;
         if items.len() != count {
             return malformed(format!(
                 "object array of shape {shape:?} holds {} items",
@@ -1365,6 +1490,16 @@ impl<R: Read + Seek> Machine<R> {
         shape: &[usize],
         fortran: bool,
     ) -> Res<ArrayData> {
+        let (count, raw) = self.array_payload(raw, dtype, shape)?;
+        self.charge_refs(count, 4)?;
+        let mut conv = Converter::new(dtype, shape, fortran, count, self.opts.keep_non_finite);
+        self.stream_payload(raw, &mut |c| conv.feed(c))?;
+        conv.finish()
+    }
+
+    /// The element count of an array of `dtype` and `shape` and its payload object,
+    /// checking the payload's size.
+    fn array_payload(&self, raw: ObjId, dtype: DType, shape: &[usize]) -> Res<(usize, Object)> {
         let count = element_count(shape)?;
         let nbytes = (count as u64)
             .checked_mul(dtype.size as u64)
@@ -1382,38 +1517,74 @@ impl<R: Read + Seek> Machine<R> {
                 dtype.name()
             ));
         }
-        let mut conv = Converter::new(dtype, shape, fortran, count);
+        Ok((count, raw))
+    }
+
+    /// Hands the bytes of an array payload to `sink`, in chunks for lazy payloads.
+    fn stream_payload(&mut self, raw: Object, sink: &mut dyn FnMut(&[u8]) -> Res<()>) -> Res<()> {
         let chunk = self.opts.chunk_bytes;
         match raw {
-            Object::Bytes(b) => conv.feed(&b)?,
-            Object::LazyBytes(span) => self.src.read_span(span, chunk, &mut |c| conv.feed(c))?,
+            Object::Bytes(b) => sink(&b),
+            Object::LazyBytes(span) => self.src.read_span(span, chunk, sink),
             Object::LazyLatin1(span) => {
                 let mut utf8 = Latin1FromUtf8::default();
                 let mut buf = Vec::new();
                 self.src.read_span(span, chunk, &mut |c| {
                     buf.clear();
                     utf8.decode(c, &mut buf)?;
-                    conv.feed(&buf)
+                    sink(&buf)
                 })?;
-                utf8.finish()?;
+                utf8.finish()
             }
-            _ => return malformed("array data"),
+            _ => malformed("array data"),
         }
-        conv.finish()
     }
-}
 
-/// Number of elements of `shape` (checked).
-fn element_count(shape: &[usize]) -> Res<usize> {
-    shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| PickleErrorKind::Malformed(format!("array shape {shape:?} overflows")))
-}
-
-/// True when C and Fortran order give the same element sequence (at most one axis > 1).
-fn is_order_free(shape: &[usize]) -> bool {
-    shape.iter().filter(|&&d| d > 1).count() <= 1
+    /// Decodes a fixed-width string array (`S` / `U`) to text, C order.
+    fn text_data(
+        &mut self,
+        raw: ObjId,
+        dtype: DType,
+        shape: &[usize],
+        fortran: bool,
+    ) -> Res<ArrayData> {
+        let (count, raw) = self.array_payload(raw, dtype, shape)?;
+        let nbytes = count.saturating_mul(dtype.size);
+        // The raw bytes, one String per item and its text.
+        self.charge_refs(count, 2 * std::mem::size_of::<String>() as u64)?;
+        self.charge(2 * nbytes as u64)?;
+        let mut bytes = Vec::with_capacity(nbytes);
+        self.stream_payload(raw, &mut |c| {
+            if bytes.len().saturating_add(c.len()) > nbytes {
+                return malformed("string array data longer than its shape");
+            }
+            bytes.extend_from_slice(c);
+            Ok(())
+        })?;
+        if bytes.len() != nbytes {
+            return malformed(format!(
+                "string array data holds {} bytes, its shape needs {nbytes}",
+                bytes.len()
+            ));
+        }
+        let items = if dtype.size == 0 {
+            vec![String::new(); count]
+        } else {
+            decode_text_items(dtype, &bytes)
+        };
+        if !fortran || is_order_free(shape) {
+            return Ok(ArrayData::Text(items));
+        }
+        let mut out = vec![String::new(); count];
+        let mut cursor = FortranCursor::new(shape);
+        for item in items {
+            let slot = out
+                .get_mut(cursor.next_dest())
+                .ok_or_else(|| PickleErrorKind::Malformed("index".into()))?;
+            *slot = item;
+        }
+        Ok(ArrayData::Text(out))
+    }
 }
 
 /// Splits a flat `[k0, v0, k1, v1, ...]` list into pairs.
@@ -1523,276 +1694,6 @@ impl Utf8Check {
     }
 }
 
-/// Streaming decoder of UTF-8 text whose code points are all below 256 into latin-1 bytes
-/// (how Python 3 protocol 2 stores `bytes`).
-#[derive(Default)]
-struct Latin1FromUtf8 {
-    pending: Option<u8>,
-}
-
-impl Latin1FromUtf8 {
-    fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Res<()> {
-        for &b in input {
-            match self.pending.take() {
-                Some(lead) => {
-                    if b & 0xc0 != 0x80 {
-                        return malformed("invalid UTF-8 in latin1 data");
-                    }
-                    out.push(((lead & 0x03) << 6) | (b & 0x3f));
-                }
-                None if b < 0x80 => out.push(b),
-                None if b == 0xc2 || b == 0xc3 => self.pending = Some(b),
-                None => return malformed("latin1 data holds a character beyond U+00FF"),
-            }
-        }
-        Ok(())
-    }
-
-    fn finish(&self) -> Res<()> {
-        match self.pending {
-            Some(_) => malformed("latin1 data ends inside a UTF-8 sequence"),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Walks the C-order destination index of elements given in Fortran order.
-struct FortranCursor {
-    shape: Vec<usize>,
-    strides: Vec<usize>,
-    idx: Vec<usize>,
-    dest: usize,
-    started: bool,
-}
-
-impl FortranCursor {
-    fn new(shape: &[usize]) -> Self {
-        let mut strides = vec![1usize; shape.len()];
-        for a in (0..shape.len().saturating_sub(1)).rev() {
-            strides[a] = strides[a + 1].saturating_mul(shape[a + 1]);
-        }
-        FortranCursor {
-            shape: shape.to_vec(),
-            strides,
-            idx: vec![0; shape.len()],
-            dest: 0,
-            started: false,
-        }
-    }
-
-    /// The C-order index of the next element in Fortran order.
-    fn next_dest(&mut self) -> usize {
-        if !self.started {
-            self.started = true;
-            return self.dest;
-        }
-        for a in 0..self.shape.len() {
-            self.idx[a] += 1;
-            self.dest = self.dest.wrapping_add(self.strides[a]);
-            if self.idx[a] < self.shape[a] {
-                return self.dest;
-            }
-            self.dest = self
-                .dest
-                .wrapping_sub(self.strides[a].wrapping_mul(self.shape[a]));
-            self.idx[a] = 0;
-        }
-        self.dest
-    }
-}
-
-/// Converts a stream of raw element bytes (split anywhere) to `f32`.
-struct Converter {
-    dtype: DType,
-    count: usize,
-    out: Vec<f32>,
-    scratch: Vec<f32>,
-    fortran: Option<FortranCursor>,
-    written: usize,
-    carry: Vec<u8>,
-    non_finite: u64,
-}
-
-impl Converter {
-    fn new(dtype: DType, shape: &[usize], fortran: bool, count: usize) -> Self {
-        let fortran = (fortran && !is_order_free(shape)).then(|| FortranCursor::new(shape));
-        let out = if fortran.is_some() {
-            vec![0.0; count]
-        } else {
-            Vec::with_capacity(count)
-        };
-        Converter {
-            dtype,
-            count,
-            out,
-            scratch: Vec::new(),
-            fortran,
-            written: 0,
-            carry: Vec::with_capacity(8),
-            non_finite: 0,
-        }
-    }
-
-    fn feed(&mut self, mut bytes: &[u8]) -> Res<()> {
-        let size = self.dtype.size;
-        if !self.carry.is_empty() {
-            let take = (size - self.carry.len()).min(bytes.len());
-            let (head, rest) = bytes.split_at(take);
-            self.carry.extend_from_slice(head);
-            bytes = rest;
-            if self.carry.len() == size {
-                let item = std::mem::take(&mut self.carry);
-                self.convert(&item)?;
-                self.carry = item;
-                self.carry.clear();
-            }
-        }
-        let whole = bytes.len() / size * size;
-        let (body, tail) = bytes.split_at(whole);
-        self.convert(body)?;
-        self.carry.extend_from_slice(tail);
-        Ok(())
-    }
-
-    fn convert(&mut self, body: &[u8]) -> Res<()> {
-        if body.is_empty() {
-            return Ok(());
-        }
-        let n = body.len() / self.dtype.size;
-        if self.written.saturating_add(n) > self.count {
-            return malformed("array data longer than its shape");
-        }
-        let mut target = std::mem::take(&mut self.scratch);
-        let direct = self.fortran.is_none();
-        let dest = if direct { &mut self.out } else { &mut target };
-        if !direct {
-            dest.clear();
-        }
-        self.non_finite += decode_elements(self.dtype, body, dest);
-        if let Some(cursor) = self.fortran.as_mut() {
-            for &v in target.iter() {
-                if let Some(slot) = self.out.get_mut(cursor.next_dest()) {
-                    *slot = v;
-                }
-            }
-        }
-        self.scratch = target;
-        self.written += n;
-        Ok(())
-    }
-
-    fn finish(self) -> Res<ArrayData> {
-        if !self.carry.is_empty() || self.written != self.count {
-            return malformed(format!(
-                "array data holds {} elements, its shape needs {}",
-                self.written, self.count
-            ));
-        }
-        Ok(ArrayData::Numeric {
-            values: self.out,
-            non_finite: self.non_finite,
-        })
-    }
-}
-
-/// Appends the elements of `body` (a whole number of items) to `out` as `f32`, replacing
-/// non-finite results by 0; returns how many were replaced.
-fn decode_elements(dtype: DType, body: &[u8], out: &mut Vec<f32>) -> u64 {
-    use ScalarKind::*;
-    let be = dtype.big_endian;
-    match (dtype.kind, dtype.size) {
-        (Float, 8) => decode_floats::<8>(body, out, |b| {
-            (if be {
-                f64::from_be_bytes(b)
-            } else {
-                f64::from_le_bytes(b)
-            }) as f32
-        }),
-        (Float, 4) => decode_floats::<4>(body, out, |b| {
-            if be {
-                f32::from_be_bytes(b)
-            } else {
-                f32::from_le_bytes(b)
-            }
-        }),
-        (Int, 1) => decode_ints::<1>(body, out, |b| f32::from(b[0] as i8)),
-        (Bool, 1) => decode_ints::<1>(body, out, |b| f32::from(u8::from(b[0] != 0))),
-        (UInt, 1) => decode_ints::<1>(body, out, |b| f32::from(b[0])),
-        (Int, 2) => decode_ints::<2>(body, out, |b| {
-            f32::from(if be {
-                i16::from_be_bytes(b)
-            } else {
-                i16::from_le_bytes(b)
-            })
-        }),
-        (UInt, 2) => decode_ints::<2>(body, out, |b| {
-            f32::from(if be {
-                u16::from_be_bytes(b)
-            } else {
-                u16::from_le_bytes(b)
-            })
-        }),
-        (Int, 4) => decode_ints::<4>(body, out, |b| {
-            (if be {
-                i32::from_be_bytes(b)
-            } else {
-                i32::from_le_bytes(b)
-            }) as f32
-        }),
-        (UInt, 4) => decode_ints::<4>(body, out, |b| {
-            (if be {
-                u32::from_be_bytes(b)
-            } else {
-                u32::from_le_bytes(b)
-            }) as f32
-        }),
-        (Int, 8) => decode_ints::<8>(body, out, |b| {
-            (if be {
-                i64::from_be_bytes(b)
-            } else {
-                i64::from_le_bytes(b)
-            }) as f32
-        }),
-        (UInt, 8) => decode_ints::<8>(body, out, |b| {
-            (if be {
-                u64::from_be_bytes(b)
-            } else {
-                u64::from_le_bytes(b)
-            }) as f32
-        }),
-        _ => 0,
-    }
-}
-
-fn decode_floats<const N: usize>(
-    body: &[u8],
-    out: &mut Vec<f32>,
-    f: impl Fn([u8; N]) -> f32,
-) -> u64 {
-    let mut bad = 0u64;
-    out.extend(body.chunks_exact(N).map(|c| {
-        let mut b = [0u8; N];
-        b.copy_from_slice(c);
-        let v = f(b);
-        if v.is_finite() {
-            v
-        } else {
-            bad += 1;
-            0.0
-        }
-    }));
-    bad
-}
-
-fn decode_ints<const N: usize>(body: &[u8], out: &mut Vec<f32>, f: impl Fn([u8; N]) -> f32) -> u64 {
-    out.extend(body.chunks_exact(N).map(|c| {
-        let mut b = [0u8; N];
-        b.copy_from_slice(c);
-        f(b)
-    }));
-    0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1810,33 +1711,6 @@ mod tests {
         assert_eq!(decode_long(&[0, 0, 0, 0, 0, 0, 0, 0x80]), Some(i64::MIN));
         assert_eq!(decode_long(&[0, 0, 0, 0, 0, 0, 0, 0, 1]), None);
         assert_eq!(decode_long(&[5, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Some(5));
-    }
-
-    #[test]
-    fn dtype_specs_parse_and_name() {
-        let d = DType::parse("f8").unwrap();
-        assert_eq!(
-            (d.kind, d.size, d.big_endian, d.name()),
-            (ScalarKind::Float, 8, false, "float64".into())
-        );
-        assert!(DType::parse(">i2").unwrap().big_endian);
-        assert_eq!(DType::parse("O8").unwrap().name(), "object");
-        assert_eq!(DType::parse("b1").unwrap().name(), "bool");
-        assert_eq!(DType::parse("u1").unwrap().name(), "uint8");
-        for bad in [
-            "",
-            "f2",
-            "f16",
-            "i3",
-            "U8",
-            "S10",
-            "c16",
-            ">",
-            "fx",
-            "i99999999999999999999999",
-        ] {
-            assert!(DType::parse(bad).is_none(), "{bad}");
-        }
     }
 
     #[test]
@@ -1867,63 +1741,6 @@ mod tests {
         c.feed(&[0xe2]).unwrap();
         assert!(c.feed(&[0x41]).is_err(), "broken sequence across chunks");
         assert!(Utf8Check::default().feed(&[0xff]).is_err());
-    }
-
-    #[test]
-    fn latin1_from_utf8_decodes_and_refuses_wide_characters() {
-        let raw: Vec<u8> = (0..=255).collect();
-        let text: String = raw.iter().map(|&b| char::from(b)).collect();
-        for size in [1, 2, 3, 1000] {
-            let mut d = Latin1FromUtf8::default();
-            let mut out = Vec::new();
-            for chunk in text.as_bytes().chunks(size) {
-                d.decode(chunk, &mut out).unwrap();
-            }
-            d.finish().unwrap();
-            assert_eq!(out, raw);
-        }
-        let mut out = Vec::new();
-        assert!(Latin1FromUtf8::default()
-            .decode("€".as_bytes(), &mut out)
-            .is_err());
-        assert!(Latin1FromUtf8::default()
-            .decode(&[0xc3, 0x41], &mut out)
-            .is_err());
-        let mut d = Latin1FromUtf8::default();
-        d.decode(&[0xc3], &mut out).unwrap();
-        assert!(d.finish().is_err());
-    }
-
-    #[test]
-    fn fortran_cursor_walks_c_indices_in_column_major_order() {
-        let mut c = FortranCursor::new(&[2, 3]);
-        let got: Vec<usize> = (0..6).map(|_| c.next_dest()).collect();
-        assert_eq!(got, [0, 3, 1, 4, 2, 5]);
-        let mut c = FortranCursor::new(&[2, 2, 2]);
-        let got: Vec<usize> = (0..8).map(|_| c.next_dest()).collect();
-        assert_eq!(got, [0, 4, 2, 6, 1, 5, 3, 7]);
-        assert!(is_order_free(&[1, 5, 1]));
-        assert!(!is_order_free(&[2, 5]));
-    }
-
-    #[test]
-    fn converter_accepts_elements_split_anywhere() {
-        let d = DType::parse("<f8").unwrap();
-        let values = [1.0f64, -2.5, f64::NAN, 1e300];
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        for size in [1, 3, 7, 8, 9, 32] {
-            let mut c = Converter::new(d, &[4], false, 4);
-            for chunk in bytes.chunks(size) {
-                c.feed(chunk).unwrap();
-            }
-            let ArrayData::Numeric { values, non_finite } = c.finish().unwrap() else {
-                panic!()
-            };
-            assert_eq!((values, non_finite), (vec![1.0, -2.5, 0.0, 0.0], 2));
-        }
-        let mut c = Converter::new(d, &[1], false, 1);
-        c.feed(&bytes[..12]).unwrap_or(());
-        assert!(c.finish().is_err(), "partial element");
     }
 
     #[test]

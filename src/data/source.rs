@@ -1,7 +1,7 @@
 //! Where a command's data comes from: a file or directory (`--data`), or a named
 //! built-in dataset (`--dataset synth-small|synth-mosi|synth-mosei|synth-iemocap`).
 
-use super::Dataset;
+use super::{Dataset, LoadOptions};
 use anyhow::{bail, Result};
 use std::path::Path;
 
@@ -20,8 +20,22 @@ pub const DATASET_NAMES: [&str; 7] = [
 /// names (`mosi`, `mosei`, `iemocap`) need `data`. `data_seed` seeds the synthetic
 /// generator (independent of the training seed, so every seed sees the same data).
 pub fn load_dataset(data: Option<&Path>, dataset: &str, data_seed: u64) -> Result<Dataset> {
+    load_dataset_with(data, dataset, data_seed, &LoadOptions::default())
+}
+
+/// [`load_dataset`] with options; a note per split with dropped samples goes to stderr.
+pub fn load_dataset_with(
+    data: Option<&Path>,
+    dataset: &str,
+    data_seed: u64,
+    opts: &LoadOptions,
+) -> Result<Dataset> {
     if let Some(path) = data {
-        return super::load_any(path).map_err(|e| anyhow::anyhow!("{e}"));
+        let (ds, dropped) = super::load_any_with(path, opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for d in dropped {
+            eprintln!("note: {}: {}", path.display(), d.note());
+        }
+        return Ok(ds);
     }
     match dataset {
         "synth-small" | "synth-mosi" | "synth-mosei" | "synth-iemocap" => {
