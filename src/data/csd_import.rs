@@ -1,0 +1,1 @@
+//! Building a mica dataset from CMU-MultimodalSDK computational sequences (`mica import-csd`).
