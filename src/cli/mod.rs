@@ -7,6 +7,7 @@ pub mod attention;
 pub mod bench;
 pub mod common;
 pub mod eval;
+pub mod import_csd;
 pub mod metrics;
 pub mod model_io;
 pub mod report;
@@ -56,6 +57,10 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Convert a dataset (MulT / MMSA pickle or mica directory) into mica's own format.
     Convert(convert::Args),
+    /// Build a mica dataset from CMU-MultimodalSDK computational sequences (.csd, HDF5):
+    /// word vectors, audio, vision and labels plus folds; unaligned (default, with every
+    /// element's start/end time) or averaged onto the words (--align words), as the SDK does.
+    ImportCsd(import_csd::Args),
     /// Table 5: train the ablation rows (MulT, backbone, mmd, mica, mica-nopropagate) over
     /// seeds; mean ± std per metric and paired t-tests against backbone and MulT.
     Ablate(ablate::AblateArgs),
@@ -120,6 +125,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Synth(args) => synth::run(&args),
         Command::Inspect(args) => inspect::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::ImportCsd(args) => import_csd::run(&args),
         Command::Ablate(a) => ablate::run(&a),
         Command::Analyze(a) => analyze::run(&a),
         Command::Sweep(a) => sweep::run(&a),

@@ -488,9 +488,10 @@ pub fn import(inputs: &CsdInputs, opts: &ImportOptions) -> Result<(Dataset, Impo
     }
     let d = dims.map(|x| x.map_or(0, |(d, _)| d));
     let mut splits = BTreeMap::new();
-    for (name, buf) in bufs {
+    for (k, name) in SPLITS.iter().enumerate() {
+        let buf = bufs.remove(name).unwrap_or_else(SplitBuf::new);
         if buf.labels.is_empty() {
-            let n = opts.folds.lists()[SPLITS.iter().position(|s| *s == name).unwrap_or(0)].len();
+            let n = opts.folds.lists()[k].len();
             return Err(DataError::format(
                 &inputs.labels,
                 format!(
