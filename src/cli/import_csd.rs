@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 use crate::data::csd_import::{self, AlignMode, CsdInputs, Folds, ImportOptions, ImportReport};
-use crate::data::{mica_format, MODALITIES};
+use crate::data::MODALITIES;
 
 /// Arguments of `mica import-csd`.
 #[derive(clap::Args, Debug)]
@@ -84,7 +84,10 @@ impl Args {
             bail!("give the folds: --folds mosi|mosei|FILE, or --train/--valid/--test video ids");
         };
         if let Some(mut std) = Folds::standard(f) {
-            std.source = format!("standard {} folds of the CMU-MultimodalSDK", f.to_lowercase());
+            std.source = format!(
+                "standard {} folds of the CMU-MultimodalSDK",
+                f.to_lowercase()
+            );
             return Ok(std);
         }
         let p = Path::new(f);
@@ -109,7 +112,12 @@ fn check_output(out: &Path, inputs: &[&Path]) -> anyhow::Result<()> {
     if out.is_file() {
         bail!("--out {}: is a file; give a directory", out.display());
     }
-    let written = ["manifest.json", "train.safetensors", "valid.safetensors", "test.safetensors"];
+    let written = [
+        "manifest.json",
+        "train.safetensors",
+        "valid.safetensors",
+        "test.safetensors",
+    ];
     for input in inputs {
         let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
             (Ok(x), Ok(y)) => x == y,
@@ -117,7 +125,11 @@ fn check_output(out: &Path, inputs: &[&Path]) -> anyhow::Result<()> {
         };
         let overwritten = written.iter().any(|w| same(&out.join(w), input));
         if same(out, input) || overwritten {
-            bail!("--out {}: would overwrite the input {}", out.display(), input.display());
+            bail!(
+                "--out {}: would overwrite the input {}",
+                out.display(),
+                input.display()
+            );
         }
     }
     Ok(())
@@ -126,7 +138,11 @@ fn check_output(out: &Path, inputs: &[&Path]) -> anyhow::Result<()> {
 fn print_report(r: &ImportReport) {
     let list = |v: &[String]| {
         let head: Vec<&str> = v.iter().take(8).map(String::as_str).collect();
-        format!("{}{}", head.join(", "), if v.len() > 8 { ", ..." } else { "" })
+        format!(
+            "{}{}",
+            head.join(", "),
+            if v.len() > 8 { ", ..." } else { "" }
+        )
     };
     for (m, key) in MODALITIES.iter().enumerate() {
         eprintln!(
@@ -142,7 +158,11 @@ fn print_report(r: &ImportReport) {
         );
     }
     if !r.not_in_folds.is_empty() {
-        eprintln!("warning: {} labelled videos in no fold, skipped: {}", r.not_in_folds.len(), list(&r.not_in_folds));
+        eprintln!(
+            "warning: {} labelled videos in no fold, skipped: {}",
+            r.not_in_folds.len(),
+            list(&r.not_in_folds)
+        );
     }
     if !r.folds_not_found.is_empty() {
         eprintln!(
@@ -152,8 +172,16 @@ fn print_report(r: &ImportReport) {
         );
     }
     if !r.missing.is_empty() {
-        let v: Vec<String> = r.missing.iter().map(|(v, m)| format!("{v} (no {m})")).collect();
-        eprintln!("warning: {} videos skipped (--skip-missing): {}", v.len(), list(&v));
+        let v: Vec<String> = r
+            .missing
+            .iter()
+            .map(|(v, m)| format!("{v} (no {m})"))
+            .collect();
+        eprintln!(
+            "warning: {} videos skipped (--skip-missing): {}",
+            v.len(),
+            list(&v)
+        );
     }
     if !r.dropped_segments.is_empty() {
         eprintln!(
@@ -167,18 +195,36 @@ fn print_report(r: &ImportReport) {
 /// Runs `mica import-csd`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let inputs = args.inputs();
-    check_output(&args.out, &[&inputs.text, &inputs.audio, &inputs.vision, &inputs.labels])?;
+    check_output(
+        &args.out,
+        &[&inputs.text, &inputs.audio, &inputs.vision, &inputs.labels],
+    )?;
     let opts = ImportOptions {
-        align: if args.align == "words" { AlignMode::Words } else { AlignMode::Unaligned },
+        align: if args.align == "words" {
+            AlignMode::Words
+        } else {
+            AlignMode::Unaligned
+        },
         lengths: [args.text_len, args.audio_len, args.vision_len],
         folds: args.folds()?,
         skip_missing: args.skip_missing,
     };
     let t0 = std::time::Instant::now();
-    let (ds, report) = csd_import::import(&inputs, &opts)?;
-    eprint!("{}", ds.summary());
+    let (manifest, report) = csd_import::import_to_dir(&inputs, &opts, &args.out)
+        .with_context(|| format!("importing into {}", args.out.display()))?;
+    for name in csd_import::SPLITS {
+        let e = &manifest.splits[name];
+        let shapes: Vec<String> = MODALITIES
+            .iter()
+            .map(|m| format!("{m} {:?}", e.shapes.get(*m).cloned().unwrap_or_default()))
+            .collect();
+        eprintln!("split {name}: {} segments; {}", e.n, shapes.join(", "));
+    }
     print_report(&report);
-    mica_format::save(&ds, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
-    eprintln!("wrote {} ({:.1}s)", args.out.display(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "wrote {} ({:.1}s)",
+        args.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -55,7 +55,7 @@ impl Features {
         }
     }
 
-    /// The value at `(row, col)` widened to f64 (`None` for strings).
+    /// The `i`-th value (row-major) widened to f64 (`None` for strings or out of range).
     pub fn get(&self, i: usize) -> Option<f64> {
         match self {
             Features::F32(v) => v.get(i).map(|&x| f64::from(x)),
@@ -125,6 +125,7 @@ pub struct CsdReader<R: ReadAt = FileSource> {
     h5: Hdf5<R>,
     root: String,
     videos: Vec<(String, u64)>,
+    index: std::collections::HashMap<String, u64>,
     metadata: Option<u64>,
 }
 
@@ -140,26 +141,35 @@ impl CsdReader<FileSource> {
 impl<R: ReadAt> CsdReader<R> {
     /// Opens a `.csd` image from any random-access source (`path` is used in errors).
     pub fn from_source(path: &Path, src: R) -> Result<Self, DataError> {
-        let h5err = |e: Hdf5Error| DataError::format(path, format!("not a readable .csd file: {e}"));
+        let h5err =
+            |e: Hdf5Error| DataError::format(path, format!("not a readable .csd file: {e}"));
         let h5 = Hdf5::open(src).map_err(h5err)?;
         let top = h5.group_entries(h5.root()).map_err(h5err)?;
         let Some((root, root_at)) = top.into_iter().next() else {
-            return Err(DataError::format(path, "no top-level group: not a computational sequence"));
+            return Err(DataError::format(
+                path,
+                "no top-level group: not a computational sequence",
+            ));
         };
         let entries = h5.group_entries(root_at).map_err(h5err)?;
         let find = |n: &str| entries.iter().find(|(k, _)| k == n).map(|(_, a)| *a);
         let Some(data) = find("data") else {
-            return Err(DataError::format(path, format!("group '/{root}/data' missing: not a computational sequence")));
+            return Err(DataError::format(
+                path,
+                format!("group '/{root}/data' missing: not a computational sequence"),
+            ));
         };
         let metadata = find("metadata");
-        let videos = h5.group_entries(data).map_err(|e| {
-            DataError::format(path, format!("group '/{root}/data': {e}"))
-        })?;
+        let videos = h5
+            .group_entries(data)
+            .map_err(|e| DataError::format(path, format!("group '/{root}/data': {e}")))?;
+        let index = videos.iter().cloned().collect();
         Ok(CsdReader {
             path: path.to_path_buf(),
             h5,
             root,
             videos,
+            index,
             metadata,
         })
     }
@@ -181,7 +191,7 @@ impl<R: ReadAt> CsdReader<R> {
 
     /// True when the file has a video `id`.
     pub fn has_video(&self, id: &str) -> bool {
-        self.videos.iter().any(|(n, _)| n == id)
+        self.index.contains_key(id)
     }
 
     fn err(&self, place: &str, e: impl std::fmt::Display) -> DataError {
@@ -194,13 +204,19 @@ impl<R: ReadAt> CsdReader<R> {
         let Some(group) = self.metadata else {
             return Ok(out);
         };
-        let keys = self.h5.group_entries(group).map_err(|e| self.err("metadata", e))?;
+        let keys = self
+            .h5
+            .group_entries(group)
+            .map_err(|e| self.err("metadata", e))?;
         for (key, at) in keys {
             let place = format!("metadata/{key}");
             let ds = self.h5.dataset(at).map_err(|e| self.err(&place, e))?;
             let values = match ds.dtype {
                 Dtype::VlenString => self.h5.read_vlen_strings(&ds),
-                Dtype::FixedString(_) => self.h5.read_raw(&ds).map(|raw| fixed_strings(&raw, ds.elem_size)),
+                Dtype::FixedString(_) => self
+                    .h5
+                    .read_raw(&ds)
+                    .map(|raw| fixed_strings(&raw, ds.elem_size)),
                 _ => {
                     return Err(self.err(&place, "metadata is not a string"));
                 }
@@ -213,8 +229,11 @@ impl<R: ReadAt> CsdReader<R> {
 
     /// Reads one video's features and intervals (non-finite features kept as stored).
     pub fn read_video(&self, id: &str) -> Result<Video, DataError> {
-        let Some(&(_, at)) = self.videos.iter().find(|(n, _)| n == id) else {
-            return Err(DataError::format(&self.path, format!("video '{id}' not in '/{}/data'", self.root)));
+        let Some(&at) = self.index.get(id) else {
+            return Err(DataError::format(
+                &self.path,
+                format!("video '{id}' not in '/{}/data'", self.root),
+            ));
         };
         let place = format!("data/{id}");
         let entries = self.h5.group_entries(at).map_err(|e| self.err(&place, e))?;
@@ -236,7 +255,13 @@ impl<R: ReadAt> CsdReader<R> {
             _ => return Err(self.err(&fp, format!("shape {:?}, expected (n, d)", f.shape))),
         };
         if iv.shape[..] != [n, 2] {
-            return Err(self.err(&ip, format!("shape {:?}, expected ({n}, 2) to match the features", iv.shape)));
+            return Err(self.err(
+                &ip,
+                format!(
+                    "shape {:?}, expected ({n}, 2) to match the features",
+                    iv.shape
+                ),
+            ));
         }
         let raw = self.h5.read_raw(&f).map_err(|e| self.err(&fp, e))?;
         let features = match f.dtype {
@@ -249,7 +274,11 @@ impl<R: ReadAt> CsdReader<R> {
                 Features::Strings(fixed_strings(&raw, w))
             }
             Dtype::Int { size, signed } => Features::F64(ints(&raw, size, signed)),
-            Dtype::VlenString => Features::Strings(self.h5.read_vlen_strings(&f).map_err(|e| self.err(&fp, e))?),
+            Dtype::VlenString => Features::Strings(
+                self.h5
+                    .read_vlen_strings(&f)
+                    .map_err(|e| self.err(&fp, e))?,
+            ),
         };
         let iraw = self.h5.read_raw(&iv).map_err(|e| self.err(&ip, e))?;
         let intervals = match iv.dtype {
@@ -271,7 +300,9 @@ impl<R: ReadAt> CsdReader<R> {
 }
 
 fn le_f32(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn le_f64(b: &[u8]) -> Vec<f64> {

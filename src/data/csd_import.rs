@@ -24,12 +24,15 @@
 //! of each file plus the output.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use super::csd::{CsdReader, Features, Video};
+use super::csd_write::{temp_path, write_atomic, write_safetensors, DataOut, Store, TensorOut};
 use super::error::DataError;
+use super::mica_format::{Manifest, SplitEntry, FORMAT_NAME, FORMAT_VERSION, MANIFEST};
 use super::{Dataset, Intervals, Labels, Modality, Split, MODALITIES};
 
 /// The SDK's alignment tolerance (`epsilon = 10e-6`).
@@ -61,13 +64,16 @@ pub const SPLITS: [&str; 3] = ["train", "valid", "test"];
 impl Folds {
     /// The SDK's standard folds of `name` (`mosi` or `mosei`).
     pub fn standard(name: &str) -> Option<Folds> {
-        let (_, json) = STANDARD_FOLDS.iter().find(|(n, _)| n.eq_ignore_ascii_case(name))?;
+        let (_, json) = STANDARD_FOLDS
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))?;
         serde_json::from_str(json).ok()
     }
 
     /// Reads a JSON folds file `{"train": [...], "valid": [...], "test": [...]}`.
     pub fn from_file(path: &Path) -> Result<Folds, DataError> {
-        let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, "cannot read folds", e))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| DataError::io(path, "cannot read folds", e))?;
         let mut f: Folds = serde_json::from_str(&text).map_err(|e| {
             DataError::format(path, format!("invalid folds file (want {{\"train\": [ids], \"valid\": [ids], \"test\": [ids]}}): {e}"))
         })?;
@@ -85,7 +91,10 @@ impl Folds {
         for (split, list) in SPLITS.iter().zip(self.lists()) {
             for v in list {
                 if let Some(prev) = out.insert(v.as_str(), *split) {
-                    return Err(format!("folds {}: video '{v}' is listed in '{prev}' and '{split}'", self.source));
+                    return Err(format!(
+                        "folds {}: video '{v}' is listed in '{prev}' and '{split}'",
+                        self.source
+                    ));
                 }
             }
         }
@@ -165,7 +174,12 @@ pub struct Rows {
 
 impl Rows {
     fn empty(d: usize, single: bool) -> Rows {
-        Rows { iv: Vec::new(), feat: Vec::new(), d, single }
+        Rows {
+            iv: Vec::new(),
+            feat: Vec::new(),
+            d,
+            single,
+        }
     }
 
     /// Number of rows.
@@ -195,7 +209,12 @@ impl Rows {
             Features::Strings(_) => return None,
         };
         let iv = v.intervals.chunks_exact(2).map(|c| [c[0], c[1]]).collect();
-        Some(Rows { iv, feat, d: v.d, single })
+        Some(Rows {
+            iv,
+            feat,
+            d: v.d,
+            single,
+        })
     }
 
     /// The rows sorted by start time (stable, as Python's `sorted`).
@@ -227,8 +246,18 @@ pub fn intersect(r: [f64; 2], sub: &Rows) -> Rows {
 /// The SDK's collapse with `numpy.average(features, axis=0)`: interval `[min, max]` of all
 /// bounds, features the column means (float32 rows added one by one in float32).
 pub fn collapse_mean(rows: &Rows) -> ([f64; 2], Vec<f64>) {
-    let lo = rows.iv.iter().flatten().copied().fold(f64::INFINITY, f64::min);
-    let hi = rows.iv.iter().flatten().copied().fold(f64::NEG_INFINITY, f64::max);
+    let lo = rows
+        .iv
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    let hi = rows
+        .iv
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max);
     let n = rows.len();
     let mean = if rows.single {
         let mut acc: Vec<f32> = rows.row(0).iter().map(|&x| x as f32).collect();
@@ -263,7 +292,12 @@ pub fn word_level(words: &Rows, other: Option<&Rows>) -> (Rows, usize) {
         if (r[0] - r[1]).abs() < EPS {
             continue;
         }
-        let own = Rows { iv: vec![r], feat: words.row(i).to_vec(), d: words.d, single: words.single };
+        let own = Rows {
+            iv: vec![r],
+            feat: words.row(i).to_vec(),
+            d: words.d,
+            single: words.single,
+        };
         let (word_iv, _) = collapse_mean(&own);
         let rows = match other {
             None => own,
@@ -320,97 +354,306 @@ pub fn video_segments(
             dropped.push(key);
             continue;
         }
-        let rows = [intersect(r, &seqs[0]), intersect(r, &seqs[1]), intersect(r, &seqs[2])];
+        let rows = [
+            intersect(r, &seqs[0]),
+            intersect(r, &seqs[1]),
+            intersect(r, &seqs[2]),
+        ];
         if rows.iter().any(Rows::is_empty) {
             dropped.push(key);
             continue;
         }
-        out.push(Segment { key, label: labels.row(i).to_vec(), rows });
+        out.push(Segment {
+            key,
+            label: labels.row(i).to_vec(),
+            rows,
+        });
     }
     (out, dropped, imputed)
 }
 
-/// A split being built.
+/// A split being built: large tensors in [`Store`]s (memory or spill files), the small
+/// per-sample arrays in memory.
 struct SplitBuf {
-    data: [Vec<f32>; 3],
+    data: [Store; 3],
     lengths: [Vec<usize>; 3],
-    iv: [Vec<f32>; 3],
+    iv: [Store; 3],
     labels: Vec<f32>,
     ids: Vec<String>,
     replaced: [u64; 3],
 }
 
 impl SplitBuf {
-    fn new() -> Self {
-        SplitBuf {
-            data: Default::default(),
+    fn new(mut store: impl FnMut(&str) -> Result<Store, DataError>) -> Result<Self, DataError> {
+        let mut stores = |kind: &str| -> Result<[Store; 3], DataError> {
+            Ok([
+                store(&format!("{}{kind}", MODALITIES[0]))?,
+                store(&format!("{}{kind}", MODALITIES[1]))?,
+                store(&format!("{}{kind}", MODALITIES[2]))?,
+            ])
+        };
+        Ok(SplitBuf {
+            data: stores("")?,
+            iv: stores("_intervals")?,
             lengths: Default::default(),
-            iv: Default::default(),
             labels: Vec::new(),
             ids: Vec::new(),
             replaced: [0; 3],
-        }
+        })
     }
 
     /// Appends modality `m` of a segment: the last `t` rows, zeros (NaN times) on the left.
-    fn push_rows(&mut self, m: usize, rows: &Rows, t: usize) -> bool {
+    /// Returns whether rows were cut.
+    fn push_rows(&mut self, m: usize, rows: &Rows, t: usize) -> Result<bool, DataError> {
         let n = rows.len();
         let keep = n.min(t);
         let pad = t - keep;
-        self.data[m].extend(std::iter::repeat_n(0.0, pad * rows.d));
-        self.iv[m].extend(std::iter::repeat_n(f32::NAN, pad * 2));
+        let mut data = vec![0.0f32; pad * rows.d];
+        let mut iv = vec![f32::NAN; pad * 2];
         for i in n - keep..n {
             for &x in rows.row(i) {
                 let y = x as f32;
                 if y.is_finite() {
-                    self.data[m].push(y);
+                    data.push(y);
                 } else {
-                    self.data[m].push(0.0);
+                    data.push(0.0);
                     self.replaced[m] += 1;
                 }
             }
-            self.iv[m].extend([rows.iv[i][0] as f32, rows.iv[i][1] as f32]);
+            iv.extend([rows.iv[i][0] as f32, rows.iv[i][1] as f32]);
         }
+        self.data[m].extend(&data)?;
+        self.iv[m].extend(&iv)?;
         self.lengths[m].push(keep);
-        n > t
+        Ok(n > t)
     }
 
-    fn finish(self, t: [usize; 3], d: [usize; 3]) -> Split {
+    /// The in-memory split (stores must be [`Store::Mem`]).
+    fn into_split(mut self, t: [usize; 3], d: [usize; 3]) -> Split {
         let n = self.labels.len();
-        let [dt, da, dv] = self.data;
-        let [lt, la, lv] = self.lengths;
-        let mk = |data, m: usize, lengths| Modality { data, n, t: t[m], d: d[m], lengths };
+        let take = |s: &mut Store| match s {
+            Store::Mem(v) => std::mem::take(v),
+            Store::Spill { .. } => Vec::new(),
+        };
+        let data = [
+            take(&mut self.data[0]),
+            take(&mut self.data[1]),
+            take(&mut self.data[2]),
+        ];
+        let iv = [
+            take(&mut self.iv[0]),
+            take(&mut self.iv[1]),
+            take(&mut self.iv[2]),
+        ];
+        let [dt, da, dv] = data;
+        let [lt, la, lv] = std::mem::take(&mut self.lengths);
+        let mk = |data, m: usize, lengths| Modality {
+            data,
+            n,
+            t: t[m],
+            d: d[m],
+            lengths,
+        };
         Split {
             text: mk(dt, 0, lt),
             audio: mk(da, 1, la),
             vision: mk(dv, 2, lv),
-            labels: Labels::Sentiment(self.labels),
-            ids: Some(self.ids),
+            labels: Labels::Sentiment(std::mem::take(&mut self.labels)),
+            ids: Some(std::mem::take(&mut self.ids)),
             non_finite: self.replaced,
-            intervals: Some(Intervals { per_modality: self.iv }),
+            intervals: Some(Intervals { per_modality: iv }),
         }
+    }
+
+    /// Writes the split as `<dir>/<name>.safetensors` (the tensors `mica_format::save`
+    /// writes, in its order); returns its manifest entry.
+    fn write(
+        &mut self,
+        dir: &Path,
+        name: &str,
+        t: [usize; 3],
+        d: [usize; 3],
+    ) -> Result<SplitEntry, DataError> {
+        let n = self.labels.len();
+        let file = format!("{name}.safetensors");
+        let [d0, d1, d2] = &mut self.data;
+        let [i0, i1, i2] = &mut self.iv;
+        let mut tensors = Vec::new();
+        for (m, s) in [d0, d1, d2].into_iter().enumerate() {
+            tensors.push(TensorOut {
+                name: MODALITIES[m].into(),
+                dtype: "F32",
+                shape: vec![n, t[m], d[m]],
+                data: DataOut::Store(s),
+            });
+        }
+        for (m, l) in self.lengths.iter().enumerate() {
+            let v = l.iter().map(|&x| x as i64).collect();
+            tensors.push(TensorOut {
+                name: format!("{}_lengths", MODALITIES[m]),
+                dtype: "I64",
+                shape: vec![n],
+                data: DataOut::I64(v),
+            });
+        }
+        tensors.push(TensorOut {
+            name: "labels".into(),
+            dtype: "F32",
+            shape: vec![n],
+            data: DataOut::F32(&self.labels),
+        });
+        for (m, s) in [i0, i1, i2].into_iter().enumerate() {
+            tensors.push(TensorOut {
+                name: format!("{}_intervals", MODALITIES[m]),
+                dtype: "F32",
+                shape: vec![n, t[m], 2],
+                data: DataOut::Store(s),
+            });
+        }
+        let shapes = tensors
+            .iter()
+            .map(|x| (x.name.clone(), x.shape.clone()))
+            .collect();
+        let (bytes, sha256) = write_safetensors(&dir.join(&file), &mut tensors)?;
+        Ok(SplitEntry {
+            file,
+            bytes,
+            sha256,
+            n,
+            labels: "sentiment".into(),
+            shapes,
+            ids: Some(self.ids.clone()),
+            non_finite: MODALITIES
+                .iter()
+                .zip(self.replaced)
+                .map(|(m, c)| (m.to_string(), c))
+                .collect(),
+        })
     }
 }
 
-/// Reads the four files video by video and builds the dataset (see the module docs).
-pub fn import(inputs: &CsdInputs, opts: &ImportOptions) -> Result<(Dataset, ImportReport), DataError> {
+/// Everything [`run`] produced.
+struct Built {
+    bufs: Vec<SplitBuf>,
+    lengths: [usize; 3],
+    dims: [usize; 3],
+    report: ImportReport,
+    provenance: String,
+}
+
+/// Reads the four files video by video and builds the dataset in memory (see the module
+/// docs); `mica import-csd` uses [`import_to_dir`], which streams to disk.
+pub fn import(
+    inputs: &CsdInputs,
+    opts: &ImportOptions,
+) -> Result<(Dataset, ImportReport), DataError> {
+    let b = run(inputs, opts, |_, _| Ok(Store::Mem(Vec::new())))?;
+    let splits = SPLITS
+        .iter()
+        .zip(b.bufs)
+        .map(|(name, buf)| (name.to_string(), buf.into_split(b.lengths, b.dims)))
+        .collect();
+    Ok((
+        Dataset {
+            format: "csd".into(),
+            splits,
+            provenance: b.provenance,
+        },
+        b.report,
+    ))
+}
+
+/// As [`import`], writing the mica dataset to `dir` while reading: peak memory is one
+/// video of each file plus the per-sample lengths, labels and ids. The files equal
+/// `mica_format::save` of [`import`]'s dataset byte for byte.
+pub fn import_to_dir(
+    inputs: &CsdInputs,
+    opts: &ImportOptions,
+    dir: &Path,
+) -> Result<(Manifest, ImportReport), DataError> {
+    let existed = dir.exists();
+    let r = import_to_dir_inner(inputs, opts, dir);
+    if r.is_err() && !existed {
+        // Spill files are gone with the stores; remove the directory this call made.
+        let _ = fs::remove_dir(dir);
+    }
+    r
+}
+
+fn import_to_dir_inner(
+    inputs: &CsdInputs,
+    opts: &ImportOptions,
+    dir: &Path,
+) -> Result<(Manifest, ImportReport), DataError> {
+    let manifest_path = dir.join(MANIFEST);
+    let mut first = true;
+    // The directory is made (and an old manifest removed) once the inputs opened.
+    let mut b = run(inputs, opts, |split, tensor| {
+        if std::mem::take(&mut first) {
+            fs::create_dir_all(dir)
+                .map_err(|e| DataError::io(dir, "cannot create directory", e))?;
+            if manifest_path.exists() {
+                fs::remove_file(&manifest_path)
+                    .map_err(|e| DataError::io(&manifest_path, "cannot replace manifest", e))?;
+            }
+        }
+        Store::spill(temp_path(&dir.join(format!("{split}.{tensor}")), "spill"))
+    })?;
+    let mut splits = BTreeMap::new();
+    for (name, buf) in SPLITS.iter().zip(b.bufs.iter_mut()) {
+        splits.insert(name.to_string(), buf.write(dir, name, b.lengths, b.dims)?);
+    }
+    let manifest = Manifest {
+        format: FORMAT_NAME.into(),
+        version: FORMAT_VERSION,
+        source_format: "csd".into(),
+        provenance: b.provenance,
+        splits,
+    };
+    let json = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| DataError::format(&manifest_path, format!("cannot encode manifest: {e}")))?;
+    write_atomic(&manifest_path, &json)?;
+    Ok((manifest, b.report))
+}
+
+/// The import itself; `store(split, tensor)` makes the store of each large tensor.
+fn run(
+    inputs: &CsdInputs,
+    opts: &ImportOptions,
+    mut store: impl FnMut(&str, &str) -> Result<Store, DataError>,
+) -> Result<Built, DataError> {
     let paths = [&inputs.text, &inputs.audio, &inputs.vision];
-    let readers = [CsdReader::open(paths[0])?, CsdReader::open(paths[1])?, CsdReader::open(paths[2])?];
+    let readers = [
+        CsdReader::open(paths[0])?,
+        CsdReader::open(paths[1])?,
+        CsdReader::open(paths[2])?,
+    ];
     let labels = CsdReader::open(&inputs.labels)?;
-    let index = opts.folds.index().map_err(|e| DataError::format(&inputs.labels, e))?;
+    let index = opts
+        .folds
+        .index()
+        .map_err(|e| DataError::format(&inputs.labels, e))?;
     let lengths = match opts.align {
         AlignMode::Unaligned => opts.lengths,
         AlignMode::Words => [opts.lengths[0]; 3],
     };
     if let Some(m) = lengths.iter().position(|&l| l == 0) {
-        return Err(DataError::format(paths[m], format!("{} length must be at least 1", MODALITIES[m])));
+        return Err(DataError::format(
+            paths[m],
+            format!("{} length must be at least 1", MODALITIES[m]),
+        ));
     }
     let mut report = ImportReport::default();
-    let mut bufs: BTreeMap<&str, SplitBuf> = SPLITS.iter().map(|s| (*s, SplitBuf::new())).collect();
+    let mut bufs = SPLITS
+        .iter()
+        .map(|sp| SplitBuf::new(|tensor| store(sp, tensor)))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut dims: [Option<(usize, String)>; 3] = [None, None, None];
     let label_ids: Vec<String> = labels.video_ids().map(str::to_string).collect();
     for list in opts.folds.lists() {
-        report.folds_not_found.extend(list.iter().filter(|v| !labels.has_video(v)).cloned());
+        report
+            .folds_not_found
+            .extend(list.iter().filter(|v| !labels.has_video(v)).cloned());
     }
     'videos: for vid in &label_ids {
         let Some(split) = index.get(vid.as_str()) else {
@@ -420,7 +663,9 @@ pub fn import(inputs: &CsdInputs, opts: &ImportOptions) -> Result<(Dataset, Impo
         for (m, r) in readers.iter().enumerate() {
             if !r.has_video(vid) {
                 if opts.skip_missing {
-                    report.missing.push((vid.clone(), MODALITIES[m].to_string()));
+                    report
+                        .missing
+                        .push((vid.clone(), MODALITIES[m].to_string()));
                     continue 'videos;
                 }
                 return Err(DataError::format(
@@ -453,7 +698,10 @@ pub fn import(inputs: &CsdInputs, opts: &ImportOptions) -> Result<(Dataset, Impo
                 Some((d, first)) if *d != x.d => {
                     return Err(DataError::format(
                         r.path(),
-                        format!("video '{vid}' has {} feature columns, video '{first}' has {d}", x.d),
+                        format!(
+                            "video '{vid}' has {} feature columns, video '{first}' has {d}",
+                            x.d
+                        ),
                     ))
                 }
                 _ => {}
@@ -462,34 +710,43 @@ pub fn import(inputs: &CsdInputs, opts: &ImportOptions) -> Result<(Dataset, Impo
         }
         let lv = labels.read_video(vid)?;
         let Some(lrows) = Rows::from_video(&lv) else {
-            return Err(DataError::format(&inputs.labels, format!("video '{vid}': labels are strings")));
+            return Err(DataError::format(
+                &inputs.labels,
+                format!("video '{vid}': labels are strings"),
+            ));
         };
         if lrows.d == 0 {
-            return Err(DataError::format(&inputs.labels, format!("video '{vid}': labels have no column")));
+            return Err(DataError::format(
+                &inputs.labels,
+                format!("video '{vid}': labels have no column"),
+            ));
         }
-        let (segs, dropped, imputed) = video_segments(vid, [&rows[0], &rows[1], &rows[2]], &lrows, opts.align);
+        let (segs, dropped, imputed) =
+            video_segments(vid, [&rows[0], &rows[1], &rows[2]], &lrows, opts.align);
         drop(rows);
         report.dropped_segments.extend(dropped);
         for (r, i) in report.imputed_words.iter_mut().zip(imputed) {
             *r += i;
         }
-        let buf = bufs.get_mut(split).expect("split names come from SPLITS");
+        let k = SPLITS.iter().position(|s| s == split).unwrap_or(0);
+        let buf = &mut bufs[k];
         for s in segs {
             let y = s.label[0];
             if !y.is_finite() {
-                return Err(DataError::format(&inputs.labels, format!("segment '{}': label {y} is not finite", s.key)));
+                return Err(DataError::format(
+                    &inputs.labels,
+                    format!("segment '{}': label {y} is not finite", s.key),
+                ));
             }
             for (m, r) in s.rows.iter().enumerate() {
-                report.truncated[m] += usize::from(buf.push_rows(m, r, lengths[m]));
+                report.truncated[m] += usize::from(buf.push_rows(m, r, lengths[m])?);
             }
             buf.labels.push(y as f32);
             buf.ids.push(s.key);
         }
     }
     let d = dims.map(|x| x.map_or(0, |(d, _)| d));
-    let mut splits = BTreeMap::new();
-    for (k, name) in SPLITS.iter().enumerate() {
-        let buf = bufs.remove(name).unwrap_or_else(SplitBuf::new);
+    for (k, (name, buf)) in SPLITS.iter().zip(&bufs).enumerate() {
         if buf.labels.is_empty() {
             let n = opts.folds.lists()[k].len();
             return Err(DataError::format(
@@ -504,7 +761,6 @@ pub fn import(inputs: &CsdInputs, opts: &ImportOptions) -> Result<(Dataset, Impo
         for (r, x) in report.replaced.iter_mut().zip(buf.replaced) {
             *r += x;
         }
-        splits.insert(name.to_string(), buf.finish(lengths, d));
     }
     let provenance = format!(
         "import-csd: text {}, audio {}, vision {}, labels {}; {}; lengths {:?}; folds {}",
@@ -519,7 +775,13 @@ pub fn import(inputs: &CsdInputs, opts: &ImportOptions) -> Result<(Dataset, Impo
         lengths,
         opts.folds.source
     );
-    Ok((Dataset { format: "csd".into(), splits, provenance }, report))
+    Ok(Built {
+        bufs,
+        lengths,
+        dims: d,
+        report,
+        provenance,
+    })
 }
 
 #[cfg(test)]
@@ -527,12 +789,21 @@ mod tests {
     use super::*;
 
     fn rows(iv: &[[f64; 2]], feat: &[f64], single: bool) -> Rows {
-        Rows { iv: iv.to_vec(), feat: feat.to_vec(), d: feat.len() / iv.len().max(1), single }
+        Rows {
+            iv: iv.to_vec(),
+            feat: feat.to_vec(),
+            d: feat.len() / iv.len().max(1),
+            single,
+        }
     }
 
     #[test]
     fn intersection_clips_and_drops_touching_rows() {
-        let sub = rows(&[[0.0, 1.0], [1.0, 2.0], [2.0, 3.0]], &[1.0, 2.0, 3.0], false);
+        let sub = rows(
+            &[[0.0, 1.0], [1.0, 2.0], [2.0, 3.0]],
+            &[1.0, 2.0, 3.0],
+            false,
+        );
         let got = intersect([1.0, 2.5], &sub);
         // [0, 1] only touches: clipped length 0 -> dropped; [2, 3] clipped to [2, 2.5].
         assert_eq!(got.iv, vec![[1.0, 2.0], [2.0, 2.5]]);
@@ -550,12 +821,26 @@ mod tests {
 
     #[test]
     fn folds_reject_a_video_in_two_splits_and_standard_folds_load() {
-        let f = Folds { source: "x.json".into(), train: vec!["a".into()], valid: vec![], test: vec!["a".into()] };
-        assert_eq!(f.index().unwrap_err(), "folds x.json: video 'a' is listed in 'train' and 'test'");
+        let f = Folds {
+            source: "x.json".into(),
+            train: vec!["a".into()],
+            valid: vec![],
+            test: vec!["a".into()],
+        };
+        assert_eq!(
+            f.index().unwrap_err(),
+            "folds x.json: video 'a' is listed in 'train' and 'test'"
+        );
         let mosi = Folds::standard("mosi").unwrap();
-        assert_eq!((mosi.train.len(), mosi.valid.len(), mosi.test.len()), (52, 10, 31));
+        assert_eq!(
+            (mosi.train.len(), mosi.valid.len(), mosi.test.len()),
+            (52, 10, 31)
+        );
         let mosei = Folds::standard("MOSEI").unwrap();
-        assert_eq!((mosei.train.len(), mosei.valid.len(), mosei.test.len()), (2249, 300, 678));
+        assert_eq!(
+            (mosei.train.len(), mosei.valid.len(), mosei.test.len()),
+            (2249, 300, 678)
+        );
         assert!(mosi.index().is_ok() && mosei.index().is_ok());
         assert!(Folds::standard("iemocap").is_none());
     }

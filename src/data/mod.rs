@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod csd;
 pub mod csd_import;
+pub mod csd_write;
 pub mod error;
 pub mod hdf5;
 pub mod mica_format;
