@@ -440,7 +440,8 @@ pub struct SplitAlignment {
 pub const NO_INTERVALS: &str = "Corr. Acc unavailable: the data has no element intervals \
 (ground-truth timing of words and frames), so which source elements truly co-occur with a \
 target element is unknown. Use the built-in synthetic benchmark or a mica-format dataset \
-with *_intervals arrays (`mica synth --format mica` keeps them; MulT/MMSA pickles have none).";
+with *_intervals arrays (`mica synth --format mica` and `mica import-csd` keep them; MulT/MMSA \
+pickles have none).";
 
 /// Plain mean of the finite values (`None` when there are none).
 fn finite_mean(v: impl Iterator<Item = f64>) -> Option<f64> {

@@ -7,6 +7,7 @@ pub mod attention;
 pub mod bench;
 pub mod common;
 pub mod eval;
+pub mod import_csd;
 pub mod metrics;
 pub mod model_io;
 pub mod report;
@@ -61,6 +62,10 @@ pub enum Command {
     /// dims against the published datasets, non-finite values, label ranges, sequence
     /// lengths, HTML pages saved as data. Exits non-zero on errors.
     Doctor(doctor::Args),
+    /// Build a mica dataset from CMU-MultimodalSDK computational sequences (.csd, HDF5):
+    /// word vectors, audio, vision and labels plus folds; unaligned (default, with every
+    /// element's start/end time) or averaged onto the words (--align words), as the SDK does.
+    ImportCsd(import_csd::Args),
     /// Table 5: train the ablation rows (MulT, backbone, mmd, mica, mica-nopropagate) over
     /// seeds; mean ± std per metric and paired t-tests against backbone and MulT.
     Ablate(ablate::AblateArgs),
@@ -154,6 +159,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Inspect(args) => inspect::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Doctor(args) => doctor::run(&args),
+        Command::ImportCsd(args) => import_csd::run(&args),
         Command::Ablate(a) => ablate::run(&a),
         Command::Analyze(a) => analyze::run(&a),
         Command::Sweep(a) => sweep::run(&a),

@@ -6,9 +6,13 @@
 
 pub mod batch;
 pub mod clean;
+pub mod csd;
+pub mod csd_import;
+pub mod csd_write;
 pub mod doctor;
 pub mod error;
 pub mod fingerprint;
+pub mod hdf5;
 pub mod mica_format;
 pub mod pickle;
 pub mod pickle_dataset;
@@ -212,7 +216,8 @@ pub fn detect(path: &Path) -> Result<SourceKind, DataError> {
         Some([0x80, ..]) => Ok(SourceKind::Pickle),
         Some([0x89, b'H', b'D', b'F']) => Err(DataError::format(
             path,
-            "HDF5 (CMU-MultimodalSDK .csd) files are not supported yet",
+            "HDF5 (a CMU-MultimodalSDK .csd computational sequence): build a dataset from the \
+             .csd files with `mica import-csd`",
         )),
         Some([]) => Err(DataError::format(path, "empty file")),
         _ => Err(DataError::format(
