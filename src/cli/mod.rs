@@ -78,7 +78,8 @@ pub enum Command {
     Attention(attention::AttentionArgs),
     /// Gather run metrics, loss curves, tables and plots of directories into one Markdown page.
     Report(report::ReportArgs),
-    /// Time a training step and an eval forward at a fixed shape (median ms, peak RSS).
+    /// Time a training step and an eval forward at the bench shape or any configuration
+    /// (median ms, peak RSS, GFLOP/s).
     Bench(bench::BenchArgs),
 }
 
