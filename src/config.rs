@@ -394,7 +394,8 @@ impl Config {
 
     /// Reads a config from JSON (checkpoints, runs) or TOML (user files), by extension.
     pub fn from_file(path: &std::path::Path) -> Result<Config> {
-        let text = crate::durable::read_string_capped(path, crate::durable::SMALL_FILE_CAP, "config")?;
+        let text =
+            crate::durable::read_string_capped(path, crate::durable::SMALL_FILE_CAP, "config")?;
         let cfg: Config = if path.extension().is_some_and(|e| e == "toml") {
             toml::from_str(&text).with_context(|| format!("{}: bad config", path.display()))?
         } else {

@@ -64,11 +64,18 @@ pub fn fault_point(step: &str) {
         *c
     };
     if let Some(path) = &s.trace {
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
             let _ = writeln!(f, "{step}");
         }
     }
-    if s.at.as_ref().is_some_and(|(name, k)| name == step && *k == n) {
+    if s.at
+        .as_ref()
+        .is_some_and(|(name, k)| name == step && *k == n)
+    {
         std::process::exit(FAULT_EXIT_CODE);
     }
 }
@@ -86,7 +93,8 @@ pub fn tmp_sibling(path: &Path) -> PathBuf {
 /// True for the leftovers of an interrupted write of this module (`.NAME.tmp-PID`) or of
 /// a checkpoint swap (`.NAME.tmp`, `.NAME.old`): never user data.
 pub fn is_leftover(name: &str) -> bool {
-    name.starts_with('.') && (name.contains(".tmp-") || name.ends_with(".tmp") || name.ends_with(".old"))
+    name.starts_with('.')
+        && (name.contains(".tmp-") || name.ends_with(".tmp") || name.ends_with(".old"))
 }
 
 /// True for a leftover temporary ([`is_leftover`] but not a `.NAME.old`, which may be the
@@ -339,7 +347,10 @@ mod tests {
         std::fs::write(&p, vec![b'x'; 100]).unwrap();
         assert_eq!(read_capped(&p, 100, "config").unwrap().len(), 100);
         let e = read_capped(&p, 99, "config").unwrap_err().to_string();
-        assert!(e.contains("c.toml: 100 bytes, more than the 99 bytes allowed for a config"), "{e}");
+        assert!(
+            e.contains("c.toml: 100 bytes, more than the 99 bytes allowed for a config"),
+            "{e}"
+        );
         #[cfg(unix)]
         {
             let e = read_capped(Path::new("/dev/zero"), 1 << 20, "config")
@@ -359,7 +370,10 @@ mod tests {
         let e = ensure_not_input(&ck.join("model.safetensors"), "--out", &inputs)
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("--out ") && e.contains("would overwrite the input"), "{e}");
+        assert!(
+            e.starts_with("--out ") && e.contains("would overwrite the input"),
+            "{e}"
+        );
         // The directory holding an input is refused too; a new file beside it is fine.
         assert!(ensure_not_input(&ck, "--out", &inputs).is_err());
         ensure_not_input(&ck.join("preds.csv"), "--out", &inputs).unwrap();

@@ -22,7 +22,15 @@ fn tiny_data(dir: &Path, name: &str, seed: &str) -> PathBuf {
     let data = dir.join(name);
     let o = mica()
         .args(["synth", "--size", "small", "--seed", seed])
-        .args(["--n-train", "12", "--n-valid", "6", "--n-test", "6", "--out"])
+        .args([
+            "--n-train",
+            "12",
+            "--n-valid",
+            "6",
+            "--n-test",
+            "6",
+            "--out",
+        ])
         .arg(&data)
         .output()
         .unwrap();
@@ -53,7 +61,13 @@ const TINY: [&str; 16] = [
 
 fn train_cmd(data: &Path, out: &Path, more: &[&str]) -> Command {
     let mut c = mica();
-    c.arg("train").args(TINY).args(more).arg("--data").arg(data).arg("--out").arg(out);
+    c.arg("train")
+        .args(TINY)
+        .args(more)
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out);
     c
 }
 
@@ -112,10 +126,14 @@ fn a_kill_at_every_write_step_resumes_to_the_same_metrics() {
         "ckpt:last:aside",
         "ckpt:last:swapped",
         "write:log.csv",
+        "rename:loss.png",
         "write:metrics.json",
         "rename:metrics.json",
     ] {
-        assert!(steps.iter().any(|s| s == needed), "no step {needed} in {steps:?}");
+        assert!(
+            steps.iter().any(|s| s == needed),
+            "no step {needed} in {steps:?}"
+        );
     }
 
     // Kill at the k-th occurrence of every step, then resume (or restart).
@@ -145,20 +163,35 @@ fn a_kill_at_every_write_step_resumes_to_the_same_metrics() {
             // Only a run killed before its config existed may be refused, in one line that
             // says how to start it again; then the same command starts it in place.
             assert_one_line(&o);
-            assert!(stderr(&o).contains("start it again with the same options"), "{step}:{k}: {}", stderr(&o));
+            assert!(
+                stderr(&o).contains("start it again with the same options"),
+                "{step}:{k}: {}",
+                stderr(&o)
+            );
             let o = train_cmd(&data, &run, &epochs).output().unwrap();
             assert!(o.status.success(), "{step}:{k}: restart: {}", stderr(&o));
             restarted += 1;
         }
-        assert_eq!(metrics(&run), metrics(&straight), "after a kill at {step}:{k}");
-        assert_eq!(log_without_seconds(&run), log_without_seconds(&straight), "{step}:{k}");
+        assert_eq!(
+            metrics(&run),
+            metrics(&straight),
+            "after a kill at {step}:{k}"
+        );
+        assert_eq!(
+            log_without_seconds(&run),
+            log_without_seconds(&straight),
+            "{step}:{k}"
+        );
         // Nothing is left behind: no temporaries, no `.old` twins.
         for e in std::fs::read_dir(&run).unwrap() {
             let name = e.unwrap().file_name().to_string_lossy().to_string();
             assert!(!name.starts_with('.'), "{step}:{k}: leftover {name}");
         }
     }
-    assert!(resumed > steps.len() / 2, "{resumed} resumed, {restarted} restarted");
+    assert!(
+        resumed > steps.len() / 2,
+        "{resumed} resumed, {restarted} restarted"
+    );
 }
 
 #[test]
@@ -167,7 +200,11 @@ fn resume_remembers_its_data_and_refuses_other_data() {
     let data = tiny_data(dir.path(), "data", "5");
     let other = tiny_data(dir.path(), "other", "6");
     let straight = dir.path().join("straight");
-    assert!(train_cmd(&data, &straight, &["--epochs", "2"]).output().unwrap().status.success());
+    assert!(train_cmd(&data, &straight, &["--epochs", "2"])
+        .output()
+        .unwrap()
+        .status
+        .success());
     let run = dir.path().join("run");
     let o = train_cmd(&data, &run, &["--epochs", "2", "--stop-after-epochs", "1"])
         .output()
@@ -176,7 +213,12 @@ fn resume_remembers_its_data_and_refuses_other_data() {
     // Different data (same dims): refused, naming both.
     for flags in [
         vec!["--data".to_string(), other.display().to_string()],
-        vec!["--dataset".into(), "synth-small".into(), "--data-seed".into(), "3".into()],
+        vec![
+            "--dataset".into(),
+            "synth-small".into(),
+            "--data-seed".into(),
+            "3".into(),
+        ],
     ] {
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let o = resume_cmd(&run, &flags).output().unwrap();
@@ -184,7 +226,10 @@ fn resume_remembers_its_data_and_refuses_other_data() {
         assert_one_line(&o);
         let e = stderr(&o);
         let data_abs = data.canonicalize().unwrap();
-        assert!(e.contains(&format!("the run was trained on {}", data_abs.display())), "{e}");
+        assert!(
+            e.contains(&format!("the run was trained on {}", data_abs.display())),
+            "{e}"
+        );
         assert!(e.contains("but the data given is "), "{e}");
         assert!(!run.join("metrics.json").exists());
     }
@@ -197,8 +242,14 @@ fn resume_remembers_its_data_and_refuses_other_data() {
     std::fs::rename(&data, &moved).unwrap();
     let o = resume_cmd(&run, &["--epochs", "3"]).output().unwrap();
     assert_one_line(&o);
-    assert!(stderr(&o).contains("is gone: pass --data with the same data"), "{}", stderr(&o));
-    let o = resume_cmd(&run, &["--epochs", "3", "--data", moved.to_str().unwrap()]).output().unwrap();
+    assert!(
+        stderr(&o).contains("is gone: pass --data with the same data"),
+        "{}",
+        stderr(&o)
+    );
+    let o = resume_cmd(&run, &["--epochs", "3", "--data", moved.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -207,12 +258,29 @@ fn resume_applies_more_epochs_and_refuses_other_options() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_data(dir.path(), "data", "5");
     let straight = dir.path().join("straight");
-    assert!(train_cmd(&data, &straight, &["--epochs", "3"]).output().unwrap().status.success());
+    assert!(train_cmd(&data, &straight, &["--epochs", "3"])
+        .output()
+        .unwrap()
+        .status
+        .success());
     let run = dir.path().join("run");
-    assert!(train_cmd(&data, &run, &["--epochs", "2"]).output().unwrap().status.success());
+    assert!(train_cmd(&data, &run, &["--epochs", "2"])
+        .output()
+        .unwrap()
+        .status
+        .success());
     let o = resume_cmd(
         &run,
-        &["--epochs", "10", "--seed", "99", "--lr", "0.5", "--variant", "mult"],
+        &[
+            "--epochs",
+            "10",
+            "--seed",
+            "99",
+            "--lr",
+            "0.5",
+            "--variant",
+            "mult",
+        ],
     )
     .output()
     .unwrap();
@@ -223,13 +291,23 @@ fn resume_applies_more_epochs_and_refuses_other_options() {
         "{e}"
     );
     // Options equal to the run's are no conflict; fewer epochs than done are refused.
-    let o = resume_cmd(&run, &["--epochs", "1", "--lr", "0.0001"]).output().unwrap();
+    let o = resume_cmd(&run, &["--epochs", "1", "--lr", "0.0001"])
+        .output()
+        .unwrap();
     assert_one_line(&o);
-    assert!(stderr(&o).contains("--epochs 1, but the run has already trained 2 epochs"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--epochs 1, but the run has already trained 2 epochs"),
+        "{}",
+        stderr(&o)
+    );
     // More epochs on a finished run: it continues, says so, and ends where a 3-epoch run ends.
     let o = resume_cmd(&run, &["--epochs", "3"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--epochs 3: the run continues to epoch 3 (it was set to 2)"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--epochs 3: the run continues to epoch 3 (it was set to 2)"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(metrics(&run), metrics(&straight));
     assert_eq!(log_without_seconds(&run), log_without_seconds(&straight));
 }
@@ -241,28 +319,47 @@ fn epochs_zero_and_duplicate_seeds_are_refused_before_anything_is_written() {
     let run = dir.path().join("run");
     let o = train_cmd(&data, &run, &["--epochs", "0"]).output().unwrap();
     assert_one_line(&o);
-    assert!(stderr(&o).contains("--epochs 0: nothing to train (use 1 or more)"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--epochs 0: nothing to train (use 1 or more)"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!run.exists());
     let mut c = mica();
-    c.arg("train").args(&TINY[..12]).args(["--epochs", "1", "--seeds", "1,2,1", "--data"]);
+    c.arg("train")
+        .args(&TINY[..12])
+        .args(["--epochs", "1", "--seeds", "1,2,1", "--data"]);
     let o = c.arg(&data).arg("--out").arg(&run).output().unwrap();
     assert_one_line(&o);
-    assert!(stderr(&o).contains("--seeds: seed 1 appears twice"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--seeds: seed 1 appears twice"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!run.exists());
 }
 
 #[test]
 fn resume_of_what_is_not_a_run_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let o = resume_cmd(&dir.path().join("missing"), &[]).output().unwrap();
+    let o = resume_cmd(&dir.path().join("missing"), &[])
+        .output()
+        .unwrap();
     assert_one_line(&o);
-    assert!(stderr(&o).contains("missing: no such directory"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("missing: no such directory"),
+        "{}",
+        stderr(&o)
+    );
     let multi = dir.path().join("multi");
     std::fs::create_dir_all(multi.join("seed-7")).unwrap();
     let o = resume_cmd(&multi, &[]).output().unwrap();
     assert_one_line(&o);
     assert!(
-        stderr(&o).contains(&format!("holds a multi-seed run: resume each seed's directory (e.g. --resume {})", multi.join("seed-7").display())),
+        stderr(&o).contains(&format!(
+            "holds a multi-seed run: resume each seed's directory (e.g. --resume {})",
+            multi.join("seed-7").display()
+        )),
         "{}",
         stderr(&o)
     );

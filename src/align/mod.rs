@@ -109,7 +109,11 @@ pub fn block_mmd(
         MmdEstimator::Linear => 2,
     };
     if iq.len() < need || ik.len() < need {
-        return Ok(Tensor::zeros((), block.attn.q.dtype(), block.attn.q.device())?);
+        return Ok(Tensor::zeros(
+            (),
+            block.attn.q.dtype(),
+            block.attn.q.device(),
+        )?);
     }
     let q = mmd::gather_rows(&block.attn.q, &iq)?;
     let k = mmd::gather_rows(&block.attn.k, &ik)?;

@@ -54,7 +54,9 @@ impl DataArgs {
     /// The files this data is read from (for the output-path guard): the `--data` file or
     /// directory and, for a mica dataset directory, every file its manifest lists.
     pub fn input_files(&self) -> Vec<PathBuf> {
-        let Some(p) = &self.data else { return Vec::new() };
+        let Some(p) = &self.data else {
+            return Vec::new();
+        };
         let mut files = vec![p.clone()];
         if p.is_dir() {
             files.push(p.join(crate::data::mica_format::MANIFEST));
@@ -223,11 +225,8 @@ impl ConfigArgs {
             lens,
         );
         if let Some(path) = &self.config {
-            let text = crate::durable::read_string_capped(
-                path,
-                crate::durable::SMALL_FILE_CAP,
-                "config",
-            )?;
+            let text =
+                crate::durable::read_string_capped(path, crate::durable::SMALL_FILE_CAP, "config")?;
             let over: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
                 serde_json::from_str(&text)
                     .with_context(|| format!("{}: bad JSON", path.display()))?

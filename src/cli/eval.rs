@@ -127,7 +127,10 @@ pub fn run_predict(a: &PredictArgs) -> Result<()> {
     let (pw, lw) = (cfg.task.pred_width(), cfg.task.label_width());
     if let Some(k) = preds.iter().position(|x| !x.is_finite()) {
         let i = k / pw;
-        let id = split.ids.as_ref().map_or_else(|| i.to_string(), |v| v[i].clone());
+        let id = split
+            .ids
+            .as_ref()
+            .map_or_else(|| i.to_string(), |v| v[i].clone());
         anyhow::bail!(
             "{}: the prediction for sample {id} (index {i}) of split `{}` is {}: the checkpoint's weights or the data hold NaN or infinity; nothing was written",
             a.checkpoint.display(),

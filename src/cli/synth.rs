@@ -206,7 +206,10 @@ pub fn run(args: &SynthArgs) -> Result<()> {
     };
     eprintln!("wrote {}", written.display());
     if let Some(path) = &args.sums {
-        crate::durable::write_atomic(path, serde_json::to_string_pretty(&array_sums(&ds))?.as_bytes())?;
+        crate::durable::write_atomic(
+            path,
+            serde_json::to_string_pretty(&array_sums(&ds))?.as_bytes(),
+        )?;
         eprintln!("wrote {}", path.display());
     }
     if args.probe {

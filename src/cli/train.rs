@@ -3,8 +3,8 @@
 
 use super::common::{ConfigArgs, DataArgs};
 use crate::eval::{aggregate, Metrics};
-use crate::train::trainer::{train, TrainOptions};
 use crate::train::rundir;
+use crate::train::trainer::{train, TrainOptions};
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -69,7 +69,10 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     if let Some(dir) = &a.resume {
         return resume(a, dir, t0);
     }
-    let seeds = a.seeds.clone().unwrap_or_else(|| vec![a.seed.unwrap_or(1111)]);
+    let seeds = a
+        .seeds
+        .clone()
+        .unwrap_or_else(|| vec![a.seed.unwrap_or(1111)]);
     ensure!(!seeds.is_empty(), "--seeds: give at least one seed");
     for (i, s) in seeds.iter().enumerate() {
         ensure!(
@@ -196,7 +199,11 @@ fn ensure_multi_seed_dir(base: &Path) -> Result<()> {
 
 /// `--resume RUN_DIR`: continues a run with its saved config and its recorded data.
 fn resume(a: &TrainArgs, dir: &Path, t0: std::time::Instant) -> Result<()> {
-    ensure!(dir.is_dir(), "--resume {}: no such directory", dir.display());
+    ensure!(
+        dir.is_dir(),
+        "--resume {}: no such directory",
+        dir.display()
+    );
     let seeds: Vec<String> = std::fs::read_dir(dir)
         .with_context(|| format!("{}: cannot list", dir.display()))?
         .flatten()
@@ -294,27 +301,67 @@ fn resume_conflicts(a: &TrainArgs, cfg: &crate::config::Config) -> Result<Vec<St
     };
     let (t, al, m) = (&cfg.train, &cfg.align, &cfg.model);
     check("--seed", a.seed.map(|x| x.to_string()), t.seed.to_string());
-    check("--variant", c.variant.map(|v| v.name().to_string()), cfg.variant.name().to_string());
-    check("--task", c.task.map(|v| v.name().to_string()), cfg.task.name().to_string());
-    check("--batch-size", c.batch_size.map(|x| x.to_string()), t.batch_size.to_string());
+    check(
+        "--variant",
+        c.variant.map(|v| v.name().to_string()),
+        cfg.variant.name().to_string(),
+    );
+    check(
+        "--task",
+        c.task.map(|v| v.name().to_string()),
+        cfg.task.name().to_string(),
+    );
+    check(
+        "--batch-size",
+        c.batch_size.map(|x| x.to_string()),
+        t.batch_size.to_string(),
+    );
     check("--lr", c.lr.map(|x| x.to_string()), t.lr.to_string());
     check("--clip", c.clip.map(|x| x.to_string()), t.clip.to_string());
     check("--when", c.when.map(|x| x.to_string()), t.when.to_string());
-    check("--alpha", c.alpha.map(|x| x.to_string()), al.alpha.to_string());
+    check(
+        "--alpha",
+        c.alpha.map(|x| x.to_string()),
+        al.alpha.to_string(),
+    );
     check("--beta", c.beta.map(|x| x.to_string()), al.beta.to_string());
     check("--tau", c.tau.map(|x| x.to_string()), al.tau.to_string());
     check("--d", c.d.map(|x| x.to_string()), m.d.to_string());
-    check("--heads", c.heads.map(|x| x.to_string()), m.num_heads.to_string());
-    check("--layers", c.layers.map(|x| x.to_string()), m.layers.to_string());
+    check(
+        "--heads",
+        c.heads.map(|x| x.to_string()),
+        m.num_heads.to_string(),
+    );
+    check(
+        "--layers",
+        c.layers.map(|x| x.to_string()),
+        m.layers.to_string(),
+    );
     check(
         "--kernels",
         c.kernels.as_ref().map(|k| k.replace(' ', "")),
         format!("{},{},{}", m.kernel_l, m.kernel_a, m.kernel_v),
     );
-    check("--kv-source", c.kv_source.map(|v| format!("{v:?}")), format!("{:?}", m.kv_source));
-    check("--gate-bias", c.gate_bias.map(|v| format!("{v:?}")), format!("{:?}", m.gate_bias));
-    check("--attention", c.attention.map(|v| format!("{v:?}")), format!("{:?}", m.attention));
-    check("--positions", c.positions.map(|v| format!("{v:?}")), format!("{:?}", m.positions));
+    check(
+        "--kv-source",
+        c.kv_source.map(|v| format!("{v:?}")),
+        format!("{:?}", m.kv_source),
+    );
+    check(
+        "--gate-bias",
+        c.gate_bias.map(|v| format!("{v:?}")),
+        format!("{:?}", m.gate_bias),
+    );
+    check(
+        "--attention",
+        c.attention.map(|v| format!("{v:?}")),
+        format!("{:?}", m.attention),
+    );
+    check(
+        "--positions",
+        c.positions.map(|v| format!("{v:?}")),
+        format!("{:?}", m.positions),
+    );
     if c.no_attn_mask && m.attn_mask {
         out.push("--no-attn-mask (the run's: mask on)".into());
     }

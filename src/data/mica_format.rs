@@ -178,7 +178,8 @@ pub fn save(ds: &Dataset, dir: &Path) -> Result<(), DataError> {
     // Temporaries of earlier, killed saves to the same path.
     let stale = format!(
         ".{}.tmp-",
-        dir.file_name().map_or_else(|| "data".into(), |n| n.to_string_lossy())
+        dir.file_name()
+            .map_or_else(|| "data".into(), |n| n.to_string_lossy())
     );
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -197,23 +198,26 @@ pub fn save(ds: &Dataset, dir: &Path) -> Result<(), DataError> {
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    let sync = |d: &Path| {
-        crate::durable::sync_dir(d).map_err(|e| DataError::format(d, format!("{e:#}")))
-    };
+    let sync =
+        |d: &Path| crate::durable::sync_dir(d).map_err(|e| DataError::format(d, format!("{e:#}")));
     sync(&tmp)?;
     let old = dir.with_file_name(format!(
         ".{}.old-{}",
-        dir.file_name().map_or_else(|| "data".into(), |n| n.to_string_lossy()),
+        dir.file_name()
+            .map_or_else(|| "data".into(), |n| n.to_string_lossy()),
         std::process::id()
     ));
     let had_old = dir.exists();
     if had_old {
-        fs::rename(dir, &old).map_err(|e| DataError::io(dir, "cannot move the old dataset aside", e))?;
+        fs::rename(dir, &old)
+            .map_err(|e| DataError::io(dir, "cannot move the old dataset aside", e))?;
     }
-    fs::rename(&tmp, dir).map_err(|e| DataError::io(dir, "cannot move the new dataset into place", e))?;
+    fs::rename(&tmp, dir)
+        .map_err(|e| DataError::io(dir, "cannot move the new dataset into place", e))?;
     sync(parent)?;
     if had_old {
-        fs::remove_dir_all(&old).map_err(|e| DataError::io(&old, "cannot remove the old dataset", e))?;
+        fs::remove_dir_all(&old)
+            .map_err(|e| DataError::io(&old, "cannot remove the old dataset", e))?;
     }
     Ok(())
 }
@@ -221,8 +225,8 @@ pub fn save(ds: &Dataset, dir: &Path) -> Result<(), DataError> {
 /// Refuses an output path for [`save`] that exists, is not empty and is not a mica
 /// dataset (nothing of a foreign directory is ever replaced).
 pub fn check_output(dir: &Path) -> Result<(), DataError> {
-    let empty = crate::durable::is_empty_dir(dir)
-        .map_err(|e| DataError::format(dir, format!("{e:#}")))?;
+    let empty =
+        crate::durable::is_empty_dir(dir).map_err(|e| DataError::format(dir, format!("{e:#}")))?;
     if dir.exists() && !is_mica_dir(dir) && !empty {
         return Err(DataError::format(
             dir,
@@ -451,8 +455,14 @@ pub fn is_mica_dir(path: &Path) -> bool {
 /// Reads and checks `manifest.json` of `dir`.
 pub fn read_manifest(dir: &Path) -> Result<Manifest, DataError> {
     let path = dir.join(MANIFEST);
-    let text = crate::durable::read_string_capped(&path, crate::durable::SMALL_FILE_CAP, "manifest")
-        .map_err(|e| DataError::format(&path, format!("{e:#}").replace(&format!("{}: ", path.display()), "")))?;
+    let text =
+        crate::durable::read_string_capped(&path, crate::durable::SMALL_FILE_CAP, "manifest")
+            .map_err(|e| {
+                DataError::format(
+                    &path,
+                    format!("{e:#}").replace(&format!("{}: ", path.display()), ""),
+                )
+            })?;
     let m: Manifest = serde_json::from_str(&text)
         .map_err(|e| DataError::format(&path, format!("invalid manifest: {e}")))?;
     if m.format != FORMAT_NAME || m.version != FORMAT_VERSION {

@@ -37,13 +37,18 @@ pub fn tensors_from_bytes(
 /// machine's memory is refused by name before memory is spent.
 pub fn read_safetensors_bytes(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
-    let bad = |problem: String| anyhow::anyhow!("{}: not a safetensors file ({problem})", path.display());
+    let bad =
+        |problem: String| anyhow::anyhow!("{}: not a safetensors file ({problem})", path.display());
     let mut f = std::fs::File::open(path)
         .with_context(|| format!("{}: cannot read safetensors", path.display()))?;
     let meta = f
         .metadata()
         .with_context(|| format!("{}: cannot read safetensors", path.display()))?;
-    anyhow::ensure!(!meta.is_dir(), "{}: is a directory, expected a safetensors file", path.display());
+    anyhow::ensure!(
+        !meta.is_dir(),
+        "{}: is a directory, expected a safetensors file",
+        path.display()
+    );
     let mut len8 = [0u8; 8];
     f.read_exact(&mut len8)
         .map_err(|_| bad("shorter than the 8-byte header length".into()))?;
@@ -60,8 +65,8 @@ pub fn read_safetensors_bytes(path: &Path) -> Result<Vec<u8>> {
     if buf.len() as u64 != 8 + n {
         return Err(bad(format!("truncated inside its {n}-byte header")));
     }
-    let header: serde_json::Value = serde_json::from_slice(&buf[8..])
-        .map_err(|e| bad(format!("header is not JSON: {e}")))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&buf[8..]).map_err(|e| bad(format!("header is not JSON: {e}")))?;
     let entries = header
         .as_object()
         .ok_or_else(|| bad("header is not a JSON object".into()))?;
@@ -126,7 +131,8 @@ pub fn import_official(
     config: &Path,
     device: &Device,
 ) -> Result<(ModelConfig, ParamStore, Mult)> {
-    let text = crate::durable::read_string_capped(config, crate::durable::SMALL_FILE_CAP, "config")?;
+    let text =
+        crate::durable::read_string_capped(config, crate::durable::SMALL_FILE_CAP, "config")?;
     let official = OfficialMultConfig::from_json_str(&text, &config.display().to_string())?;
     let tensors = read_safetensors(weights, device)?;
     let origin = weights.display().to_string();

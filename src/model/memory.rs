@@ -136,8 +136,14 @@ mod tests {
         let e = ensure_fits_within(&cfg(100_000_000, 4), None, 128 * gib)
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("the model (d 100000000, layers 4) needs at least "), "{e}");
-        assert!(e.ends_with("more than this machine's 128 GiB: lower --d, --layers or --batch-size"), "{e}");
+        assert!(
+            e.starts_with("the model (d 100000000, layers 4) needs at least "),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("more than this machine's 128 GiB: lower --d, --layers or --batch-size"),
+            "{e}"
+        );
         assert!(!e.contains('\n'));
         assert!(ensure_fits_within(&cfg(40, 1_000_000_000), None, 128 * gib).is_err());
         assert!(ensure_fits_within(&cfg(40, 4), Some(usize::MAX), 128 * gib).is_err());
@@ -146,16 +152,23 @@ mod tests {
     #[test]
     fn the_estimate_is_a_lower_bound_of_the_real_parameter_count() {
         use crate::config::Variant;
-        for v in [Variant::Mult, Variant::Mica, Variant::EfLstm, Variant::LfLstm] {
+        for v in [
+            Variant::Mult,
+            Variant::Mica,
+            Variant::EfLstm,
+            Variant::LfLstm,
+        ] {
             for (d, layers) in [(8, 1), (16, 4)] {
                 let c = cfg_of(v, d, layers);
-                let mut init =
-                    crate::model::params::Initializer::new(1, &candle_core::Device::Cpu);
+                let mut init = crate::model::params::Initializer::new(1, &candle_core::Device::Cpu);
                 let _ = crate::model::Model::new(&mut init, &c).unwrap();
                 let real = init.into_store().num_scalars() as u128;
                 let est = param_count(&c);
                 assert!(est <= real, "{v:?} d {d}: estimate {est} > real {real}");
-                assert!(est * 3 > real, "{v:?} d {d}: estimate {est} far below {real}");
+                assert!(
+                    est * 3 > real,
+                    "{v:?} d {d}: estimate {est} far below {real}"
+                );
             }
         }
     }

@@ -155,10 +155,16 @@ pub fn tidy(dir: &Path) -> Result<()> {
 /// The files a command reads from a checkpoint directory (for the output-path guard).
 pub fn input_files(dir: &Path) -> Vec<PathBuf> {
     let d = existing(dir).unwrap_or_else(|| dir.to_path_buf());
-    ["config.json", "model.safetensors", MANIFEST, "state.json", "optimizer.safetensors"]
-        .iter()
-        .map(|f| d.join(f))
-        .collect()
+    [
+        "config.json",
+        "model.safetensors",
+        MANIFEST,
+        "state.json",
+        "optimizer.safetensors",
+    ]
+    .iter()
+    .map(|f| d.join(f))
+    .collect()
 }
 
 /// `checkpoint.json` of `dir`, or `None` for a checkpoint written before mica kept one.
@@ -171,7 +177,10 @@ pub fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
     let m: Manifest = serde_json::from_str(&text)
         .with_context(|| format!("{}: invalid checkpoint manifest", path.display()))?;
     if m.format != FORMAT || m.version != 1 {
-        bail!("{}: not a version-1 mica checkpoint manifest", path.display());
+        bail!(
+            "{}: not a version-1 mica checkpoint manifest",
+            path.display()
+        );
     }
     Ok(Some(m))
 }
@@ -182,7 +191,11 @@ pub fn verify(dir: &Path, manifest: Option<&Manifest>, name: &str, bytes: &[u8])
     let Some(m) = manifest else { return Ok(()) };
     let path = dir.join(name);
     let Some(want) = m.files.get(name) else {
-        bail!("{}: not listed in {}", path.display(), dir.join(MANIFEST).display());
+        bail!(
+            "{}: not listed in {}",
+            path.display(),
+            dir.join(MANIFEST).display()
+        );
     };
     let sha = durable::sha256_hex(bytes);
     if bytes.len() as u64 != want.bytes || sha != want.sha256 {
@@ -220,7 +233,10 @@ pub fn load(dir: &Path, device: &Device) -> Result<(Config, ParamStore, Model)> 
     let tensors = tensors_from_bytes(&bytes, &weights, device)?;
     drop(bytes);
     for (name, t) in &tensors {
-        let v: Vec<f32> = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+        let v: Vec<f32> = t
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
         let bad = v.iter().filter(|x| !x.is_finite()).count();
         if bad > 0 {
             bail!(

@@ -4,9 +4,9 @@
 //! loss-curve PNG; exact `--resume`.
 
 use super::checkpoint;
-use super::rundir::{self, DataRef, RunInfo};
 use super::loss::{emotion_ce, l1_loss};
 use super::optim::{clip_grad_norm, Adam, AdamConfig};
+use super::rundir::{self, DataRef, RunInfo};
 use super::schedule::ReduceLrOnPlateau;
 use crate::align::alignment_losses;
 use crate::config::{Config, Task};
@@ -384,8 +384,8 @@ pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResul
             let step_seed = mix64(seed ^ mix64(0xD0 ^ state.global_step));
             let batch = make_batch(train_s, idx, &device)?;
             let ctx = Ctx::train(step_seed);
-            let losses = step_losses(&model, cfg, &batch, &ctx, mix64(step_seed))
-                .with_context(|| {
+            let losses =
+                step_losses(&model, cfg, &batch, &ctx, mix64(step_seed)).with_context(|| {
                     format!(
                         "epoch {epoch}, step {} (training samples {})",
                         state.global_step,
@@ -474,7 +474,12 @@ pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResul
 
 /// The ids (or indices) of a batch's samples, for error messages: at most 8 of them.
 fn sample_list(idx: &[usize], split: &Split) -> String {
-    let name = |i: usize| split.ids.as_ref().map_or_else(|| i.to_string(), |v| v[i].clone());
+    let name = |i: usize| {
+        split
+            .ids
+            .as_ref()
+            .map_or_else(|| i.to_string(), |v| v[i].clone())
+    };
     let mut s: Vec<String> = idx.iter().take(8).map(|&i| name(i)).collect();
     if idx.len() > 8 {
         s.push(format!("and {} more", idx.len() - 8));
@@ -517,8 +522,7 @@ fn save_last(
 ) -> Result<()> {
     checkpoint::save(dir, cfg, store, &|tmp| {
         let mut st = state.clone();
-        st.adam_steps =
-            checkpoint::adam_to_file(adam, store, &tmp.join("optimizer.safetensors"))?;
+        st.adam_steps = checkpoint::adam_to_file(adam, store, &tmp.join("optimizer.safetensors"))?;
         std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(&st)?)
             .with_context(|| format!("writing {}", tmp.join("state.json").display()))?;
         Ok(())
@@ -549,16 +553,22 @@ fn finish(
         "test": test.to_json(),
         "valid": valid.to_json(),
     });
-    atomic_write(
-        &out.join("metrics.json"),
-        serde_json::to_string_pretty(&json)?.as_bytes(),
-    )?;
-    if let Err(e) = plot_losses(&out.join("loss.png"), &state.history) {
+    // The plot goes before metrics.json, which marks the run finished; it is drawn
+    // beside its name and renamed into place (the plotter picks the format by extension).
+    let png_tmp = out.join(format!(".loss.tmp-{}.png", std::process::id()));
+    let drawn = plot_losses(&png_tmp, &state.history)
+        .and_then(|()| crate::durable::commit_tmp(&png_tmp, &out.join("loss.png")));
+    if let Err(e) = drawn {
+        let _ = std::fs::remove_file(&png_tmp);
         eprintln!(
             "warning: could not draw {}: {e:#}",
             out.join("loss.png").display()
         );
     }
+    atomic_write(
+        &out.join("metrics.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
     Ok(RunResult {
         test,
         valid,
