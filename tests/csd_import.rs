@@ -395,3 +395,61 @@ fn streamed_import_writes_the_same_files_as_save() {
         assert_eq!(format!("{:?}", back.splits), format!("{:?}", ds.splits));
     }
 }
+
+/// The SDK's `mmdataset.deploy` of the label-aligned word-level dataset (after
+/// `hard_unify`): every segment's rows, before padding, as mica computes them.
+#[test]
+fn word_aligned_rows_equal_the_sdk_deployed_files() {
+    let inp = inputs("");
+    let readers =
+        [&inp.text, &inp.audio, &inp.vision, &inp.labels].map(|p| CsdReader::open(p).unwrap());
+    let mut segs = BTreeMap::new();
+    for vid in ["vidA", "vidB", "vidC", "vidD"] {
+        let rows: Vec<Rows> = readers
+            .iter()
+            .map(|r| Rows::from_video(&r.read_video(vid).unwrap()).unwrap())
+            .collect();
+        let (s, _, _) = video_segments(
+            vid,
+            [&rows[0], &rows[1], &rows[2]],
+            &rows[3],
+            AlignMode::Words,
+        );
+        segs.extend(s.into_iter().map(|s| (s.key.clone(), s)));
+    }
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (m, name) in ["glove_vectors", "covarep", "facet", "opinion_labels"]
+        .iter()
+        .enumerate()
+    {
+        let r =
+            CsdReader::open(&dir().join(format!("aligned_deployed/mosi_tiny_aligned_{name}.csd")))
+                .unwrap();
+        let keys: Vec<&str> = r.video_ids().collect();
+        // HDF5 name order of the deployed keys is byte-wise; all 10 segments are there.
+        let mut sorted: Vec<&str> = segs.keys().map(String::as_str).collect();
+        sorted.sort_unstable();
+        assert_eq!(keys, sorted, "{name}");
+        for key in keys {
+            let got = Rows::from_video(&r.read_video(key).unwrap()).unwrap();
+            let seg = &segs[key];
+            let (iv, feat) = if m < 3 {
+                (seg.rows[m].iv.clone(), seg.rows[m].feat.clone())
+            } else {
+                (
+                    vec![readers[3]
+                        .read_video(&key[..4])
+                        .unwrap()
+                        .intervals
+                        .chunks(2)
+                        .map(|c| [c[0], c[1]])
+                        .nth(key[5..key.len() - 1].parse().unwrap())
+                        .unwrap()],
+                    seg.label.clone(),
+                )
+            };
+            assert_eq!(got.iv, iv, "{name} {key}");
+            assert_eq!(bits(&got.feat), bits(&feat), "{name} {key}");
+        }
+    }
+}

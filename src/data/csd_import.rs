@@ -30,10 +30,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::csd::{CsdReader, Features, Video};
-use super::csd_write::{temp_path, write_atomic, write_safetensors, DataOut, Store, TensorOut};
+use super::csd_write::{temp_path, write_atomic, SplitBuf, Store};
 use super::error::DataError;
-use super::mica_format::{Manifest, SplitEntry, FORMAT_NAME, FORMAT_VERSION, MANIFEST};
-use super::{Dataset, Intervals, Labels, Modality, Split, MODALITIES};
+use super::mica_format::{Manifest, FORMAT_NAME, FORMAT_VERSION, MANIFEST};
+use super::{Dataset, MODALITIES};
 
 /// The SDK's alignment tolerance (`epsilon = 10e-6`).
 pub const EPS: f64 = 10e-6;
@@ -192,7 +192,7 @@ impl Rows {
         self.iv.is_empty()
     }
 
-    fn row(&self, i: usize) -> &[f64] {
+    pub(crate) fn row(&self, i: usize) -> &[f64] {
         &self.feat[i * self.d..(i + 1) * self.d]
     }
 
@@ -370,166 +370,6 @@ pub fn video_segments(
         });
     }
     (out, dropped, imputed)
-}
-
-/// A split being built: large tensors in [`Store`]s (memory or spill files), the small
-/// per-sample arrays in memory.
-struct SplitBuf {
-    data: [Store; 3],
-    lengths: [Vec<usize>; 3],
-    iv: [Store; 3],
-    labels: Vec<f32>,
-    ids: Vec<String>,
-    replaced: [u64; 3],
-}
-
-impl SplitBuf {
-    fn new(mut store: impl FnMut(&str) -> Result<Store, DataError>) -> Result<Self, DataError> {
-        let mut stores = |kind: &str| -> Result<[Store; 3], DataError> {
-            Ok([
-                store(&format!("{}{kind}", MODALITIES[0]))?,
-                store(&format!("{}{kind}", MODALITIES[1]))?,
-                store(&format!("{}{kind}", MODALITIES[2]))?,
-            ])
-        };
-        Ok(SplitBuf {
-            data: stores("")?,
-            iv: stores("_intervals")?,
-            lengths: Default::default(),
-            labels: Vec::new(),
-            ids: Vec::new(),
-            replaced: [0; 3],
-        })
-    }
-
-    /// Appends modality `m` of a segment: the last `t` rows, zeros (NaN times) on the left.
-    /// Returns whether rows were cut.
-    fn push_rows(&mut self, m: usize, rows: &Rows, t: usize) -> Result<bool, DataError> {
-        let n = rows.len();
-        let keep = n.min(t);
-        let pad = t - keep;
-        let mut data = vec![0.0f32; pad * rows.d];
-        let mut iv = vec![f32::NAN; pad * 2];
-        for i in n - keep..n {
-            for &x in rows.row(i) {
-                let y = x as f32;
-                if y.is_finite() {
-                    data.push(y);
-                } else {
-                    data.push(0.0);
-                    self.replaced[m] += 1;
-                }
-            }
-            iv.extend([rows.iv[i][0] as f32, rows.iv[i][1] as f32]);
-        }
-        self.data[m].extend(&data)?;
-        self.iv[m].extend(&iv)?;
-        self.lengths[m].push(keep);
-        Ok(n > t)
-    }
-
-    /// The in-memory split (stores must be [`Store::Mem`]).
-    fn into_split(mut self, t: [usize; 3], d: [usize; 3]) -> Split {
-        let n = self.labels.len();
-        let take = |s: &mut Store| match s {
-            Store::Mem(v) => std::mem::take(v),
-            Store::Spill { .. } => Vec::new(),
-        };
-        let data = [
-            take(&mut self.data[0]),
-            take(&mut self.data[1]),
-            take(&mut self.data[2]),
-        ];
-        let iv = [
-            take(&mut self.iv[0]),
-            take(&mut self.iv[1]),
-            take(&mut self.iv[2]),
-        ];
-        let [dt, da, dv] = data;
-        let [lt, la, lv] = std::mem::take(&mut self.lengths);
-        let mk = |data, m: usize, lengths| Modality {
-            data,
-            n,
-            t: t[m],
-            d: d[m],
-            lengths,
-        };
-        Split {
-            text: mk(dt, 0, lt),
-            audio: mk(da, 1, la),
-            vision: mk(dv, 2, lv),
-            labels: Labels::Sentiment(std::mem::take(&mut self.labels)),
-            ids: Some(std::mem::take(&mut self.ids)),
-            non_finite: self.replaced,
-            intervals: Some(Intervals { per_modality: iv }),
-        }
-    }
-
-    /// Writes the split as `<dir>/<name>.safetensors` (the tensors `mica_format::save`
-    /// writes, in its order); returns its manifest entry.
-    fn write(
-        &mut self,
-        dir: &Path,
-        name: &str,
-        t: [usize; 3],
-        d: [usize; 3],
-    ) -> Result<SplitEntry, DataError> {
-        let n = self.labels.len();
-        let file = format!("{name}.safetensors");
-        let [d0, d1, d2] = &mut self.data;
-        let [i0, i1, i2] = &mut self.iv;
-        let mut tensors = Vec::new();
-        for (m, s) in [d0, d1, d2].into_iter().enumerate() {
-            tensors.push(TensorOut {
-                name: MODALITIES[m].into(),
-                dtype: "F32",
-                shape: vec![n, t[m], d[m]],
-                data: DataOut::Store(s),
-            });
-        }
-        for (m, l) in self.lengths.iter().enumerate() {
-            let v = l.iter().map(|&x| x as i64).collect();
-            tensors.push(TensorOut {
-                name: format!("{}_lengths", MODALITIES[m]),
-                dtype: "I64",
-                shape: vec![n],
-                data: DataOut::I64(v),
-            });
-        }
-        tensors.push(TensorOut {
-            name: "labels".into(),
-            dtype: "F32",
-            shape: vec![n],
-            data: DataOut::F32(&self.labels),
-        });
-        for (m, s) in [i0, i1, i2].into_iter().enumerate() {
-            tensors.push(TensorOut {
-                name: format!("{}_intervals", MODALITIES[m]),
-                dtype: "F32",
-                shape: vec![n, t[m], 2],
-                data: DataOut::Store(s),
-            });
-        }
-        let shapes = tensors
-            .iter()
-            .map(|x| (x.name.clone(), x.shape.clone()))
-            .collect();
-        let (bytes, sha256) = write_safetensors(&dir.join(&file), &mut tensors)?;
-        Ok(SplitEntry {
-            file,
-            bytes,
-            sha256,
-            n,
-            labels: "sentiment".into(),
-            shapes,
-            ids: Some(self.ids.clone()),
-            non_finite: MODALITIES
-                .iter()
-                .zip(self.replaced)
-                .map(|(m, c)| (m.to_string(), c))
-                .collect(),
-        })
-    }
 }
 
 /// Everything [`run`] produced.
