@@ -85,6 +85,9 @@ pub struct IntervalReport {
     pub unsorted_videos: usize,
     /// Videos with rows overlapping by more than 1e-5 s (after sorting by start).
     pub overlapping_videos: usize,
+    /// The first inverted element: (video, row).
+    #[serde(skip)]
+    first_inverted: Option<(String, usize)>,
 }
 
 /// How many of the file's distinct videos are in each standard fold set.
@@ -173,7 +176,7 @@ pub(super) fn diagnose(path: &Path, r: &mut FileReport) {
     let ids: Vec<String> = reader.video_ids().map(str::to_string).collect();
     c.videos = ids.len();
     let mut dtypes = BTreeSet::new();
-    let mut dims: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut dims: BTreeMap<usize, (usize, String)> = BTreeMap::new();
     let mut strings = BTreeSet::new();
     let mut lengths = Vec::with_capacity(ids.len());
     for id in &ids {
@@ -187,7 +190,7 @@ pub(super) fn diagnose(path: &Path, r: &mut FileReport) {
         c.ids.insert(base_id(id).to_string());
         lengths.push(v.n);
         dtypes.insert(dtype_name(v.dtype));
-        *dims.entry(v.d).or_default() += 1;
+        dims.entry(v.d).or_insert((0, id.clone())).0 += 1;
         if c.dim == 0 && dims.len() == 1 {
             c.dim = v.d;
         }
@@ -209,7 +212,7 @@ pub(super) fn diagnose(path: &Path, r: &mut FileReport) {
         if before != (c.non_finite.nan, c.non_finite.pos_inf, c.non_finite.neg_inf) {
             c.non_finite.videos += 1;
         }
-        check_intervals(&v.intervals, &mut c.intervals);
+        check_intervals(id, &v.intervals, &mut c.intervals);
     }
     let is_string = |d: &String| d.starts_with("|S") || d == "vlen string";
     if dtypes.iter().any(is_string) {
@@ -238,7 +241,7 @@ pub(super) fn diagnose(path: &Path, r: &mut FileReport) {
     if dims.len() > 1 {
         let list: Vec<String> = dims
             .iter()
-            .map(|(d, n)| format!("{d} ({n} video(s))"))
+            .map(|(d, (n, first))| format!("{d} ({n} video(s), first '{first}')"))
             .collect();
         r.errors.push(format!(
             "the videos have different feature dims: {}",
@@ -250,9 +253,15 @@ pub(super) fn diagnose(path: &Path, r: &mut FileReport) {
 }
 
 /// Counts inverted, zero-length, negative, unsorted and overlapping intervals of one video.
-fn check_intervals(iv: &[f64], out: &mut IntervalReport) {
+fn check_intervals(video: &str, iv: &[f64], out: &mut IntervalReport) {
     let rows: Vec<(f64, f64)> = iv.chunks_exact(2).map(|p| (p[0], p[1])).collect();
     out.inverted += rows.iter().filter(|(s, e)| s > e).count();
+    if out.first_inverted.is_none() {
+        out.first_inverted = rows
+            .iter()
+            .position(|(s, e)| s > e)
+            .map(|k| (video.to_string(), k));
+    }
     out.zero_length += rows.iter().filter(|(s, e)| (e - s).abs() < EPS).count();
     out.negative_start += rows.iter().filter(|(s, _)| *s < 0.0).count();
     if rows.windows(2).any(|w| w[1].0 < w[0].0) {
@@ -282,8 +291,10 @@ fn judge(c: &mut CsdReport, r: &mut FileReport) {
     }
     let iv = &c.intervals;
     if iv.inverted > 0 {
+        let (vid, row) = iv.first_inverted.clone().unwrap_or_default();
         r.warnings.push(format!(
-            "{} element(s) end before they start (start > end)",
+            "{} element(s) end before they start (start > end), the first in video '{vid}', \
+             row {row}",
             iv.inverted
         ));
     }
@@ -341,6 +352,13 @@ fn judge(c: &mut CsdReport, r: &mut FileReport) {
         .into_iter()
         .filter(|(_, f)| f.total() > 0)
         .max_by_key(|(_, f)| f.total());
+    if mosi.total() > 0 && mosei.total() > 0 {
+        r.warnings.push(format!(
+            "videos of two datasets: {} in CMU-MOSI's standard folds, {} in CMU-MOSEI's",
+            mosi.total(),
+            mosei.total()
+        ));
+    }
     match best {
         Some((name, f)) => {
             r.dataset = Some(format!(
