@@ -332,11 +332,17 @@ fn csd_files_are_looked_into_in_both_layouts() {
             strings(&c["metadata_keys"]).contains(&"dimension names".to_string()),
             has_dimension_names
         );
-        assert_eq!((c["videos"].as_u64(), c["distinct_videos"].as_u64()), (Some(4), Some(4)));
+        assert_eq!(
+            (c["videos"].as_u64(), c["distinct_videos"].as_u64()),
+            (Some(4), Some(4))
+        );
         assert_eq!(c["kind"], "numbers");
         assert_eq!(strings(&c["dtypes"]), ["float32"]);
         assert_eq!(c["dim"], 74);
-        assert_eq!(counts(&c["elements"], &["min", "max", "total"]), [141, 203, 670]);
+        assert_eq!(
+            counts(&c["elements"], &["min", "max", "total"]),
+            [141, 203, 670]
+        );
         assert_eq!(c["elements"]["mean"], 167.5);
         // The fixture's four -inf values (vidA rows 96, 97, vidB row 66, vidD row 8).
         assert_eq!(
@@ -346,14 +352,22 @@ fn csd_files_are_looked_into_in_both_layouts() {
         assert_eq!(
             counts(
                 &c["intervals"],
-                &["inverted", "zero_length", "negative_start", "unsorted_videos", "overlapping_videos"]
+                &[
+                    "inverted",
+                    "zero_length",
+                    "negative_start",
+                    "unsorted_videos",
+                    "overlapping_videos"
+                ]
             ),
             [0, 0, 0, 0, 0]
         );
         assert_eq!(
             strings(&f["warnings"]),
-            ["4 non-finite feature value(s) in 3 video(s) (NaN 0, +inf 0, -inf 4; COVAREP's \
-              -inf is usual): import-csd replaces them by 0 and counts them"]
+            [
+                "4 non-finite feature value(s) in 3 video(s) (NaN 0, +inf 0, -inf 4; COVAREP's \
+              -inf is usual): import-csd replaces them by 0 and counts them"
+            ]
         );
         // vidA..vidD are in no standard fold: no dataset is claimed.
         assert_eq!(counts(&c["folds"]["mosi"], &FOLDS), [0, 0, 0, 93]);
@@ -366,10 +380,14 @@ fn csd_files_are_looked_into_in_both_layouts() {
                 &"none of the 4 videos is in the standard CMU-MOSI or CMU-MOSEI folds: give \
                   import-csd your own folds (--folds FILE or --train/--valid/--test)"
                     .to_string()
-            ) && notes.contains(&"metadata 'dataset name': \"CMU-MOSI (tiny synthetic sample)\"".to_string()),
+            ) && notes.contains(
+                &"metadata 'dataset name': \"CMU-MOSI (tiny synthetic sample)\"".to_string()
+            ),
             "{notes:?}"
         );
-        assert!(f.get("splits").is_some_and(|s| s.as_object().unwrap().is_empty()));
+        assert!(f
+            .get("splits")
+            .is_some_and(|s| s.as_object().unwrap().is_empty()));
     }
 
     // Words: fixed-length byte strings, one per element, widths per video.
@@ -387,7 +405,10 @@ fn csd_files_are_looked_into_in_both_layouts() {
     let (ok, v) = doctor_json(&csd("mosi_tiny_glove_vectors_contiguous.csd"));
     assert!(ok);
     let c = &v["files"][0]["csd"];
-    assert_eq!((c["dim"].as_u64(), strings(&c["dtypes"])), (Some(300), vec!["float64".into()]));
+    assert_eq!(
+        (c["dim"].as_u64(), strings(&c["dtypes"])),
+        (Some(300), vec!["float64".into()])
+    );
 
     // Labels: rows out of time order, overlapping, one starting before 0 s (as in MOSEI's
     // label files): reported, not failed.
@@ -398,14 +419,19 @@ fn csd_files_are_looked_into_in_both_layouts() {
     assert_eq!(
         counts(
             &f["csd"]["intervals"],
-            &["inverted", "zero_length", "negative_start", "unsorted_videos", "overlapping_videos"]
+            &[
+                "inverted",
+                "zero_length",
+                "negative_start",
+                "unsorted_videos",
+                "overlapping_videos"
+            ]
         ),
         [0, 0, 1, 1, 1]
     );
     assert_eq!(v["warnings"], 0);
-    assert!(strings(&f["notes"]).contains(
-        &"1 element(s) start before 0 s (seen in the SDK's label files)".to_string()
-    ));
+    assert!(strings(&f["notes"])
+        .contains(&"1 element(s) start before 0 s (seen in the SDK's label files)".to_string()));
 }
 
 #[test]
@@ -440,8 +466,10 @@ fn csd_fold_membership_names_the_dataset_and_bad_files_are_errors() {
     assert!(!ok);
     assert_eq!(
         strings(&v["files"][0]["errors"]),
-        ["the videos have different feature dims: 2 (1 video(s), first 'vidA'), 3 (1 video(s), \
-          first 'vidB')"]
+        [
+            "the videos have different feature dims: 2 (1 video(s), first 'vidA'), 3 (1 video(s), \
+          first 'vidB')"
+        ]
     );
 
     // Truncated copies: an error naming the file, exit non-zero, never a panic.
@@ -455,7 +483,10 @@ fn csd_fold_membership_names_the_dataset_and_bad_files_are_errors() {
         let v: Value = serde_json::from_str(&out).unwrap();
         let e = strings(&v["files"][0]["errors"]);
         assert_eq!(e.len(), 1, "{len}: {e:?}");
-        assert!(e[0].starts_with(&format!("{}: ", cut.display())), "{len}: {e:?}");
+        assert!(
+            e[0].starts_with(&format!("{}: ", cut.display())),
+            "{len}: {e:?}"
+        );
         assert!(err.contains("cut.csd: 1 error(s)"), "{err}");
     }
 }
@@ -475,13 +506,18 @@ fn a_directory_of_csd_files_reports_videos_missing_from_some() {
     assert!(ok, "warnings only: {v}");
     let cov = &v["csd_coverage"];
     assert_eq!(counts(cov, &["files", "videos", "in_all"]), [3, 4, 3]);
-    assert_eq!(cov["missing"], serde_json::json!({ three.clone(): ["vidD"] }));
+    assert_eq!(
+        cov["missing"],
+        serde_json::json!({ three.clone(): ["vidD"] })
+    );
     let files = v["files"].as_array().unwrap();
     let t = files.iter().find(|f| f["path"] == three.as_str()).unwrap();
     assert_eq!(
         strings(&t["warnings"]),
-        ["1 video(s) of the other .csd files are missing here: vidD (import-csd drops videos \
-          missing from any modality, as the SDK's unify)"]
+        [
+            "1 video(s) of the other .csd files are missing here: vidD (import-csd drops videos \
+          missing from any modality, as the SDK's unify)"
+        ]
     );
     let (_, out, _) = doctor(&[dir.path().to_str().unwrap()]);
     assert!(

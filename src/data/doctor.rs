@@ -1,7 +1,7 @@
 //! `mica doctor`: what a data file is and whether mica can use it as it stands — format,
 //! pickle protocol, sha256, splits and sizes against the published ones, feature dims
 //! against the known variants, non-finite values per split and modality, label ranges and
-//! sequence-length statistics. Problems are errors (mica cannot use the file as it is) or
+//! sequence-length statistics; `.csd` files are looked into by [`super::doctor_csd`]. Problems are errors (mica cannot use the file as it is) or
 //! warnings (it can, but something looks off); facts worth knowing are notes.
 
 use std::collections::BTreeMap;

@@ -431,7 +431,11 @@ pub(super) fn coverage(files: &mut [FileReport]) -> Option<CsdCoverage> {
              videos missing from any modality, as the SDK's unify)",
             lack.len(),
             shown.join(", "),
-            if more > 0 { format!(" and {more} more") } else { String::new() }
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
         ));
         cov.missing.insert(files[i].path.clone(), lack);
     }
