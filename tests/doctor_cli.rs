@@ -293,3 +293,247 @@ fn directories_check_each_data_file_and_mica_datasets() {
         "{notes:?}"
     );
 }
+
+fn csd(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/csd")
+        .join(name)
+}
+
+fn csd_doctor(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/csd_doctor")
+        .join(name)
+}
+
+fn counts(v: &Value, keys: &[&str]) -> Vec<u64> {
+    keys.iter().map(|k| v[*k].as_u64().unwrap()).collect()
+}
+
+const FOLDS: [&str; 4] = ["train", "valid", "test", "absent"];
+
+#[test]
+fn csd_files_are_looked_into_in_both_layouts() {
+    for (name, metadata_keys, has_dimension_names) in [
+        ("mosi_tiny_covarep.csd", 14, true),
+        ("mosi_tiny_covarep_contiguous.csd", 12, false),
+    ] {
+        let (ok, v) = doctor_json(&csd(name));
+        assert!(ok, "{v}");
+        let f = &v["files"][0];
+        assert_eq!(
+            f["format"],
+            "HDF5 (CMU-MultimodalSDK computational sequence, .csd)"
+        );
+        let c = &f["csd"];
+        assert_eq!(c["root"], "COVAREP");
+        assert_eq!(c["metadata_keys"].as_array().unwrap().len(), metadata_keys);
+        assert_eq!(
+            strings(&c["metadata_keys"]).contains(&"dimension names".to_string()),
+            has_dimension_names
+        );
+        assert_eq!(
+            (c["videos"].as_u64(), c["distinct_videos"].as_u64()),
+            (Some(4), Some(4))
+        );
+        assert_eq!(c["kind"], "numbers");
+        assert_eq!(strings(&c["dtypes"]), ["float32"]);
+        assert_eq!(c["dim"], 74);
+        assert_eq!(
+            counts(&c["elements"], &["min", "max", "total"]),
+            [141, 203, 670]
+        );
+        assert_eq!(c["elements"]["mean"], 167.5);
+        // The fixture's four -inf values (vidA rows 96, 97, vidB row 66, vidD row 8).
+        assert_eq!(
+            counts(&c["non_finite"], &["nan", "pos_inf", "neg_inf", "videos"]),
+            [0, 0, 4, 3]
+        );
+        assert_eq!(
+            counts(
+                &c["intervals"],
+                &[
+                    "inverted",
+                    "zero_length",
+                    "negative_start",
+                    "unsorted_videos",
+                    "overlapping_videos"
+                ]
+            ),
+            [0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            strings(&f["warnings"]),
+            [
+                "4 non-finite feature value(s) in 3 video(s) (NaN 0, +inf 0, -inf 4; COVAREP's \
+              -inf is usual): import-csd replaces them by 0 and counts them"
+            ]
+        );
+        // vidA..vidD are in no standard fold: no dataset is claimed.
+        assert_eq!(counts(&c["folds"]["mosi"], &FOLDS), [0, 0, 0, 93]);
+        assert_eq!(counts(&c["folds"]["mosei"], &FOLDS), [0, 0, 0, 3227]);
+        assert_eq!(c["folds"]["in_none"], 4);
+        assert!(f["dataset"].is_null());
+        let notes = strings(&f["notes"]);
+        assert!(
+            notes.contains(
+                &"none of the 4 videos is in the standard CMU-MOSI or CMU-MOSEI folds: give \
+                  import-csd your own folds (--folds FILE or --train/--valid/--test)"
+                    .to_string()
+            ) && notes.contains(
+                &"metadata 'dataset name': \"CMU-MOSI (tiny synthetic sample)\"".to_string()
+            ),
+            "{notes:?}"
+        );
+        assert!(f
+            .get("splits")
+            .is_some_and(|s| s.as_object().unwrap().is_empty()));
+    }
+
+    // Words: fixed-length byte strings, one per element, widths per video.
+    for name in ["mosi_tiny_words.csd", "mosi_tiny_words_contiguous.csd"] {
+        let (ok, out, _) = doctor(&[csd(name).to_str().unwrap()]);
+        assert!(ok, "{out}");
+        assert!(
+            out.contains("csd:     root 'words', 4 videos, features strings |S13, |S6, |S8, |S9 (44 distinct)")
+                && out.contains("elements per video: min 14 mean 17.25 max 20 (69 in all)")
+                && out.contains("folds:   CMU-MOSI train 0 / valid 0 / test 0; CMU-MOSEI train 0 / valid 0 / test 0; in none 4")
+                && out.contains("0 error(s), 0 warning(s)"),
+            "{out}"
+        );
+    }
+    let (ok, v) = doctor_json(&csd("mosi_tiny_glove_vectors_contiguous.csd"));
+    assert!(ok);
+    let c = &v["files"][0]["csd"];
+    assert_eq!(
+        (c["dim"].as_u64(), strings(&c["dtypes"])),
+        (Some(300), vec!["float64".into()])
+    );
+
+    // Labels: rows out of time order, overlapping, one starting before 0 s (as in MOSEI's
+    // label files): reported, not failed.
+    let (ok, v) = doctor_json(&csd("mosi_tiny_opinion_labels.csd"));
+    assert!(ok, "{v}");
+    let f = &v["files"][0];
+    assert_eq!(f["csd"]["root"], "Opinion Segment Labels");
+    assert_eq!(
+        counts(
+            &f["csd"]["intervals"],
+            &[
+                "inverted",
+                "zero_length",
+                "negative_start",
+                "unsorted_videos",
+                "overlapping_videos"
+            ]
+        ),
+        [0, 0, 1, 1, 1]
+    );
+    assert_eq!(v["warnings"], 0);
+    assert!(strings(&f["notes"])
+        .contains(&"1 element(s) start before 0 s (seen in the SDK's label files)".to_string()));
+}
+
+#[test]
+fn csd_fold_membership_names_the_dataset_and_bad_files_are_errors() {
+    // Two CMU-MOSI train videos, one CMU-MOSI test, one CMU-MOSEI valid, one in no fold
+    // (tests/fixtures/csd_doctor/make.py).
+    let (ok, v) = doctor_json(&csd_doctor("fold_members.csd"));
+    assert!(ok, "warnings only: {v}");
+    let f = &v["files"][0];
+    let c = &f["csd"];
+    assert_eq!(counts(&c["folds"]["mosi"], &FOLDS), [2, 0, 1, 90]);
+    assert_eq!(counts(&c["folds"]["mosei"], &FOLDS), [0, 1, 0, 3226]);
+    assert_eq!(c["folds"]["in_none"], 1);
+    assert_eq!(
+        f["dataset"],
+        "CMU-MOSI (3 of the file's 5 videos are in its standard folds: train 2 / valid 0 / test 1)"
+    );
+    assert_eq!(
+        counts(&c["non_finite"], &["nan", "pos_inf", "neg_inf", "videos"]),
+        [1, 1, 0, 1]
+    );
+    assert_eq!(
+        strings(&f["warnings"])[1..],
+        [
+            "1 element(s) end before they start (start > end), the first in video \
+             'tmZoasNr4rU', row 1",
+            "videos of two datasets: 3 in CMU-MOSI's standard folds, 1 in CMU-MOSEI's"
+        ]
+    );
+
+    let (ok, v) = doctor_json(&csd_doctor("dims_differ.csd"));
+    assert!(!ok);
+    assert_eq!(
+        strings(&v["files"][0]["errors"]),
+        [
+            "the videos have different feature dims: 2 (1 video(s), first 'vidA'), 3 (1 video(s), \
+          first 'vidB')"
+        ]
+    );
+
+    // Truncated copies: an error naming the file, exit non-zero, never a panic.
+    let good = std::fs::read(csd("mosi_tiny_covarep.csd")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.csd");
+    for len in [8, 600, good.len() / 2, good.len() - 1] {
+        std::fs::write(&cut, &good[..len]).unwrap();
+        let (ok, out, err) = doctor(&["--json", cut.to_str().unwrap()]);
+        assert!(!ok && !err.contains("panicked"), "{len}: {err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let e = strings(&v["files"][0]["errors"]);
+        assert_eq!(e.len(), 1, "{len}: {e:?}");
+        assert!(
+            e[0].starts_with(&format!("{}: ", cut.display())),
+            "{len}: {e:?}"
+        );
+        assert!(err.contains("cut.csd: 1 error(s)"), "{err}");
+    }
+}
+
+#[test]
+fn a_directory_of_csd_files_reports_videos_missing_from_some() {
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        (csd("mosi_tiny_covarep.csd"), "covarep.csd"),
+        (csd("mosi_tiny_words_contiguous.csd"), "words.csd"),
+        (csd_doctor("three_videos.csd"), "three.csd"),
+    ] {
+        std::fs::copy(from, dir.path().join(to)).unwrap();
+    }
+    let three = dir.path().join("three.csd").display().to_string();
+    let (ok, v) = doctor_json(dir.path());
+    assert!(ok, "warnings only: {v}");
+    let cov = &v["csd_coverage"];
+    assert_eq!(counts(cov, &["files", "videos", "in_all"]), [3, 4, 3]);
+    assert_eq!(
+        cov["missing"],
+        serde_json::json!({ three.clone(): ["vidD"] })
+    );
+    let files = v["files"].as_array().unwrap();
+    let t = files.iter().find(|f| f["path"] == three.as_str()).unwrap();
+    assert_eq!(
+        strings(&t["warnings"]),
+        [
+            "1 video(s) of the other .csd files are missing here: vidD (import-csd drops videos \
+          missing from any modality, as the SDK's unify)"
+        ]
+    );
+    let (_, out, _) = doctor(&[dir.path().to_str().unwrap()]);
+    assert!(
+        out.contains(".csd videos: 4 over 3 files, 3 in every file, 1 file(s) lacking some"),
+        "{out}"
+    );
+
+    // A truncated file is an error of its own and left out of the comparison.
+    let good = std::fs::read(csd("mosi_tiny_facet.csd")).unwrap();
+    std::fs::write(dir.path().join("facet.csd"), &good[..good.len() / 3]).unwrap();
+    let (ok, v) = doctor_json(dir.path());
+    assert!(!ok);
+    assert_eq!(v["errors"], 1);
+    assert_eq!(v["csd_coverage"]["files"], 3);
+
+    // A single file has no comparison.
+    let (_, v) = doctor_json(&csd("mosi_tiny_covarep.csd"));
+    assert!(v.get("csd_coverage").is_none());
+}

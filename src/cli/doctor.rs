@@ -10,12 +10,15 @@ use crate::data::doctor;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// A data file (MulT / MMSA pickle, CMU-SDK .csd), a mica dataset directory, or a
-    /// directory of data files (each .pkl / .csd / .h5 file in it is checked).
+    /// directory of data files (each .pkl / .csd / .h5 file in it is checked; the .csd
+    /// files are also compared for videos missing from some of them).
     #[arg(value_name = "FILE_OR_DIR")]
     pub path: PathBuf,
     /// Print the report as JSON (files, with format, protocol, sha256, dataset, per split
-    /// the sizes, dims, non-finite counts, label ranges and length statistics, and the
-    /// errors, warnings and notes) instead of text.
+    /// the sizes, dims, non-finite counts, label ranges and length statistics, for a .csd
+    /// file `csd` (root, metadata keys, videos, dtypes, dim, elements, non_finite,
+    /// intervals, folds), for a directory of .csd files `csd_coverage`, and the errors,
+    /// warnings and notes) instead of text.
     #[arg(long)]
     pub json: bool,
 }

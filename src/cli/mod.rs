@@ -60,7 +60,9 @@ pub enum Command {
     Convert(convert::Args),
     /// Check a data file or directory: format, protocol, sha256, split sizes and feature
     /// dims against the published datasets, non-finite values, label ranges, sequence
-    /// lengths, HTML pages saved as data. Exits non-zero on errors.
+    /// lengths, HTML pages saved as data; for .csd files the videos, dims, intervals,
+    /// non-finite values, MOSI / MOSEI standard-fold membership and videos missing across
+    /// the files of a directory. Exits non-zero on errors.
     Doctor(doctor::Args),
     /// Build a mica dataset from CMU-MultimodalSDK computational sequences (.csd, HDF5):
     /// word vectors, audio, vision and labels plus folds; unaligned (default, with every

@@ -76,6 +76,8 @@ pub struct Video {
     pub features: Features,
     /// `[n, 2]` (start, end) seconds, row-major.
     pub intervals: Vec<f64>,
+    /// The features' element type as stored.
+    pub dtype: Dtype,
 }
 
 /// A whole computational sequence in memory.
@@ -295,6 +297,7 @@ impl<R: ReadAt> CsdReader<R> {
             d: d as usize,
             features,
             intervals,
+            dtype: f.dtype,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! `mica doctor`: what a data file is and whether mica can use it as it stands — format,
 //! pickle protocol, sha256, splits and sizes against the published ones, feature dims
 //! against the known variants, non-finite values per split and modality, label ranges and
-//! sequence-length statistics. Problems are errors (mica cannot use the file as it is) or
+//! sequence-length statistics; `.csd` files are looked into by [`super::doctor_csd`]. Problems are errors (mica cannot use the file as it is) or
 //! warnings (it can, but something looks off); facts worth knowing are notes.
 
 use std::collections::BTreeMap;
@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::doctor_csd::{self, CsdCoverage, CsdReport};
 use super::pickle_dataset::{self, Inspection, SPLITS};
 use super::{mica_format, Dataset, Labels, LoadOptions, MODALITIES};
 
@@ -83,6 +84,9 @@ pub struct Report {
     pub errors: usize,
     /// Warnings over all files.
     pub warnings: usize,
+    /// A directory with several `.csd` files: the videos missing from some of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csd_coverage: Option<CsdCoverage>,
 }
 
 /// The diagnosis of one file (or mica dataset directory).
@@ -110,6 +114,9 @@ pub struct FileReport {
     pub warnings: Vec<String>,
     /// Facts worth knowing.
     pub notes: Vec<String>,
+    /// A `.csd` file: what it holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csd: Option<CsdReport>,
 }
 
 /// One split.
@@ -165,6 +172,7 @@ const DATA_EXTENSIONS: [&str; 6] = ["pkl", "pickle", "csd", "h5", "hdf5", "html"
 /// Diagnoses a file, a mica dataset directory, or every data file of a directory.
 pub fn diagnose(path: &Path) -> Report {
     let mut files = Vec::new();
+    let mut csd_coverage = None;
     if path.is_dir() && !mica_format::is_mica_dir(path) {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
             .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
@@ -178,6 +186,7 @@ pub fn diagnose(path: &Path) -> Report {
         }) {
             files.push(diagnose_one(p));
         }
+        csd_coverage = doctor_csd::coverage(&mut files);
         if files.is_empty() {
             files.push(FileReport {
                 path: path.display().to_string(),
@@ -198,6 +207,7 @@ pub fn diagnose(path: &Path) -> Report {
         errors: files.iter().map(|f| f.errors.len()).sum(),
         warnings: files.iter().map(|f| f.warnings.len()).sum(),
         files,
+        csd_coverage,
     }
 }
 
@@ -310,10 +320,7 @@ fn diagnose_one(path: &Path) -> FileReport {
                  word, audio, vision and label files together into a mica dataset"
                     .into(),
             );
-            r.warnings.push(
-                "doctor does not look inside .csd files yet (videos, intervals, fold membership)"
-                    .into(),
-            );
+            doctor_csd::diagnose(path, &mut r);
         }
         Sniff::Html(title) => {
             r.format = "HTML page".into();
@@ -635,6 +642,9 @@ pub fn render(report: &Report) -> String {
         if let Some(d) = &f.dataset {
             let _ = writeln!(out, "  dataset: {d}");
         }
+        if let Some(c) = &f.csd {
+            doctor_csd::render(c, &mut out);
+        }
         for (name, s) in SPLITS
             .iter()
             .filter_map(|n| f.splits.get_key_value(*n))
@@ -690,6 +700,16 @@ pub fn render(report: &Report) -> String {
                 let _ = writeln!(out, "  {title}: {line}");
             }
         }
+    }
+    if let Some(c) = &report.csd_coverage {
+        let _ = writeln!(
+            out,
+            ".csd videos: {} over {} files, {} in every file, {} file(s) lacking some",
+            c.videos,
+            c.files,
+            c.in_all,
+            c.missing.len()
+        );
     }
     let _ = writeln!(
         out,

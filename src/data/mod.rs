@@ -10,6 +10,7 @@ pub mod csd;
 pub mod csd_import;
 pub mod csd_write;
 pub mod doctor;
+pub mod doctor_csd;
 pub mod error;
 pub mod fingerprint;
 pub mod hdf5;
