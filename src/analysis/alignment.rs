@@ -477,9 +477,11 @@ pub fn analyze_split(
 ) -> Result<SplitAlignment> {
     let device = Device::Cpu;
     let with_truth = split.intervals.is_some();
+    // Probabilities are recomputed only for the analysed layer's blocks (below): every
+    // block of every layer would hold `[B, h, T_q, T_k]` maps at once.
     let fopts = ForwardOpts {
         trace: true,
-        probs: true,
+        probs: false,
         intermediates: false,
     };
     let order: Vec<usize> = (0..split.len()).collect();
@@ -519,7 +521,11 @@ pub fn analyze_split(
                     accs.len() - 1
                 }
             };
-            accumulate_block(&mut accs[pos], block, &out.valid, truth.as_ref())?;
+            let block = BlockTrace {
+                attn: block.attn.clone().with_probs()?,
+                ..block.clone()
+            };
+            accumulate_block(&mut accs[pos], &block, &out.valid, truth.as_ref())?;
         }
     }
     let (layer, layers) = layer_info.context("the split is empty")?;
