@@ -483,13 +483,24 @@ mod tests {
         assert_eq!((m.d, m.num_heads, m.layers), (30, 5, 5));
         assert_eq!(m.kernels(), [1, 1, 1]);
         assert_eq!(
-            (m.attn_dropout, m.attn_dropout_a, m.attn_dropout_v, m.relu_dropout),
+            (
+                m.attn_dropout,
+                m.attn_dropout_a,
+                m.attn_dropout_v,
+                m.relu_dropout
+            ),
             (0.1, 0.0, 0.0, 0.1)
         );
-        assert_eq!((m.res_dropout, m.out_dropout, m.embed_dropout), (0.1, 0.0, 0.25));
+        assert_eq!(
+            (m.res_dropout, m.out_dropout, m.embed_dropout),
+            (0.1, 0.0, 0.25)
+        );
         assert!(m.attn_mask);
         let t = &c.train;
-        assert_eq!((t.batch_size, t.epochs, t.lr, t.clip, t.when), (24, 40, 1e-3, 0.8, 20));
+        assert_eq!(
+            (t.batch_size, t.epochs, t.lr, t.clip, t.when),
+            (24, 40, 1e-3, 0.8, 20)
+        );
         assert_eq!((c.align.alpha, c.align.beta), (0.0, 0.0));
     }
 

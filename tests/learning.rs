@@ -21,8 +21,17 @@ fn text(b: &[u8]) -> String {
 fn tiny(dir: &Path, extra: &[&str]) -> PathBuf {
     let data = dir.join("data");
     let mut args = vec![
-        "synth", "--size", "small", "--seed", "5", "--n-train", "12", "--n-valid", "6",
-        "--n-test", "6",
+        "synth",
+        "--size",
+        "small",
+        "--seed",
+        "5",
+        "--n-train",
+        "12",
+        "--n-valid",
+        "6",
+        "--n-test",
+        "6",
     ];
     args.extend_from_slice(extra);
     args.push("--out");
@@ -34,8 +43,22 @@ fn tiny(dir: &Path, extra: &[&str]) -> PathBuf {
 /// Trains a tiny model for one epoch; returns the process output.
 fn train(data: &Path, out: &Path, more: &[&str]) -> Output {
     let mut args = vec![
-        "train", "--d", "8", "--heads", "2", "--layers", "1", "--kernels", "1,1,1",
-        "--batch-size", "6", "--epochs", "1", "--quiet", "--threads=1", "--set",
+        "train",
+        "--d",
+        "8",
+        "--heads",
+        "2",
+        "--layers",
+        "1",
+        "--kernels",
+        "1,1,1",
+        "--batch-size",
+        "6",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--threads=1",
+        "--set",
         "align.mmd_max_samples=32",
     ];
     args.extend_from_slice(more);
@@ -63,7 +86,10 @@ fn time_positions_change_the_model_and_are_saved() {
     // Same seed, same data: only the positions differ, so the trained numbers must too.
     assert_ne!(read(&a.join("log.csv")), read(&b.join("log.csv")));
     // The checkpoint keeps the option: eval re-reads the element times.
-    let o = mica(&["eval", "--data"], &[&data, Path::new("--checkpoint"), &b.join("best")]);
+    let o = mica(
+        &["eval", "--data"],
+        &[&data, Path::new("--checkpoint"), &b.join("best")],
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
 }
 
@@ -73,13 +99,29 @@ fn time_positions_refuse_data_without_element_times() {
     let pkl = dir.path().join("tiny_data_noalign.pkl");
     let o = mica(
         &[
-            "synth", "--size", "small", "--seed", "5", "--n-train", "12", "--n-valid", "6",
-            "--n-test", "6", "--format", "mult-pkl", "--out",
+            "synth",
+            "--size",
+            "small",
+            "--seed",
+            "5",
+            "--n-train",
+            "12",
+            "--n-valid",
+            "6",
+            "--n-test",
+            "6",
+            "--format",
+            "mult-pkl",
+            "--out",
         ],
         &[&pkl],
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let o = train(&pkl, &dir.path().join("run"), &["--variant", "mult", "--positions", "time"]);
+    let o = train(
+        &pkl,
+        &dir.path().join("run"),
+        &["--variant", "mult", "--positions", "time"],
+    );
     assert!(!o.status.success());
     let e = text(&o.stderr);
     assert!(
@@ -94,13 +136,24 @@ fn relative_le_is_a_different_loss_and_trains() {
     let data = tiny(dir.path(), &[]);
     let le = |run: &Path| -> f64 {
         let log = read(&run.join("log.csv"));
-        let row = log.lines().nth(1).unwrap().split(',').nth(4).unwrap().to_string();
+        let row = log
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .nth(4)
+            .unwrap()
+            .to_string();
         row.parse().unwrap()
     };
     let (a, b) = (dir.path().join("abs"), dir.path().join("rel"));
     let o = train(&data, &a, &["--variant", "mica"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let o = train(&data, &b, &["--variant", "mica", "--set", "align.le_scale=relative"]);
+    let o = train(
+        &data,
+        &b,
+        &["--variant", "mica", "--set", "align.le_scale=relative"],
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let (la, lb) = (le(&a), le(&b));
     assert!(la.is_finite() && lb.is_finite() && lb > 0.0, "{la} {lb}");
@@ -115,18 +168,35 @@ fn probes_and_attention_statistics_are_reported() {
     let data = dir.path().join("d");
     let o = mica(
         &[
-            "synth", "--size", "small", "--seed", "5", "--n-train", "300", "--n-valid", "60",
-            "--n-test", "60", "--probe", "--out",
+            "synth",
+            "--size",
+            "small",
+            "--seed",
+            "5",
+            "--n-train",
+            "300",
+            "--n-valid",
+            "60",
+            "--n-test",
+            "60",
+            "--probe",
+            "--out",
         ],
         &[&data],
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let out = text(&o.stdout);
-    assert!(out.contains("probes (test Pearson r): aligned oracle "), "{out}");
+    assert!(
+        out.contains("probes (test Pearson r): aligned oracle "),
+        "{out}"
+    );
     let run = dir.path().join("run");
     let o = train(&data, &run, &["--variant", "backbone"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let o = mica(&["analyze", "--data"], &[&data, Path::new("--checkpoint"), &run]);
+    let o = mica(
+        &["analyze", "--data"],
+        &[&data, Path::new("--checkpoint"), &run],
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let json: serde_json::Value =
         serde_json::from_str(&read(&run.join("analysis-test/analysis.json"))).unwrap();

@@ -66,7 +66,12 @@ fn mean_pair_sq_distance(
         let inv = Tensor::from_vec(inv, (b, 1), x.device())?;
         let xm = x.broadcast_mul(&mask)?;
         let mean = xm.sum(1)?.broadcast_mul(&inv)?; // [B, E]
-        let msq = xm.sqr()?.sum(2)?.sum(1)?.unsqueeze(1)?.broadcast_mul(&inv)?; // [B, 1]
+        let msq = xm
+            .sqr()?
+            .sum(2)?
+            .sum(1)?
+            .unsqueeze(1)?
+            .broadcast_mul(&inv)?; // [B, 1]
         Ok((mean, msq, counts))
     };
     let (mq, sq, cq) = side(q, valid_q, tq)?;
@@ -286,9 +291,18 @@ mod tests {
         let got = mean_pair_sq_distance(q.as_tensor(), &k, &vq, &vk).unwrap();
         let got_v = f64::from(got.to_scalar::<f32>().unwrap());
         let want = brute(&qv, &kv);
-        assert!((got_v - want).abs() < 1e-5 * want.max(1.0), "{got_v} vs {want}");
+        assert!(
+            (got_v - want).abs() < 1e-5 * want.max(1.0),
+            "{got_v} vs {want}"
+        );
         let grads = got.backward().unwrap();
-        let g: Vec<f32> = grads.get(&q).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f32> = grads
+            .get(&q)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let h = 1e-2f32;
         for idx in [0, 4, 7, 13, 20, 35] {
             let mut p = qv.clone();
@@ -296,7 +310,11 @@ mod tests {
             let mut m = qv.clone();
             m[idx] -= h;
             let fd = (brute(&p, &kv) - brute(&m, &kv)) / f64::from(2.0 * h);
-            assert!((f64::from(g[idx]) - fd).abs() < 1e-3, "dq[{idx}]: {} vs {fd}", g[idx]);
+            assert!(
+                (f64::from(g[idx]) - fd).abs() < 1e-3,
+                "dq[{idx}]: {} vs {fd}",
+                g[idx]
+            );
         }
     }
 }

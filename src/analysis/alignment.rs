@@ -257,7 +257,12 @@ pub fn normalised_entropy(row: &[f32], keep: &[bool]) -> Option<f64> {
     if n < 2 {
         return None;
     }
-    let total: f64 = row.iter().zip(keep).filter(|(_, &k)| k).map(|(&p, _)| f64::from(p)).sum();
+    let total: f64 = row
+        .iter()
+        .zip(keep)
+        .filter(|(_, &k)| k)
+        .map(|(&p, _)| f64::from(p))
+        .sum();
     if total <= 0.0 {
         return None;
     }
@@ -957,7 +962,10 @@ mod tests {
         let keep = [false, true, true, true, true];
         let u = normalised_entropy(&[0.0, 0.25, 0.25, 0.25, 0.25], &keep).unwrap();
         assert!((u - 1.0).abs() < 1e-12, "{u}");
-        assert_eq!(normalised_entropy(&[0.0, 0.0, 1.0, 0.0, 0.0], &keep), Some(0.0));
+        assert_eq!(
+            normalised_entropy(&[0.0, 0.0, 1.0, 0.0, 0.0], &keep),
+            Some(0.0)
+        );
         // Mass on a padding column is ignored and the rest renormalised.
         let r = normalised_entropy(&[0.5, 0.125, 0.125, 0.125, 0.125], &keep).unwrap();
         assert!((r - 1.0).abs() < 1e-12, "{r}");

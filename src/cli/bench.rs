@@ -477,7 +477,10 @@ mod tests {
         let (c, b) = resolve(&a).unwrap();
         let s = BenchSetting::of(&c, b);
         assert_eq!((s.d, s.heads, s.layers, s.kernels), (30, 5, 5, [1, 1, 1]));
-        assert_eq!((s.lens, s.dims, s.batch), ([30, 120, 150], [300, 5, 20], 24));
+        assert_eq!(
+            (s.lens, s.dims, s.batch),
+            ([30, 120, 150], [300, 5, 20], 24)
+        );
         assert_eq!(s.variant, "mult");
         a.cfg.d = Some(24);
         a.cfg.heads = Some(6);
@@ -485,13 +488,19 @@ mod tests {
         a.model = BenchModel::Mica;
         let (c, b) = resolve(&a).unwrap();
         let s = BenchSetting::of(&c, b);
-        assert_eq!((s.d, s.heads, s.batch, s.variant.as_str()), (24, 6, 3, "mica"));
+        assert_eq!(
+            (s.d, s.heads, s.batch, s.variant.as_str()),
+            (24, 6, 3, "mica")
+        );
         assert_eq!((s.alpha, s.beta), (0.8, 0.5));
         a.lens = Some("30,120".into());
         let e = resolve(&a).unwrap_err().to_string();
         assert_eq!(e, "--lens `30,120`: expected three positive integers L,A,V");
         a.lens = Some("30,x,5".into());
-        assert!(resolve(&a).unwrap_err().to_string().starts_with("--lens `30,x,5`"));
+        assert!(resolve(&a)
+            .unwrap_err()
+            .to_string()
+            .starts_with("--lens `30,x,5`"));
     }
 
     #[test]

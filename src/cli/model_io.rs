@@ -99,7 +99,11 @@ pub fn run_forward(a: &ForwardArgs) -> Result<()> {
         vision: get("vision")?,
         // Optional element times (`text_times`, `audio_times`, `vision_times`, `[B, T]`
         // seconds, NaN for padding) for checkpoints trained with `positions = time`.
-        times: match (t.get("text_times"), t.get("audio_times"), t.get("vision_times")) {
+        times: match (
+            t.get("text_times"),
+            t.get("audio_times"),
+            t.get("vision_times"),
+        ) {
             (Some(l), Some(a), Some(v)) => Some([
                 l.to_dtype(candle_core::DType::F32)?,
                 a.to_dtype(candle_core::DType::F32)?,

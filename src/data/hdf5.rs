@@ -670,7 +670,6 @@ impl<R: ReadAt> Hdf5<R> {
             Object::Group { .. } => err(at, "expected a data set, found a group"),
         }
     }
-
 }
 
 /// Parses a datatype message: the element type and its stored size.

@@ -334,7 +334,10 @@ pub fn time_positional_embedding(
         "element times of length {t_in} are shorter than the conv kernel {kernel}"
     );
     let t_out = t_in - kernel + 1;
-    let tv: Vec<f32> = times.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+    let tv: Vec<f32> = times
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
     let half = e / 2;
     let step = if half > 1 {
         (10000f64).ln() / (half as f64 - 1.0)

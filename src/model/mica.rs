@@ -12,8 +12,8 @@ use super::ctx::Ctx;
 use super::encoder::{embed, embed_with, Encoder, EncoderLayer};
 use super::layers::linear;
 use super::mult::{
-    check_inputs, drops, valid_masks, BlockTrace, ForwardOpts, ForwardOutput, FrontEnd, Head,
-    pe_of, time_pe, Inputs, MOD_SHORT, SOURCES,
+    check_inputs, drops, pe_of, time_pe, valid_masks, BlockTrace, ForwardOpts, ForwardOutput,
+    FrontEnd, Head, Inputs, MOD_SHORT, SOURCES,
 };
 use super::params::{Init, ParamSource};
 use anyhow::{ensure, Result};
