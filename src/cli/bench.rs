@@ -8,7 +8,7 @@
 //! a random amount of left padding per sample and modality. Threads come from the
 //! global `--threads` flag (CANDLE_NUM_THREADS / RAYON_NUM_THREADS).
 
-use super::common::ConfigArgs;
+use super::common::{parse_lav, ConfigArgs};
 use crate::config::{Config, Preset, Task, Variant};
 use crate::data::batch::Batch;
 use crate::model::attention::AttentionKernel;
@@ -148,20 +148,6 @@ impl BenchSetting {
     }
 }
 
-/// Parses `L,A,V` (three positive integers) for option `name`.
-fn triple(name: &str, s: &str) -> Result<[usize; 3]> {
-    let v: Vec<usize> = s
-        .split(',')
-        .map(|x| x.trim().parse::<usize>())
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|_| anyhow::anyhow!("--{name} `{s}`: expected three positive integers L,A,V"))?;
-    ensure!(
-        v.len() == 3 && v.iter().all(|&x| x > 0),
-        "--{name} `{s}`: expected three positive integers L,A,V"
-    );
-    Ok([v[0], v[1], v[2]])
-}
-
 /// The benchmark's config and batch size from its options.
 pub fn resolve(args: &BenchArgs) -> Result<(Config, usize)> {
     let (preset, dims0, lens0, batch0) = match args.shape {
@@ -169,11 +155,11 @@ pub fn resolve(args: &BenchArgs) -> Result<(Config, usize)> {
         BenchShape::Small => (Preset::SynthSmall, [12, 6, 5], [10, 12, 14], 4),
     };
     let dims = match &args.dims {
-        Some(s) => triple("dims", s)?,
+        Some(s) => parse_lav("dims", s, true)?,
         None => dims0,
     };
     let lens = match &args.lens {
-        Some(s) => triple("lens", s)?,
+        Some(s) => parse_lav("lens", s, true)?,
         None => lens0,
     };
     let mut c = args.cfg.clone();

@@ -198,6 +198,25 @@ fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
     }
 }
 
+/// Parses option `--NAME`'s value `L,A,V` (three integers, each > 0 when `positive`).
+pub fn parse_lav(name: &str, s: &str, positive: bool) -> Result<[usize; 3]> {
+    let what = if positive {
+        "positive integers"
+    } else {
+        "integers"
+    };
+    let bad = || anyhow::anyhow!("--{name} `{s}`: expected three {what} L,A,V");
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|x| x.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| bad())?;
+    if v.len() != 3 || (positive && v.contains(&0)) {
+        return Err(bad());
+    }
+    Ok([v[0], v[1], v[2]])
+}
+
 impl ConfigArgs {
     /// Builds the config: preset → `--config` file → flags → `--set`.
     pub fn build(&self, data: &DataArgs, ds: &Dataset, seed: u64) -> Result<Config> {
@@ -278,16 +297,7 @@ impl ConfigArgs {
             m.layers = v;
         }
         if let Some(k) = &self.kernels {
-            let ks: Vec<usize> = k
-                .split(',')
-                .map(|x| x.trim().parse::<usize>())
-                .collect::<std::result::Result<_, _>>()
-                .with_context(|| format!("--kernels `{k}`: expected three integers L,A,V"))?;
-            anyhow::ensure!(
-                ks.len() == 3,
-                "--kernels `{k}`: expected three integers L,A,V"
-            );
-            (m.kernel_l, m.kernel_a, m.kernel_v) = (ks[0], ks[1], ks[2]);
+            [m.kernel_l, m.kernel_a, m.kernel_v] = parse_lav("kernels", k, false)?;
         }
         if let Some(v) = self.kv_source {
             m.kv_source = v;
