@@ -247,6 +247,7 @@ pub fn mult_model_defaults(
         lstm_dropout: 0.1,
         positions: Default::default(),
         time_step: 0.01,
+        time_bias: 0.0,
     }
 }
 

@@ -222,7 +222,25 @@ pub fn pea_loss(out: &ForwardOutput, cfg: &AlignConfig) -> Result<Tensor> {
     for (block, pb) in pea_blocks(out, cfg)? {
         let heads = block.attn.heads.as_ref().expect("checked by pea_blocks");
         let selected = pb.selected;
-        let d = distance_tensor(&heads.qh, &heads.kh, pb)?;
+        let h = heads.qh.dim(1)?;
+        // With a time bias the per-head traces carry its two constant columns (see
+        // `model::time_bias`): they select the pairs, but the distance is that of the
+        // queries and keys themselves, so it goes the composed way.
+        let biased = heads.qh.dim(3)? * h != block.attn.q.dim(2)?;
+        let d = if biased {
+            let md = pb.mask.dims;
+            let bits: Vec<f32> = pb
+                .mask
+                .to_bools()
+                .into_iter()
+                .map(|x| f32::from(u8::from(x)))
+                .collect();
+            let mask = Tensor::from_vec(bits, (md.b, md.h, md.tq, md.tk), heads.qh.device())?
+                .to_dtype(block.attn.q.dtype())?;
+            pea::masked_sq_distance(&block.attn.q, &block.attn.k, &mask, h)?
+        } else {
+            distance_tensor(&heads.qh, &heads.kh, pb)?
+        };
         let d = match cfg.le_reduction {
             LeReduction::Sum => d,
             LeReduction::Mean => (d / selected.max(1) as f64)?,
@@ -230,7 +248,7 @@ pub fn pea_loss(out: &ForwardOutput, cfg: &AlignConfig) -> Result<Tensor> {
         terms.push(match cfg.le_scale {
             LeScale::Absolute => d,
             LeScale::Relative => {
-                let h = heads.qh.dim(1)? as f64;
+                let h = h as f64;
                 let all = mean_pair_sq_distance(
                     &block.attn.q,
                     &block.attn.k,

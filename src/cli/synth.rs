@@ -65,6 +65,11 @@ pub struct SynthArgs {
     /// Distribution discrepancy between modalities (0 = identical N(0,1) columns, 1 = default).
     #[arg(long)]
     pub discrepancy: Option<f32>,
+    /// Crossmodal echo: strength of the random per-word latent that a word and its
+    /// co-occurring acoustic and visual frames share (content that tells which frames go
+    /// with which word, nothing of the label; 0 = none).
+    #[arg(long)]
+    pub echo: Option<f32>,
     /// Output path. `mult-pkl`: a `.pkl` file, or an existing directory, which receives
     /// `synth_<size>_data_noalign.pkl`.
     #[arg(long)]
@@ -103,6 +108,7 @@ impl SynthArgs {
         setf(&mut c.warp, self.warp);
         setf(&mut c.noise, self.noise);
         setf(&mut c.discrepancy, self.discrepancy);
+        setf(&mut c.echo, self.echo);
         c
     }
 }
@@ -136,6 +142,7 @@ fn check_finite(args: &SynthArgs) -> Result<()> {
         ("--warp", args.warp),
         ("--noise", args.noise),
         ("--discrepancy", args.discrepancy),
+        ("--echo", args.echo),
     ] {
         if let Some(x) = v {
             anyhow::ensure!(x.is_finite(), "{flag} {x}: expected a finite number");

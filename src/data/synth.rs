@@ -137,6 +137,15 @@ pub struct SynthConfig {
     pub vision_hz: [f32; 2],
     /// Median word duration, seconds.
     pub word_s: f32,
+    /// Crossmodal echo: every word carries a fresh random latent (its "instance": how this
+    /// occurrence was said and mouthed), expressed in the word's text features and, weighted
+    /// by the overlap, in every acoustic and visual frame it co-occurs with, each modality
+    /// through its own fixed random projection of strength `echo`. Co-occurring elements thus
+    /// share CONTENT (the premise of crossmodal attention and of MICA's modality-invariant
+    /// space) that carries nothing of the label and cannot be memorised: a model can use it
+    /// only to find which frames go with which word. 0 = none (the original benchmark).
+    #[serde(default)]
+    pub echo: f32,
 }
 
 impl SynthConfig {
@@ -167,6 +176,7 @@ impl SynthConfig {
             audio_hz: [12.5, 16.0],
             vision_hz: [13.5, 16.5],
             word_s: 0.25,
+            echo: 0.0,
         };
         match size {
             SynthSize::Small => base,
@@ -240,6 +250,7 @@ impl SynthConfig {
             "max_offset_s, noise and discrepancy must be >= 0"
         );
         ensure!(self.burst_strength >= 0.0, "burst_strength must be >= 0");
+        ensure!(self.echo >= 0.0, "echo must be >= 0");
         ensure!(self.word_s > 0.0, "word_s must be > 0");
         for (name, hz) in [("audio_hz", self.audio_hz), ("vision_hz", self.vision_hz)] {
             ensure!(
@@ -553,6 +564,52 @@ struct World {
     burst_dir: [Vec<f32>; 2],
     /// AR(1) coefficient of the acoustic and visual noise.
     rho: [f32; 2],
+    /// `[d_m, ECHO_DIM]` echo projections of the text, acoustic and visual streams (see
+    /// [`SynthConfig::echo`]).
+    echo_proj: [Vec<f32>; 3],
+}
+
+/// Width of the per-word echo latent.
+const ECHO_DIM: usize = 8;
+
+/// A `[d_m, ECHO_DIM]` random projection with N(0, 1/ECHO_DIM) entries (zero rows for
+/// constant columns), so a N(0, I) latent maps to roughly unit-variance columns. With
+/// `orth`, every column is made orthogonal to that unit vector (the text's polarity
+/// direction: the echo must not blur the sentiment a word carries).
+fn echo_projection(r: &mut Rand, cols: &Columns, orth: Option<&[f32]>) -> Vec<f32> {
+    let d = cols.kind.len();
+    let sd = 1.0 / (ECHO_DIM as f32).sqrt();
+    let mut p: Vec<f32> = cols
+        .kind
+        .iter()
+        .flat_map(|&k| {
+            let row: Vec<f32> = (0..ECHO_DIM)
+                .map(|_| {
+                    if k == ColKind::Constant {
+                        0.0
+                    } else {
+                        sd * r.normal()
+                    }
+                })
+                .collect();
+            row
+        })
+        .collect();
+    if let Some(u) = orth {
+        for c in 0..ECHO_DIM {
+            let along: f32 = (0..d).map(|j| p[j * ECHO_DIM + c] * u[j]).sum();
+            (0..d).for_each(|j| p[j * ECHO_DIM + c] -= along * u[j]);
+        }
+    }
+    p
+}
+
+/// `out += gain · P c` for a `[d, ECHO_DIM]` projection `P` and a latent `c`.
+fn add_projected(out: &mut [f32], proj: &[f32], c: &[f32], gain: f32) {
+    for (j, x) in out.iter_mut().enumerate() {
+        let row = &proj[j * ECHO_DIM..(j + 1) * ECHO_DIM];
+        *x += gain * row.iter().zip(c).map(|(a, b)| a * b).sum::<f32>();
+    }
 }
 
 /// Number of neutral and sentiment (half positive, half negative) vocabulary words.
@@ -596,10 +653,16 @@ impl World {
         ];
         let cols: [Columns; 3] =
             std::array::from_fn(|m| Columns::draw(&mut r, cfg.dims[m], &styles[m], k));
-        let (vocab, polarity) = draw_vocabulary(&mut r, cfg.dims[TEXT]);
+        let (vocab, polarity, polarity_dir) = draw_vocabulary(&mut r, cfg.dims[TEXT]);
         let burst_dir = [
             unit_direction(&mut r, &cols[AUDIO]),
             unit_direction(&mut r, &cols[VISION]),
+        ];
+        // Drawn last, so that datasets without echo stay bit-identical to earlier ones.
+        let echo_proj = [
+            echo_projection(&mut r, &cols[TEXT], Some(&polarity_dir)),
+            echo_projection(&mut r, &cols[AUDIO], None),
+            echo_projection(&mut r, &cols[VISION], None),
         ];
         World {
             cols,
@@ -608,6 +671,7 @@ impl World {
             n_neutral: N_NEUTRAL,
             burst_dir,
             rho: [0.6, 0.85],
+            echo_proj,
         }
     }
 
@@ -619,7 +683,8 @@ impl World {
 
 /// Draws the vocabulary: neutral words have no component along the polarity direction `u`,
 /// sentiment words have `POLARITY_GAIN · s · u` added (|s| ~ U(0.5, 1.5), half negative).
-fn draw_vocabulary(r: &mut Rand, d: usize) -> (Vec<f32>, Vec<f32>) {
+/// Returns the embeddings, the polarities and `u`.
+fn draw_vocabulary(r: &mut Rand, d: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let u = {
         let mut v: Vec<f32> = (0..d).map(|_| r.normal()).collect();
         let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -649,7 +714,7 @@ fn draw_vocabulary(r: &mut Rand, d: usize) -> (Vec<f32>, Vec<f32>) {
         vocab.extend(e);
         polarity.push(s);
     }
-    (vocab, polarity)
+    (vocab, polarity, u)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -806,6 +871,28 @@ fn add_bursts(
     }
 }
 
+/// Adds to each frame `echo ·` the projected echo latent of every word it overlaps, scaled
+/// by the overlapped fraction of the frame.
+fn add_echo(
+    z: &mut [f32],
+    frames: &[[f32; 2]],
+    words: &[[f32; 2]],
+    latents: &[f32],
+    proj: &[f32],
+    echo: f32,
+) {
+    let d = proj.len() / ECHO_DIM;
+    for (t, f) in frames.iter().enumerate() {
+        for (w, span) in words.iter().enumerate() {
+            let frac = overlap_len(*f, *span) / (f[1] - f[0]);
+            if frac > 0.0 {
+                let c = &latents[w * ECHO_DIM..(w + 1) * ECHO_DIM];
+                add_projected(&mut z[t * d..(t + 1) * d], proj, c, echo * frac);
+            }
+        }
+    }
+}
+
 /// Generates sample `i` of split `split_idx` from its own random stream.
 fn draw_sample(cfg: &SynthConfig, world: &World, split_idx: usize, i: usize) -> Sample {
     let mut r = Rand::new(cfg.seed, ((split_idx as u64 + 1) << 40) | i as u64);
@@ -863,10 +950,20 @@ fn draw_sample(cfg: &SynthConfig, world: &World, split_idx: usize, i: usize) -> 
     // Features.
     let d_l = cfg.dims[TEXT];
     let mut text = vec![0f32; words.len() * d_l];
+    // The echo latents (drawn only with echo on: datasets without it stay unchanged).
+    let latents: Vec<f32> = if cfg.echo > 0.0 {
+        (0..words.len() * ECHO_DIM).map(|_| r.normal()).collect()
+    } else {
+        Vec::new()
+    };
     let mut z = vec![0f32; d_l];
     for (w, &vid) in word_ids.iter().enumerate() {
         for (zj, ej) in z.iter_mut().zip(world.embedding(vid, d_l)) {
             *zj = ej + 0.1 * r.normal();
+        }
+        if cfg.echo > 0.0 {
+            let c = &latents[w * ECHO_DIM..(w + 1) * ECHO_DIM];
+            add_projected(&mut z, &world.echo_proj[TEXT], c, cfg.echo);
         }
         world.cols[TEXT].emit(&z, &mut text[w * d_l..(w + 1) * d_l]);
     }
@@ -874,6 +971,16 @@ fn draw_sample(cfg: &SynthConfig, world: &World, split_idx: usize, i: usize) -> 
         let frames = &timeline.elems[m];
         let d = cfg.dims[m];
         let mut z = ar_noise(&mut r, frames.len(), &world.cols[m], world.rho[m - 1]);
+        if cfg.echo > 0.0 {
+            add_echo(
+                &mut z,
+                frames,
+                words,
+                &latents,
+                &world.echo_proj[m],
+                cfg.echo,
+            );
+        }
         add_bursts(
             &mut z,
             frames,

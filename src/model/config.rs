@@ -171,6 +171,11 @@ pub struct ModelConfig {
     /// a period of 2π units: 63 ms at the default 0.01 s).
     #[serde(default = "default_time_step")]
     pub time_step: f32,
+    /// Time-distance attention bias: 0 = off (MulT, the paper); σ > 0 adds
+    /// `−(t_i − t_j)²/(2σ_h²)` to every attention score, head `h` with `σ_h = σ·2^h` seconds
+    /// (see `model::time_bias`). Needs element times in the data.
+    #[serde(default)]
+    pub time_bias: f32,
 }
 
 /// What the positional embedding of every encoder input encodes.
@@ -275,6 +280,11 @@ impl ModelConfig {
             self.time_step.is_finite() && self.time_step > 0.0,
             "model option `time_step` must be a positive number of seconds, got {}",
             self.time_step
+        );
+        ensure!(
+            self.time_bias.is_finite() && self.time_bias >= 0.0,
+            "model option `time_bias` must be 0 (off) or a positive number of seconds, got {}",
+            self.time_bias
         );
         ensure!(
             self.lstm_hidden > 0,
@@ -384,6 +394,7 @@ impl OfficialMultConfig {
             lstm_dropout: default_lstm_dropout(),
             positions: Positions::Index,
             time_step: default_time_step(),
+            time_bias: 0.0,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -7,6 +7,7 @@ use super::attention::{attend, AttentionKernel, AttnCall};
 use super::ctx::Ctx;
 use super::layers::{linear, positional_embedding, LayerNorm, Linear};
 use super::params::{Init, ParamSource};
+use super::time_bias::{extend, TimeBias, BIAS_COLS};
 use anyhow::{ensure, Context, Result};
 use candle_core::Tensor;
 
@@ -201,6 +202,7 @@ impl MultiheadAttention {
         causal_offset: bool,
         dropout: f32,
         trace: bool,
+        bias: Option<&TimeBias>,
     ) -> Result<(Tensor, Option<AttnTrace>)> {
         let (b, tq, e) = x.dims3()?;
         let scaling = (self.head_dim() as f64).powf(-0.5);
@@ -236,6 +238,20 @@ impl MultiheadAttention {
             Some(vh) => vh,
             None => self.split_heads(&self.project(&normed(x_v)?, 2)?)?,
         };
+        // The time bias rides in two extra constant columns (see `time_bias`).
+        let hd = self.head_dim();
+        let (qh, kh, vh) = match bias {
+            None => (qh, kh, vh),
+            Some(tb) => {
+                let (bv, hv, tv, _) = vh.dims4()?;
+                let zeros = Tensor::zeros((bv, hv, tv, BIAS_COLS), vh.dtype(), vh.device())?;
+                (
+                    extend(&qh, &tb.q)?,
+                    extend(&kh, &tb.k)?,
+                    extend(&vh, &zeros)?,
+                )
+            }
+        };
         let res = attend(
             ctx,
             kernel,
@@ -249,16 +265,23 @@ impl MultiheadAttention {
                 want_lse: trace,
             },
         )?;
-        let fused_out = match (&res.packed, &self.out_proj.bias) {
-            (Some(packed), Some(bias)) => {
-                super::rowops::linear_bias_from_heads(packed, &self.out_proj.weight, bias)?
+        let fused_out = match (&res.packed, &self.out_proj.bias, bias) {
+            (Some(packed), Some(ob), None) => {
+                super::rowops::linear_bias_from_heads(packed, &self.out_proj.weight, ob)?
             }
             _ => None,
         };
         let out = match fused_out {
             Some(out) => out.reshape((b, tq, e))?,
             None => {
-                let out = res.out.transpose(1, 2)?.contiguous()?.reshape((b, tq, e))?;
+                let heads_out = match bias {
+                    Some(_) => res.out.narrow(3, 0, hd)?,
+                    None => res.out,
+                };
+                let out = heads_out
+                    .transpose(1, 2)?
+                    .contiguous()?
+                    .reshape((b, tq, e))?;
                 self.out_proj.forward(&out)?
             }
         };
@@ -328,6 +351,7 @@ impl EncoderLayer {
         causal_offset: bool,
         drop: &EncoderDropouts,
         trace: bool,
+        bias: Option<&TimeBias>,
     ) -> Result<(Tensor, Option<AttnTrace>)> {
         let residual = x;
         let (attn, tr) = self.self_attn.forward(
@@ -339,6 +363,7 @@ impl EncoderLayer {
             causal_offset,
             drop.attn,
             trace,
+            bias,
         )?;
         let x = ctx.residual_dropout(residual, &attn, drop.res)?;
         let residual = &x;
@@ -422,6 +447,7 @@ impl Encoder {
         source: Option<&Tensor>,
         trace: bool,
         pe: [Option<&Tensor>; 2],
+        bias: Option<&TimeBias>,
     ) -> Result<EncoderOutput> {
         let mut h = self.embed(ctx, x, pe[0])?;
         let kv = match source {
@@ -432,8 +458,16 @@ impl Encoder {
         let mut traces = Vec::new();
         for layer in &self.layers {
             let kvr = kv.as_ref().map(|(k, v)| (k, v));
-            let (out, tr) =
-                layer.forward(ctx, kernel, &h, kvr, self.attn_mask, &self.drop, trace)?;
+            let (out, tr) = layer.forward(
+                ctx,
+                kernel,
+                &h,
+                kvr,
+                self.attn_mask,
+                &self.drop,
+                trace,
+                bias,
+            )?;
             h = out;
             layer_outputs.push(h.clone());
             traces.extend(tr);
@@ -532,6 +566,7 @@ mod tests {
                     true,
                     &drop,
                     trace,
+                    None,
                 )
                 .unwrap();
             assert_eq!(tr.is_some(), trace);

@@ -12,8 +12,8 @@ use super::ctx::Ctx;
 use super::encoder::{embed, embed_with, Encoder, EncoderLayer};
 use super::layers::linear;
 use super::mult::{
-    check_inputs, drops, pe_of, time_pe, valid_masks, BlockTrace, ForwardOpts, ForwardOutput,
-    FrontEnd, Head, Inputs, MOD_SHORT, SOURCES,
+    bias_of, bias_times, check_inputs, drops, pe_of, time_pe, valid_masks, BlockTrace, ForwardOpts,
+    ForwardOutput, FrontEnd, Head, Inputs, MOD_SHORT, SOURCES,
 };
 use super::params::{Init, ParamSource};
 use anyhow::{ensure, Result};
@@ -166,6 +166,8 @@ impl Mica {
                 None => embed(ctx, p, cfg.d, cfg.embed_dropout),
             })
             .collect::<Result<_>>()?;
+        let times = bias_times(cfg, x)?;
+        let dev = proj[0].device();
         let mut z = z0.clone();
         let mut traces = Vec::new();
         for (i, (layer_blocks, layer_gates)) in self.blocks.iter().zip(&self.gates).enumerate() {
@@ -187,6 +189,7 @@ impl Mica {
                         cfg.attn_mask,
                         &d,
                         want_trace,
+                        bias_of(cfg, &times, t, s, dev)?.as_ref(),
                     )?;
                     if let Some(mut attn) = tr {
                         if opts.probs {
@@ -215,7 +218,15 @@ impl Mica {
         #[allow(clippy::needless_range_loop)]
         for t in 0..3 {
             let h = self.self_enc[t]
-                .forward(ctx, kernel, &z[t], None, false, [pe_of(&pe, t), None])?
+                .forward(
+                    ctx,
+                    kernel,
+                    &z[t],
+                    None,
+                    false,
+                    [pe_of(&pe, t), None],
+                    bias_of(cfg, &times, t, t, dev)?.as_ref(),
+                )?
                 .out;
             let len = h.dim(1)?;
             last.push(h.narrow(1, len - 1, 1)?.squeeze(1)?);

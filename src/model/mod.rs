@@ -19,6 +19,7 @@ pub mod params;
 pub mod pointwise;
 pub mod rowops;
 pub mod simd;
+pub mod time_bias;
 
 use anyhow::Result;
 use config::{Arch, ModelConfig};

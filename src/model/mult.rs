@@ -7,6 +7,7 @@ use super::ctx::Ctx;
 use super::encoder::{AttnTrace, Encoder, EncoderDropouts};
 use super::layers::{time_positional_embedding, Conv1d, Linear};
 use super::params::ParamSource;
+use super::time_bias::{element_times, time_bias, ElementTimes, TimeBias};
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
 use std::collections::BTreeMap;
@@ -232,6 +233,8 @@ impl Mult {
         let pe = time_pe(&self.cfg, x, self.cfg.d)?;
         // The memory encoders run at width 2d.
         let pe_mem = time_pe(&self.cfg, x, 2 * self.cfg.d)?;
+        let times = bias_times(&self.cfg, x)?;
+        let dev = z[0].device();
         if opts.intermediates {
             for m in 0..3 {
                 inter.insert(format!("proj_{}", MOD_SHORT[m]), z[m].clone());
@@ -251,6 +254,7 @@ impl Mult {
                     Some(&z[s]),
                     opts.trace || opts.probs,
                     [pe_of(&pe, t), pe_of(&pe, s)],
+                    bias_of(&self.cfg, &times, t, s, dev)?.as_ref(),
                 )?;
                 if opts.intermediates {
                     record(
@@ -274,7 +278,16 @@ impl Mult {
                 halves.push(o.out);
             }
             let h = Tensor::cat(&halves, 2)?;
-            let o = self.mem[t].forward(ctx, kernel, &h, None, false, [pe_of(&pe_mem, t), None])?;
+            let mem_bias = bias_of(&self.cfg, &times, t, t, dev)?;
+            let o = self.mem[t].forward(
+                ctx,
+                kernel,
+                &h,
+                None,
+                false,
+                [pe_of(&pe_mem, t), None],
+                mem_bias.as_ref(),
+            )?;
             if opts.intermediates {
                 record(
                     &mut inter,
@@ -396,6 +409,44 @@ pub fn time_pe(cfg: &ModelConfig, x: &Inputs, width: usize) -> Result<Option<[Te
         .collect::<Result<_>>()?;
     let [l, a, v]: [Tensor; 3] = pe.try_into().expect("three modalities");
     Ok(Some([l, a, v]))
+}
+
+/// The element times of the three modalities after the front end, when the config asks
+/// for a time bias (`time_bias > 0`); an error naming the option when the inputs carry no
+/// element times.
+pub fn bias_times(cfg: &ModelConfig, x: &Inputs) -> Result<Option<[ElementTimes; 3]>> {
+    if cfg.time_bias == 0.0 {
+        return Ok(None);
+    }
+    let Some(times) = &x.times else {
+        anyhow::bail!(
+            "model option `time_bias` needs element times, and these inputs have none \
+             (data without element intervals, e.g. a MulT/MMSA pickle): use `time_bias = 0`"
+        );
+    };
+    let k = cfg.kernels();
+    let [l, a, v] = [0, 1, 2].map(|m| element_times(&times[m], k[m]));
+    Ok(Some([l?, a?, v?]))
+}
+
+/// The time bias of target `t` attending to source `s` (`None` when off).
+pub fn bias_of(
+    cfg: &ModelConfig,
+    times: &Option<[ElementTimes; 3]>,
+    t: usize,
+    s: usize,
+    device: &candle_core::Device,
+) -> Result<Option<TimeBias>> {
+    match times {
+        None => Ok(None),
+        Some(et) => Ok(Some(time_bias(
+            &et[t],
+            &et[s],
+            cfg.num_heads,
+            cfg.time_bias,
+            device,
+        )?)),
+    }
 }
 
 /// Modality `m`'s entry of optional per-modality positional embeddings.
