@@ -1,7 +1,7 @@
 //! Batching: gathers samples of a [`Split`] into model inputs and label tensors.
 
 use super::{Labels, Modality, Split};
-use crate::model::mult::Inputs;
+use crate::model::io::Inputs;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 

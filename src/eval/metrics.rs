@@ -16,6 +16,7 @@
 //! `NaN` accuracies / F1, a constant prediction vector gives `NaN` correlation (serialised
 //! as JSON `null`).
 
+pub use crate::config::Task;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,52 +24,6 @@ use std::fmt::Write as _;
 
 /// The emotion order of IEMOCAP predictions and labels (MulT's `eval_iemocap`).
 pub const EMOTIONS: [&str; 4] = ["Neutral", "Happy", "Sad", "Angry"];
-
-/// Which dataset's task: decides the loss, the output width and the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    /// CMU-MOSI: one sentiment score in [-3, 3] per sample.
-    Mosi,
-    /// CMU-MOSEI: one sentiment score in [-3, 3] per sample.
-    Mosei,
-    /// IEMOCAP: four binary emotions, predictions are 2 logits per emotion.
-    Iemocap,
-}
-
-impl Task {
-    /// The lower-case name (`mosi`, `mosei`, `iemocap`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Task::Mosi => "mosi",
-            Task::Mosei => "mosei",
-            Task::Iemocap => "iemocap",
-        }
-    }
-
-    /// True for the regression (sentiment) tasks.
-    pub fn is_sentiment(self) -> bool {
-        !matches!(self, Task::Iemocap)
-    }
-
-    /// Prediction values per sample (1 for sentiment, 8 logits for IEMOCAP).
-    pub fn pred_width(self) -> usize {
-        if self.is_sentiment() {
-            1
-        } else {
-            8
-        }
-    }
-
-    /// Label values per sample (1 for sentiment, 4 binary labels for IEMOCAP).
-    pub fn label_width(self) -> usize {
-        if self.is_sentiment() {
-            1
-        } else {
-            4
-        }
-    }
-}
 
 impl std::str::FromStr for Task {
     type Err = MetricsError;
@@ -79,12 +34,6 @@ impl std::str::FromStr for Task {
             "iemocap" => Ok(Task::Iemocap),
             other => Err(MetricsError::UnknownTask(other.to_string())),
         }
-    }
-}
-
-impl std::fmt::Display for Task {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 

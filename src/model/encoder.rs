@@ -60,7 +60,7 @@ impl AttnTrace {
                 .heads
                 .as_ref()
                 .context("attention trace without its per-head inputs")?;
-            self.probs = Some(super::fused::fused_probs(
+            self.probs = Some(crate::kernels::attention::fused_probs(
                 &h.qh,
                 &h.kh,
                 &h.lse,
@@ -141,7 +141,7 @@ impl MultiheadAttention {
         let e = self.embed_dim;
         let w = self.in_proj_weight.narrow(0, which * e, e)?;
         let b = self.in_proj_bias.narrow(0, which * e, e)?;
-        Ok(super::rowops::linear_bias_to_heads(
+        Ok(crate::kernels::linear::linear_bias_to_heads(
             x,
             &w,
             &b,
@@ -162,7 +162,7 @@ impl MultiheadAttention {
         let e = self.embed_dim;
         let w = self.in_proj_weight.narrow(0, which * e, e)?;
         let b = self.in_proj_bias.narrow(0, which * e, e)?;
-        Ok(super::rowops::ln_linear_to_heads(
+        Ok(crate::kernels::linear::ln_linear_to_heads(
             x,
             &ln.weight,
             &ln.bias,
@@ -251,7 +251,7 @@ impl MultiheadAttention {
         )?;
         let fused_out = match (&res.packed, &self.out_proj.bias) {
             (Some(packed), Some(bias)) => {
-                super::rowops::linear_bias_from_heads(packed, &self.out_proj.weight, bias)?
+                crate::kernels::linear::linear_bias_from_heads(packed, &self.out_proj.weight, bias)?
             }
             _ => None,
         };
@@ -449,12 +449,16 @@ impl Encoder {
 
 /// `dropout(sqrt(E) * x + PE(x), p)` with the padding rule of [`positional_embedding`].
 ///
-/// On f32 CPU tensors one op keeping only its output ([`super::pointwise::embed`], the
+/// On f32 CPU tensors one op keeping only its output ([`crate::kernels::pointwise::embed`], the
 /// same values); the dropout draws one stream when active, as [`Ctx::dropout`].
 pub fn embed(ctx: &Ctx, x: &Tensor, embed_dim: usize, p: f32) -> Result<Tensor> {
-    if super::pointwise::applies(&[x]) {
+    if crate::kernels::pointwise::applies(&[x]) {
         let d = ctx.dropout_active(p).then(|| ctx.next_dropout(p));
-        return Ok(super::pointwise::embed(x, (embed_dim as f64).sqrt(), d)?);
+        return Ok(crate::kernels::pointwise::embed(
+            x,
+            (embed_dim as f64).sqrt(),
+            d,
+        )?);
     }
     embed_composed(ctx, x, embed_dim, p)
 }
