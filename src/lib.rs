@@ -3,7 +3,7 @@
 //! Laid out by what the data passes through, on top of `kernels` (the hand-written CPU
 //! ops, importing nothing of mica): `data` (formats, synthetic benchmark,
 //! batching) → `model` (front end, attention, encoder, MulT, MICA) → `align` (MMD, PEA)
-//! → `train` (loop, optimiser, schedule, checkpoints) → `eval` (metrics) → `analysis`
+//! → `eval` (metrics) → `train` (loop, optimiser, schedule, checkpoints) → `analysis`
 //! (A-distance, correlation accuracy, statistics, plots) → `cli`.
 pub mod align;
 pub mod analysis;
@@ -14,4 +14,5 @@ pub mod durable;
 pub mod eval;
 pub mod kernels;
 pub mod model;
+pub mod plots;
 pub mod train;

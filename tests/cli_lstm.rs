@@ -3,7 +3,6 @@
 //! evaluates, and alignment weights are refused.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 mod common;
 use common::{mica, stderr};

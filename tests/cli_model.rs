@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use mica::model::import::read_safetensors;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 mod common;
 use common::stderr;

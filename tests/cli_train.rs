@@ -7,10 +7,6 @@ use std::process::{Command, Output};
 mod common;
 use common::stderr;
 
-fn mica(args: &[&str], extra: &[&Path]) -> Output {
-    common::bin().args(args).args(extra).output().unwrap()
-}
-
 fn tiny_data(dir: &Path, size: &str) -> PathBuf {
     common::tiny_synth(&dir.join(format!("data-{size}")), size, "5", "12", &[])
 }

@@ -143,37 +143,25 @@ mod ln_kernels {
         }
     }
 
-    macro_rules! builds {
-        ($($module:ident: $features:literal),*) => {$(
-            /// The row loops in this build.
-            #[cfg(target_arch = "x86_64")]
-            pub mod $module {
-                /// [`super::forward`] in this build.
-                #[target_feature(enable = $features)]
-                pub fn forward(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], k: (f32, f32)) {
-                    super::forward::<true>(x, out, w, b, k)
-                }
+    crate::kernels::simd::simd_builds!(avx2, avx512; {
+        /// [`super::forward`] in this build.
+        pub fn forward(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], k: (f32, f32)) {
+            super::forward::<true>(x, out, w, b, k)
+        }
 
-                /// [`super::backward`] in this build.
-                #[target_feature(enable = $features)]
-                pub fn backward(
-                    x: &[f32],
-                    g: &[f32],
-                    w: &[f32],
-                    k: (f32, f32),
-                    dx: &mut [f32],
-                    xn: &mut [f32],
-                    dw: Option<&mut [f32]>,
-                ) {
-                    super::backward::<true>(x, g, w, k, dx, xn, dw)
-                }
-            }
-        )*};
-    }
-    builds!(
-        avx2: "avx2,fma",
-        avx512: "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"
-    );
+        /// [`super::backward`] in this build.
+        pub fn backward(
+            x: &[f32],
+            g: &[f32],
+            w: &[f32],
+            k: (f32, f32),
+            dx: &mut [f32],
+            xn: &mut [f32],
+            dw: Option<&mut [f32]>,
+        ) {
+            super::backward::<true>(x, g, w, k, dx, xn, dw)
+        }
+    });
 }
 
 /// LayerNorm of the rows of `x` (`w.len()` features each), bit-identical to the composed

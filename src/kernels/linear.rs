@@ -208,6 +208,84 @@ fn linear_dw(level: Simd, x: &Tensor, dy: &Tensor) -> candle_core::Result<Tensor
     Tensor::from_vec(dw, (n, k), dy.device())
 }
 
+impl LinearBias {
+    /// The incoming gradient as the rows `[rows, out]` after the bias (and epilogue):
+    /// gathered from the heads layout (and scaled) when the output was split into heads.
+    fn grad_rows(&self, grad: &Tensor, n: usize) -> candle_core::Result<Tensor> {
+        Ok(match self.out {
+            LinearOut::Rows => grad.clone(),
+            LinearOut::Heads { scale, .. } => {
+                let (bb, h, t, hd) = grad.dims4()?;
+                let g = if bb * t * n == 0 {
+                    vec![]
+                } else {
+                    with_f32(grad, |gv| {
+                        // Row r = (bi, ti) gathered from the heads, one chunk of rows
+                        // per thread.
+                        Ok(fill_rows(bb * t * n, n, |r0, g| {
+                            for (r, row) in (r0..).zip(g.chunks_exact_mut(n)) {
+                                let (bi, ti) = (r / t, r % t);
+                                for hi in 0..h {
+                                    let src = ((bi * h + hi) * t + ti) * hd;
+                                    copy_head(&mut row[hi * hd..(hi + 1) * hd], &gv[src..src + hd]);
+                                }
+                            }
+                            if let Some(s) = scale {
+                                // The backward of candle's affine: `g · s + 0`.
+                                for v in g.iter_mut() {
+                                    *v = *v * s + 0.0;
+                                }
+                            }
+                        }))
+                    })?
+                };
+                Tensor::from_vec(g, (bb * t, n), grad.device())?
+            }
+        })
+    }
+
+    /// The gradient through the epilogue: `(g · m) · [out > 0]`, the composed ops'
+    /// products (`res` is the op's output).
+    fn grad_through_epilogue(&self, grad: Tensor, res: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(if self.relu || self.drop.is_some() {
+            let g = with_f32(&grad, |g| {
+                with_f32(res, |out| {
+                    Ok(fill(g.len(), |i0, dst| {
+                        let src = g[i0..i0 + dst.len()].iter().zip(&out[i0..]);
+                        let relu = |v: f32, o: f32| {
+                            if self.relu {
+                                v * if o > 0.0 { 1.0 } else { 0.0 }
+                            } else {
+                                v
+                            }
+                        };
+                        match &self.drop {
+                            Some(dr) => {
+                                let (g, out) = (&g[i0..i0 + dst.len()], &out[i0..i0 + dst.len()]);
+                                mask_blocks(dr, i0, dst.len(), |o0, m| {
+                                    let d = &mut dst[o0..o0 + m.len()];
+                                    let src = g[o0..].iter().zip(&out[o0..]);
+                                    for ((d, (g, o)), m) in d.iter_mut().zip(src).zip(m) {
+                                        *d = relu(*g * *m, *o);
+                                    }
+                                });
+                            }
+                            None => {
+                                for (d, (g, o)) in dst.iter_mut().zip(src) {
+                                    *d = relu(*g, *o);
+                                }
+                            }
+                        }
+                    }))
+                })
+            })?;
+            Tensor::from_vec(g, grad.shape(), grad.device())?
+        } else {
+            grad
+        })
+    }
+}
+
 impl CustomOp3 for LinearBias {
     fn name(&self) -> &'static str {
         "mica-linear"
@@ -331,74 +409,8 @@ impl CustomOp3 for LinearBias {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let n = w.dim(0)?;
-        // The gradient w.r.t. the rows `[rows, out]` after bias (and epilogue).
-        let grad = match self.out {
-            LinearOut::Rows => grad.clone(),
-            LinearOut::Heads { scale, .. } => {
-                let (bb, h, t, hd) = grad.dims4()?;
-                let g = if bb * t * n == 0 {
-                    vec![]
-                } else {
-                    with_f32(grad, |gv| {
-                        // Row r = (bi, ti) gathered from the heads, one chunk of rows
-                        // per thread.
-                        Ok(fill_rows(bb * t * n, n, |r0, g| {
-                            for (r, row) in (r0..).zip(g.chunks_exact_mut(n)) {
-                                let (bi, ti) = (r / t, r % t);
-                                for hi in 0..h {
-                                    let src = ((bi * h + hi) * t + ti) * hd;
-                                    copy_head(&mut row[hi * hd..(hi + 1) * hd], &gv[src..src + hd]);
-                                }
-                            }
-                            if let Some(s) = scale {
-                                // The backward of candle's affine: `g · s + 0`.
-                                for v in g.iter_mut() {
-                                    *v = *v * s + 0.0;
-                                }
-                            }
-                        }))
-                    })?
-                };
-                Tensor::from_vec(g, (bb * t, n), grad.device())?
-            }
-        };
-        // Through the epilogue: `(g · m) · [out > 0]`, the composed ops' products.
-        let grad = if self.relu || self.drop.is_some() {
-            let g = with_f32(&grad, |g| {
-                with_f32(res, |out| {
-                    Ok(fill(g.len(), |i0, dst| {
-                        let src = g[i0..i0 + dst.len()].iter().zip(&out[i0..]);
-                        let relu = |v: f32, o: f32| {
-                            if self.relu {
-                                v * if o > 0.0 { 1.0 } else { 0.0 }
-                            } else {
-                                v
-                            }
-                        };
-                        match &self.drop {
-                            Some(dr) => {
-                                let (g, out) = (&g[i0..i0 + dst.len()], &out[i0..i0 + dst.len()]);
-                                mask_blocks(dr, i0, dst.len(), |o0, m| {
-                                    let d = &mut dst[o0..o0 + m.len()];
-                                    let src = g[o0..].iter().zip(&out[o0..]);
-                                    for ((d, (g, o)), m) in d.iter_mut().zip(src).zip(m) {
-                                        *d = relu(*g * *m, *o);
-                                    }
-                                });
-                            }
-                            None => {
-                                for (d, (g, o)) in dst.iter_mut().zip(src) {
-                                    *d = relu(*g, *o);
-                                }
-                            }
-                        }
-                    }))
-                })
-            })?;
-            Tensor::from_vec(g, grad.shape(), grad.device())?
-        } else {
-            grad
-        };
+        let grad = self.grad_rows(grad, n)?;
+        let grad = self.grad_through_epilogue(grad, res)?;
         // The products of candle's Matmul backward on `x.matmul(&W.t())`: `dx = dy W` and
         // `dW = dyᵀ x`. On detached operands: a product with a tracked `x` or `W` would
         // carry an op holding `dy`, and a weight's gradient (never detached by candle's

@@ -145,30 +145,17 @@ struct Sweep<'a> {
 mod builds {
     use super::Sweep;
 
-    macro_rules! simd_builds {
-        ($($module:ident: $features:literal),*) => {$(
-            #[cfg(target_arch = "x86_64")]
-            pub mod $module {
-                use super::Sweep;
+    crate::kernels::simd::simd_builds!(avx2, avx512; {
+        /// [`super::super::rows`] in this build.
+        pub fn rows(s: &Sweep, first: usize, grad: &mut [f32]) -> f64 {
+            super::super::rows(s, first, grad)
+        }
 
-                /// [`super::super::rows`] in this build.
-                #[target_feature(enable = $features)]
-                pub fn rows(s: &Sweep, first: usize, grad: &mut [f32]) -> f64 {
-                    super::super::rows(s, first, grad)
-                }
-
-                /// [`super::super::rows_from_dots`] in this build.
-                #[target_feature(enable = $features)]
-                pub fn rows_from_dots(s: &Sweep, first: usize, dots: &mut [f32], gsums: &mut [f32]) -> f64 {
-                    super::super::rows_from_dots(s, first, dots, gsums)
-                }
-            }
-        )*};
-    }
-    simd_builds!(
-        avx2: "avx2,fma",
-        avx512: "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"
-    );
+        /// [`super::super::rows_from_dots`] in this build.
+        pub fn rows_from_dots(s: &Sweep, first: usize, dots: &mut [f32], gsums: &mut [f32]) -> f64 {
+            super::super::rows_from_dots(s, first, dots, gsums)
+        }
+    });
 
     /// The portable build.
     #[inline(always)]

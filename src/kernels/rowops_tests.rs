@@ -4,6 +4,8 @@
 use super::bias::*;
 use super::layer_norm::*;
 use super::linear::*;
+use super::rng::FusedDropout;
+use super::simd::Simd;
 use candle_core::Tensor;
 use candle_core::{Device, Var};
 use rand::{Rng, SeedableRng};

@@ -210,6 +210,58 @@ macro_rules! simd_dispatch {
 }
 pub(crate) use simd_dispatch;
 
+/// The `#[target_feature]` builds of a kernel module, written once: for each ISA named
+/// (`avx2`: AVX2 + FMA; `avx512`: AVX-512 F/DQ/VL/BW + AVX2 + FMA — the only place these
+/// feature strings are spelled for the generic kernels), a module of that name holding
+/// each listed function compiled with the ISA's features. Each function is a wrapper whose
+/// body calls the generic kernel (usually with FMA, `::<true>`); [`simd_dispatch`] picks
+/// the build at run time.
+///
+/// ```ignore
+/// simd_builds!(avx2, avx512; {
+///     /// [`super::rows`] in this build.
+///     pub fn rows(s: &Sweep, grad: &mut [f32]) -> f64 { super::rows::<true>(s, grad) }
+/// });
+/// ```
+macro_rules! simd_builds {
+    (@fns $f:literal;) => {};
+    (@fns $f:literal;
+        $(#[$m:meta])*
+        pub fn $name:ident $(<const $c:ident : $ct:ty>)? ( $($a:ident : $t:ty),* $(,)? )
+            $(-> $r:ty)? $body:block
+        $($rest:tt)*
+    ) => {
+        $(#[$m])*
+        #[target_feature(enable = $f)]
+        pub fn $name $(<const $c: $ct>)? ($($a: $t),*) $(-> $r)? $body
+        $crate::kernels::simd::simd_builds!(@fns $f; $($rest)*);
+    };
+    (@module avx2 { $($fns:tt)* }) => {
+        /// The AVX2 + FMA build.
+        #[cfg(target_arch = "x86_64")]
+        pub mod avx2 {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::kernels::simd::simd_builds!(@fns "avx2,fma"; $($fns)*);
+        }
+    };
+    (@module avx512 { $($fns:tt)* }) => {
+        /// The AVX-512 build.
+        #[cfg(target_arch = "x86_64")]
+        pub mod avx512 {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::kernels::simd::simd_builds!(
+                @fns "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"; $($fns)*
+            );
+        }
+    };
+    ($($isa:ident),+ ; $fns:tt) => {
+        $($crate::kernels::simd::simd_builds!(@module $isa $fns);)+
+    };
+}
+pub(crate) use simd_builds;
+
 #[cfg(test)]
 mod tests {
     use super::*;

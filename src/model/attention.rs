@@ -96,6 +96,13 @@ pub fn attend(ctx: &Ctx, kernel: AttentionKernel, call: AttnCall) -> Result<Attn
     }
 }
 
+/// The probabilities `[B, h, T_q, T_k]` (no gradient) of a fused attention call, recomputed
+/// from its scaled queries `q`, keys `k` and row log-sum-exp `lse` (what [`attend`] returns
+/// with `want_probs`, computed later: attention traces fill their maps this way).
+pub fn probs_from_lse(q: &Tensor, k: &Tensor, lse: &Tensor, causal_offset: bool) -> Result<Tensor> {
+    Ok(fused_probs(q, k, lse, causal_offset)?)
+}
+
 fn fused(ctx: &Ctx, call: AttnCall) -> Result<AttnResult> {
     let drop = ctx
         .dropout_active(call.dropout)

@@ -3,7 +3,7 @@
 //! Used for all nine MulT encoders and for MICA's blocks. A crossmodal layer normalises
 //! queries, keys AND values with the same `LN0` (spec/mult.md "Encoder").
 
-use super::attention::{attend, AttentionKernel, AttnCall};
+use super::attention::{attend, probs_from_lse, AttentionKernel, AttnCall};
 use super::ctx::Ctx;
 use super::layers::{linear, positional_embedding, LayerNorm, Linear};
 use super::params::{Init, ParamSource};
@@ -60,12 +60,7 @@ impl AttnTrace {
                 .heads
                 .as_ref()
                 .context("attention trace without its per-head inputs")?;
-            self.probs = Some(crate::kernels::attention::fused_probs(
-                &h.qh,
-                &h.kh,
-                &h.lse,
-                h.causal_offset,
-            )?);
+            self.probs = Some(probs_from_lse(&h.qh, &h.kh, &h.lse, h.causal_offset)?);
         }
         Ok(self)
     }

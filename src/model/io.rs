@@ -1,29 +1,17 @@
-//! What goes into and comes out of every model: the inputs, the options of a forward, its
+//! What goes into and comes out of every model: the inputs (made by the data layer's
+//! batching, re-exported here), the options of a forward, its
 //! output and the crossmodal block traces the alignment losses and analyses read, and the
 //! shape checks on the inputs.
 
 use super::config::ModelConfig;
 use super::encoder::AttnTrace;
+pub use crate::data::batch::Inputs;
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
 use std::collections::BTreeMap;
 
 /// Short modality names in mica's fixed order (L, A, V), as in the official parameter names.
 pub const MOD_SHORT: [&str; 3] = ["l", "a", "v"];
-
-/// A batch of model inputs, batch-first `[B, T, D]` f32.
-#[derive(Debug, Clone)]
-pub struct Inputs {
-    /// Text `[B, T_l, D_l]`.
-    pub text: Tensor,
-    /// Audio `[B, T_a, D_a]`.
-    pub audio: Tensor,
-    /// Vision `[B, T_v, D_v]`.
-    pub vision: Tensor,
-    /// Per modality, each element's time `[B, T]` f32 (seconds, the midpoint of its
-    /// interval; NaN for padding), where the data knows it. Used by `positions = time`.
-    pub times: Option<[Tensor; 3]>,
-}
 
 /// What a forward pass should keep besides the output.
 #[derive(Debug, Clone, Copy, Default)]

@@ -336,7 +336,7 @@ fn forward_hd<const HD: usize>(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2 + FMA.
         Simd::Avx2 => unsafe {
-            portable::avx2_hd::forward_task_hd::<HD>(dims, causal, drop, task, q, kt, vt, tkp, dst)
+            portable::hd::avx2::forward_task_hd::<HD>(dims, causal, drop, task, q, kt, vt, tkp, dst)
         },
         _ => portable::forward_task_hd::<false, HD>(dims, causal, drop, task, q, kt, vt, tkp, dst),
     }
@@ -370,7 +370,7 @@ fn backward_hd<const HD: usize>(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2 + FMA.
         Simd::Avx2 => unsafe {
-            portable::avx2_hd::backward_task_hd::<HD>(
+            portable::hd::avx2::backward_task_hd::<HD>(
                 dims, causal, drop, task, q, kt, vt, tkp, o, g, dq, dkt, dvt,
             )
         },

@@ -465,81 +465,10 @@ pub fn backward_task_hd<const F: bool, const HD: usize>(
     }
 }
 
-/// The `#[target_feature]` builds of the kernels: `avx2` (AVX2 + FMA) and `avx512`.
-macro_rules! simd_builds {
-    ($($module:ident: $features:literal),*) => {$(
-        #[cfg(target_arch = "x86_64")]
-        pub mod $module {
-            use super::super::{Dims, FusedDropout};
-
-            /// [`super::forward_task`] in this build.
-            #[allow(clippy::too_many_arguments)]
-            #[target_feature(enable = $features)]
-            pub fn forward_task(
-                dims: Dims,
-                causal: bool,
-                drop: Option<FusedDropout>,
-                task: usize,
-                q: &[f32],
-                kt: &[f32],
-                vt: &[f32],
-                dst: &mut [f32],
-            ) {
-                super::forward_task::<true>(dims, causal, drop, task, q, kt, vt, dst)
-            }
-
-            /// [`super::backward_task`] in this build.
-            #[allow(clippy::too_many_arguments)]
-            #[target_feature(enable = $features)]
-            pub fn backward_task(
-                dims: Dims,
-                causal: bool,
-                drop: Option<FusedDropout>,
-                task: usize,
-                q: &[f32],
-                kt: &[f32],
-                vt: &[f32],
-                o: &[f32],
-                g: &[f32],
-                dq: &mut [f32],
-                dkt: &mut [f32],
-                dvt: &mut [f32],
-            ) {
-                super::backward_task::<true>(
-                    dims, causal, drop, task, q, kt, vt, o, g, dq, dkt, dvt,
-                )
-            }
-
-            /// [`super::probs_task`] in this build.
-            #[target_feature(enable = $features)]
-            pub fn probs_task(
-                dims: Dims,
-                causal: bool,
-                q: &[f32],
-                kt: &[f32],
-                lse: &[f32],
-                dst: &mut [f32],
-            ) {
-                super::probs_task::<true>(dims, causal, q, kt, lse, dst)
-            }
-        }
-    )*};
-}
-simd_builds!(
-    avx2: "avx2,fma",
-    avx512: "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"
-);
-
-/// The AVX2 + FMA build of the chunk-major kernels (the AVX-512 build is
-/// [`crate::kernels::attention::avx512`], written with intrinsics).
-#[cfg(target_arch = "x86_64")]
-pub mod avx2_hd {
-    use super::super::{Dims, FusedDropout};
-
-    /// [`super::forward_task_hd`] in this build.
+crate::kernels::simd::simd_builds!(avx2, avx512; {
+    /// [`super::forward_task`] in this build.
     #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma")]
-    pub fn forward_task_hd<const HD: usize>(
+    pub fn forward_task(
         dims: Dims,
         causal: bool,
         drop: Option<FusedDropout>,
@@ -547,16 +476,14 @@ pub mod avx2_hd {
         q: &[f32],
         kt: &[f32],
         vt: &[f32],
-        tkp: usize,
         dst: &mut [f32],
     ) {
-        super::forward_task_hd::<true, HD>(dims, causal, drop, task, q, kt, vt, tkp, dst)
+        super::forward_task::<true>(dims, causal, drop, task, q, kt, vt, dst)
     }
 
-    /// [`super::backward_task_hd`] in this build.
+    /// [`super::backward_task`] in this build.
     #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma")]
-    pub fn backward_task_hd<const HD: usize>(
+    pub fn backward_task(
         dims: Dims,
         causal: bool,
         drop: Option<FusedDropout>,
@@ -564,15 +491,72 @@ pub mod avx2_hd {
         q: &[f32],
         kt: &[f32],
         vt: &[f32],
-        tkp: usize,
         o: &[f32],
         g: &[f32],
         dq: &mut [f32],
         dkt: &mut [f32],
         dvt: &mut [f32],
     ) {
-        super::backward_task_hd::<true, HD>(
-            dims, causal, drop, task, q, kt, vt, tkp, o, g, dq, dkt, dvt,
+        super::backward_task::<true>(
+            dims, causal, drop, task, q, kt, vt, o, g, dq, dkt, dvt,
         )
     }
+
+    /// [`super::probs_task`] in this build.
+    pub fn probs_task(
+        dims: Dims,
+        causal: bool,
+        q: &[f32],
+        kt: &[f32],
+        lse: &[f32],
+        dst: &mut [f32],
+    ) {
+        super::probs_task::<true>(dims, causal, q, kt, lse, dst)
+    }
+});
+
+/// The chunk-major kernels' AVX2 + FMA build, `hd::avx2` (their AVX-512 build is
+/// [`crate::kernels::attention::avx512`], written with intrinsics).
+pub mod hd {
+    #[allow(unused_imports)]
+    use super::*;
+    crate::kernels::simd::simd_builds!(avx2; {
+        /// [`super::super::forward_task_hd`] in this build.
+        #[allow(clippy::too_many_arguments)]
+        pub fn forward_task_hd<const HD: usize>(
+            dims: Dims,
+            causal: bool,
+            drop: Option<FusedDropout>,
+            task: usize,
+            q: &[f32],
+            kt: &[f32],
+            vt: &[f32],
+            tkp: usize,
+            dst: &mut [f32],
+        ) {
+            super::super::forward_task_hd::<true, HD>(dims, causal, drop, task, q, kt, vt, tkp, dst)
+        }
+
+        /// [`super::super::backward_task_hd`] in this build.
+        #[allow(clippy::too_many_arguments)]
+        pub fn backward_task_hd<const HD: usize>(
+            dims: Dims,
+            causal: bool,
+            drop: Option<FusedDropout>,
+            task: usize,
+            q: &[f32],
+            kt: &[f32],
+            vt: &[f32],
+            tkp: usize,
+            o: &[f32],
+            g: &[f32],
+            dq: &mut [f32],
+            dkt: &mut [f32],
+            dvt: &mut [f32],
+        ) {
+            super::super::backward_task_hd::<true, HD>(
+                dims, causal, drop, task, q, kt, vt, tkp, o, g, dq, dkt, dvt,
+            )
+        }
+    });
 }

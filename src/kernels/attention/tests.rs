@@ -1,5 +1,6 @@
 use super::*;
 use crate::kernels::rng::keep;
+use crate::kernels::simd::exp_approx;
 use crate::model::attention::{attend, AttentionKernel, AttnCall};
 use crate::model::ctx::Ctx;
 use candle_core::{Device, Var};

@@ -320,32 +320,20 @@ fn threshold(t: &TaskIn, probs: &[f32]) -> f32 {
 mod sweeps {
     use super::TaskIn;
 
-    macro_rules! simd_builds {
-        ($($module:ident: $features:literal),*) => {$(
-            #[cfg(target_arch = "x86_64")]
-            pub mod $module {
-                use super::TaskIn;
-
-                /// Threshold and sweep in this build.
-                #[target_feature(enable = $features)]
-                pub fn sweep(
-                    t: &TaskIn,
-                    kt: &[f32],
-                    probs: &[f32],
-                    bits: &mut [u64],
-                    dq: &mut [f32],
-                    dk: &mut [f32],
-                ) -> (f64, usize) {
-                    let gamma = super::super::threshold(t, probs);
-                    super::super::sweep(t, kt, probs, gamma, bits, dq, dk)
-                }
-            }
-        )*};
-    }
-    simd_builds!(
-        avx2: "avx2,fma",
-        avx512: "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"
-    );
+    crate::kernels::simd::simd_builds!(avx2, avx512; {
+        /// Threshold and sweep in this build.
+        pub fn sweep(
+            t: &TaskIn,
+            kt: &[f32],
+            probs: &[f32],
+            bits: &mut [u64],
+            dq: &mut [f32],
+            dk: &mut [f32],
+        ) -> (f64, usize) {
+            let gamma = super::super::threshold(t, probs);
+            super::super::sweep(t, kt, probs, gamma, bits, dq, dk)
+        }
+    });
 
     /// The portable build.
     #[inline(always)]
