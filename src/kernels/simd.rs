@@ -217,7 +217,7 @@ pub(crate) use simd_dispatch;
 /// body calls the generic kernel (usually with FMA, `::<true>`); [`simd_dispatch`] picks
 /// the build at run time.
 ///
-/// ```ignore
+/// ```text
 /// simd_builds!(avx2, avx512; {
 ///     /// [`super::rows`] in this build.
 ///     pub fn rows(s: &Sweep, grad: &mut [f32]) -> f64 { super::rows::<true>(s, grad) }
