@@ -12,9 +12,9 @@
 mod common;
 
 use candle_core::{Device, Tensor, Var};
+use mica::kernels::simd::{best, with_simd, Simd};
 use mica::model::attention::{attend, AttentionKernel, AttnCall};
 use mica::model::ctx::Ctx;
-use mica::model::simd::{best, with_simd, Simd};
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {

@@ -1,4 +1,4 @@
-//! `cargo bench --bench gemm`: mica's GEMM ([`mica::model::gemm`]) in each SIMD build the
+//! `cargo bench --bench gemm`: mica's GEMM ([`mica::kernels::gemm`]) in each SIMD build the
 //! CPU supports against candle's CPU matmul, on the linear layers' products at the bench
 //! shape (B·T = 24 · 500 = 12000 rows; widths 40, 80, 160): the forward `x Wᵀ`, the input
 //! gradient `dy W` and the weight gradient `dyᵀ x`. Prints the median time of 7 runs and
@@ -9,8 +9,8 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use mica::model::gemm;
-use mica::model::simd::{best, Simd};
+use mica::kernels::gemm;
+use mica::kernels::simd::{best, Simd};
 use std::time::Instant;
 
 /// Median seconds of one call of `f`, over 7 timed runs of enough calls for ~20 ms each.

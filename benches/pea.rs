@@ -1,5 +1,5 @@
 //! `cargo bench --bench pea`: PEA on one block alone (threshold, masks, distance and its
-//! gradient; [`mica::align::pea_kernel::pea_block`]) at the largest crossmodal map of the
+//! gradient; [`mica::kernels::pea::pea_block`]) at the largest crossmodal map of the
 //! bench shape (B = 24, 8 heads, T_q = 500, T_k = 375, head width 5, causal-offset mask,
 //! τ = 0.25), without and with a propagated mask from a previous layer, in each SIMD
 //! build the CPU supports. Prints the median of 5 runs and the time per map entry.
@@ -9,10 +9,10 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use mica::align::pea_kernel::{pea_block, PeaParams};
+use mica::kernels::pea::{pea_block, PeaParams};
+use mica::kernels::simd::{best, with_simd, Simd};
 use mica::model::attention::{attend, AttentionKernel, AttnCall};
 use mica::model::ctx::Ctx;
-use mica::model::simd::{best, with_simd, Simd};
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {

@@ -7,7 +7,57 @@ use crate::model::config::{Arch, GateBias, KvSource, ModelConfig, Partial};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-pub use crate::eval::Task;
+/// Which dataset's task: decides the loss, the output width and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// CMU-MOSI: one sentiment score in [-3, 3] per sample.
+    Mosi,
+    /// CMU-MOSEI: one sentiment score in [-3, 3] per sample.
+    Mosei,
+    /// IEMOCAP: four binary emotions, predictions are 2 logits per emotion.
+    Iemocap,
+}
+
+impl Task {
+    /// The lower-case name (`mosi`, `mosei`, `iemocap`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Mosi => "mosi",
+            Task::Mosei => "mosei",
+            Task::Iemocap => "iemocap",
+        }
+    }
+
+    /// True for the regression (sentiment) tasks.
+    pub fn is_sentiment(self) -> bool {
+        !matches!(self, Task::Iemocap)
+    }
+
+    /// Prediction values per sample (1 for sentiment, 8 logits for IEMOCAP).
+    pub fn pred_width(self) -> usize {
+        if self.is_sentiment() {
+            1
+        } else {
+            8
+        }
+    }
+
+    /// Label values per sample (1 for sentiment, 4 binary labels for IEMOCAP).
+    pub fn label_width(self) -> usize {
+        if self.is_sentiment() {
+            1
+        } else {
+            4
+        }
+    }
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Which model + loss combination to train (paper Table 5 and baselines).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -1,8 +1,9 @@
 //! mica: MICA / MulT for asynchronous multimodal sequences.
 //!
-//! Laid out by what the data passes through: `data` (formats, synthetic benchmark,
+//! Laid out by what the data passes through, on top of `kernels` (the hand-written CPU
+//! ops, importing nothing of mica): `data` (formats, synthetic benchmark,
 //! batching) → `model` (front end, attention, encoder, MulT, MICA) → `align` (MMD, PEA)
-//! → `train` (loop, optimiser, schedule, checkpoints) → `eval` (metrics) → `analysis`
+//! → `eval` (metrics) → `train` (loop, optimiser, schedule, checkpoints) → `analysis`
 //! (A-distance, correlation accuracy, statistics, plots) → `cli`.
 pub mod align;
 pub mod analysis;
@@ -11,5 +12,7 @@ pub mod config;
 pub mod data;
 pub mod durable;
 pub mod eval;
+pub mod kernels;
 pub mod model;
+pub mod plots;
 pub mod train;

@@ -4,23 +4,10 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn mica(args: &[&str], paths: &[(&str, &Path)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mica"));
-    c.args(args);
-    for (flag, p) in paths {
-        if !flag.is_empty() {
-            c.arg(flag);
-        }
-        c.arg(p);
-    }
-    c.output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
+mod common;
+use common::{mica, stderr};
 
 fn ok(o: &Output) {
     assert!(o.status.success(), "{}", stderr(o));
@@ -46,33 +33,9 @@ const TINY: [&str; 16] = [
     "--threads=1",
 ];
 
-/// A tiny synthetic dataset: mica format (with intervals) or a MulT pickle (without).
 fn tiny_data(dir: &Path, format: &str) -> PathBuf {
-    let out = if format == "mica" {
-        dir.join("data")
-    } else {
-        dir.join("data.pkl")
-    };
-    let o = mica(
-        &[
-            "synth",
-            "--size",
-            "small",
-            "--seed",
-            "5",
-            "--n-train",
-            "12",
-            "--n-valid",
-            "6",
-            "--n-test",
-            "6",
-            "--format",
-            format,
-        ],
-        &[("--out", &out)],
-    );
-    ok(&o);
-    out
+    let out = dir.join(if format == "mica" { "data" } else { "data.pkl" });
+    common::tiny_synth(&out, "small", "5", "12", &["--format", format])
 }
 
 fn json(path: &Path) -> Value {

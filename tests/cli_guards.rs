@@ -6,12 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
+mod common;
+use common::stderr;
 
 fn mica(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mica"));
+    let mut c = common::bin();
     c.args(args);
     c
 }
@@ -29,20 +28,7 @@ fn one_line_error(o: &Output, needle: &str) {
 }
 
 fn tiny_data(dir: &Path, name: &str) -> PathBuf {
-    let data = dir.join(name);
-    let o = run(mica(&["synth", "--size", "small", "--seed", "5"])
-        .args([
-            "--n-train",
-            "12",
-            "--n-valid",
-            "6",
-            "--n-test",
-            "6",
-            "--out",
-        ])
-        .arg(&data));
-    assert!(o.status.success(), "{}", stderr(&o));
-    data
+    common::tiny_synth(&dir.join(name), "small", "5", "12", &[])
 }
 
 const TINY: [&str; 14] = [
@@ -524,7 +510,7 @@ fn quoted_ids_non_finite_synth_options_and_eval_messages() {
 fn an_all_padding_modality_adds_zero_mmd_instead_of_failing() {
     use candle_core::{Device, Tensor};
     use mica::model::encoder::AttnTrace;
-    use mica::model::mult::BlockTrace;
+    use mica::model::io::BlockTrace;
     let q = Tensor::randn(0f32, 1.0, (2, 3, 4), &Device::Cpu).unwrap();
     let k = Tensor::randn(0f32, 1.0, (2, 5, 4), &Device::Cpu).unwrap();
     let block = BlockTrace {

@@ -3,41 +3,12 @@
 //! evaluates, and alignment weights are refused.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn mica(args: &[&str], paths: &[(&str, &Path)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mica"));
-    c.args(args);
-    for (flag, p) in paths {
-        c.arg(flag).arg(p);
-    }
-    c.output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
+mod common;
+use common::{mica, stderr};
 
 fn tiny_data(dir: &Path) -> PathBuf {
-    let data = dir.join("data");
-    let o = mica(
-        &[
-            "synth",
-            "--size",
-            "small",
-            "--seed",
-            "5",
-            "--n-train",
-            "24",
-            "--n-valid",
-            "6",
-            "--n-test",
-            "6",
-        ],
-        &[("--out", &data)],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    data
+    common::tiny_synth(&dir.join("data"), "small", "5", "24", &[])
 }
 
 /// The log's rows as numbers (header skipped).

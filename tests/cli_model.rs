@@ -6,13 +6,13 @@ use candle_core::{Device, Tensor};
 use mica::model::import::read_safetensors;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::stderr;
 
 fn mica(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mica"))
-        .args(args)
-        .output()
-        .unwrap()
+    common::bin().args(args).output().unwrap()
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -31,10 +31,6 @@ fn import(weights: &Path, config: &Path, out: &Path) -> Output {
         "--out".as_ref(),
         out.as_os_str(),
     ])
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
 }
 
 #[test]

@@ -4,41 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn mica(args: &[&str], extra: &[&Path]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mica"));
-    c.args(args);
-    for p in extra {
-        c.arg(p);
-    }
-    c.output().unwrap()
-}
+mod common;
+use common::stderr;
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-/// A tiny synthetic dataset in mica's format.
 fn tiny_data(dir: &Path, size: &str) -> PathBuf {
-    let data = dir.join(format!("data-{size}"));
-    let o = mica(
-        &[
-            "synth",
-            "--size",
-            size,
-            "--seed",
-            "5",
-            "--n-train",
-            "12",
-            "--n-valid",
-            "6",
-            "--n-test",
-            "6",
-            "--out",
-        ],
-        &[&data],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    data
+    common::tiny_synth(&dir.join(format!("data-{size}")), size, "5", "12", &[])
 }
 
 /// Tiny model options shared by the tests (1 layer, d = 8, 2 heads); epochs per call.

@@ -7,35 +7,17 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::stderr;
+
 const FAULT_EXIT_CODE: i32 = 86;
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
 fn mica() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mica"))
+    common::bin()
 }
 
-/// A tiny synthetic dataset in mica's format.
 fn tiny_data(dir: &Path, name: &str, seed: &str) -> PathBuf {
-    let data = dir.join(name);
-    let o = mica()
-        .args(["synth", "--size", "small", "--seed", seed])
-        .args([
-            "--n-train",
-            "12",
-            "--n-valid",
-            "6",
-            "--n-test",
-            "6",
-            "--out",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    data
+    common::tiny_synth(&dir.join(name), "small", seed, "12", &[])
 }
 
 /// Tiny model; lr and batch chosen so the best validation loss improves twice in 3

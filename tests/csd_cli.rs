@@ -7,23 +7,13 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+mod common;
+use common::{mica, stderr};
+
 fn fx(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/csd")
         .join(name)
-}
-
-fn mica(args: &[&str], paths: &[(&str, &Path)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mica"));
-    c.args(args);
-    for (flag, p) in paths {
-        c.arg(flag).arg(p);
-    }
-    c.output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
 }
 
 fn import(extra: &[&str], out: &Path) -> Output {

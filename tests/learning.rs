@@ -4,13 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+
 fn mica(args: &[&str], extra: &[&Path]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mica"));
-    c.args(args);
-    for p in extra {
-        c.arg(p);
-    }
-    c.output().unwrap()
+    common::bin().args(args).args(extra).output().unwrap()
 }
 
 fn text(b: &[u8]) -> String {

@@ -2,17 +2,16 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/metrics")
 }
 
 fn mica(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mica"))
-        .args(args)
-        .output()
-        .expect("run mica")
+    common::bin().args(args).output().expect("run mica")
 }
 
 fn metrics(task: &str, file: &Path) -> Output {

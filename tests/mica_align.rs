@@ -6,7 +6,7 @@ use mica::align::{alignment_losses, mmd, pea_loss, pea_masks};
 use mica::config::{Config, Preset, Task, Variant};
 use mica::data::batch::make_batch;
 use mica::model::ctx::Ctx;
-use mica::model::mult::{ForwardOpts, Inputs};
+use mica::model::io::{ForwardOpts, Inputs};
 use mica::model::params::{Initializer, ParamStore};
 use mica::model::Model;
 use rand::{Rng, SeedableRng};
@@ -169,14 +169,14 @@ fn lm_gradient_wrt_query_key_projections_matches_finite_differences() {
     let x = inputs(2);
     // The bandwidth carries no gradient by design: hold it at its unperturbed value.
     let base = model.forward(&Ctx::eval(), &x, trace_opts()).unwrap();
-    let pick = |out: &mica::model::mult::ForwardOutput| {
+    let pick = |out: &mica::model::io::ForwardOutput| {
         out.blocks
             .iter()
             .find(|b| b.layer == 1 && b.target == 0 && b.source == 2)
             .unwrap()
             .clone()
     };
-    let rows = |b: &mica::model::mult::BlockTrace, valid: &[Vec<bool>; 3]| {
+    let rows = |b: &mica::model::io::BlockTrace, valid: &[Vec<bool>; 3]| {
         let iq = mmd::sample_valid(&valid[b.target], 1000, 0);
         let ik = mmd::sample_valid(&valid[b.source], 1000, 0);
         (
@@ -361,7 +361,7 @@ fn mult_variant_with_zero_weights_is_the_official_mult() {
 /// composed ops, [`mica::align::pea::top_tau_mask`], propagation by OR, and
 /// [`mica::align::pea::masked_sq_distance`] on the unscaled projections.
 fn reference_pea(
-    out: &mica::model::mult::ForwardOutput,
+    out: &mica::model::io::ForwardOutput,
     cfg: &mica::config::AlignConfig,
     heads: usize,
 ) -> (Tensor, mica::align::PeaMasks) {

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use mica::model::attention::AttentionKernel;
 use mica::model::ctx::Ctx;
 use mica::model::import::{import_official, read_safetensors};
-use mica::model::mult::{ForwardOpts, Inputs};
+use mica::model::io::{ForwardOpts, Inputs};
 use mica::train::optim::{clip_grad_norm, Adam, AdamConfig};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

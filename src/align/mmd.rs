@@ -18,9 +18,9 @@ pub fn pairwise_sq_dists(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let bn = b.sqr()?.sum_keepdim(D::Minus1)?.t()?; // [1, m]
     let ab = a.matmul(&b.t()?)?;
     // `an + bn` as a bias add over rows: the same values and gradients as a broadcast
-    // add, without candle's slow column reduction in the backward (model::rowops).
+    // add, without candle's slow column reduction in the backward (kernels::bias).
     let (n, m) = (a.dim(0)?, b.dim(0)?);
-    let abn = crate::model::rowops::add_bias(&an.broadcast_as((n, m))?, &bn.squeeze(0)?)?;
+    let abn = crate::kernels::bias::add_bias(&an.broadcast_as((n, m))?, &bn.squeeze(0)?)?;
     let d = abn.broadcast_sub(&(ab * 2.0)?)?;
     crate::model::layers::relu(&d)
 }
@@ -123,7 +123,7 @@ pub fn mmd_biased(x: &Tensor, y: &Tensor) -> Result<Tensor> {
 /// [`mmd_biased`] with an optional fixed bandwidth (`None`: the pooled mean squared
 /// distance). Exposed so gradients can be checked against finite differences.
 ///
-/// f32 tensors on the CPU take the fused sweep of [`super::mmd_kernel`] (no `[N, N]`
+/// f32 tensors on the CPU take the fused sweep of [`crate::kernels::mmd`] (no `[N, N]`
 /// tensor; value and gradient in one pass); others the composed ops of
 /// [`mmd_biased_composed`], its reference.
 pub fn mmd_biased_bw(x: &Tensor, y: &Tensor, bw: Option<f64>) -> Result<Tensor> {
@@ -131,7 +131,7 @@ pub fn mmd_biased_bw(x: &Tensor, y: &Tensor, bw: Option<f64>) -> Result<Tensor> 
         .iter()
         .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32);
     if fused {
-        super::mmd_kernel::mmd_fused(x, y, bw)
+        crate::kernels::mmd::mmd_fused(x, y, bw)
     } else {
         mmd_biased_composed(x, y, bw)
     }

@@ -2,18 +2,15 @@
 //! alignment (L_e), computed from the traces of the crossmodal blocks of a forward pass.
 
 pub mod mmd;
-pub mod mmd_kernel;
 pub mod pea;
-pub mod pea_kernel;
-pub mod precomputed;
 
 use crate::config::{AlignConfig, LeReduction, LeScale, MmdEstimator};
-use crate::model::ctx::mix64;
-use crate::model::mult::{BlockTrace, ForwardOutput};
+use crate::kernels::pea::{distance_tensor, pea_block, MaskBits, PeaBlock, PeaParams};
+use crate::kernels::rng::mix64;
+use crate::model::io::{BlockTrace, ForwardOutput};
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use pea::MapDims;
-use pea_kernel::{distance_tensor, pea_block, MaskBits, PeaBlock, PeaParams};
 use std::collections::BTreeMap;
 
 /// The two alignment losses of one forward pass (scalars with gradient).
@@ -157,7 +154,7 @@ pub type PeaMasks = BTreeMap<(usize, usize, usize), (MapDims, Vec<bool>)>;
 /// PEA of every traced block in `(layer, target, source)` order, each block's mask
 /// propagated from the previous layer of the same (target, source) pair when
 /// `propagate`: `V[l] = W[0] | .. | W[l]`. Computed from the per-head traces
-/// ([`pea_kernel`]), never from materialised probability maps.
+/// ([`crate::kernels::pea`]), never from materialised probability maps.
 pub fn pea_blocks<'a>(
     out: &'a ForwardOutput,
     cfg: &AlignConfig,

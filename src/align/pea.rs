@@ -2,6 +2,7 @@
 //! select the top-τ attention entries (padding excluded), OR the selections across the
 //! layers of the same block, and pull the selected query/key pairs together.
 
+pub use crate::kernels::pea::keep_count;
 use anyhow::{ensure, Result};
 use candle_core::{Tensor, D};
 
@@ -27,13 +28,6 @@ impl MapDims {
     pub fn total(&self) -> usize {
         self.b * self.h * self.per_map()
     }
-}
-
-/// Number of entries PEA keeps in one map: `ceil(τ · T_t · T_s)` over the valid lengths,
-/// capped by the number of eligible (non-padding, probability > 0) entries.
-pub fn keep_count(tau: f64, valid_q: usize, valid_k: usize, eligible: usize) -> usize {
-    let k = (tau * (valid_q * valid_k) as f64).ceil() as usize;
-    k.min(eligible)
 }
 
 /// The top-τ mask `W` (as bools, `[B, h, T_q, T_k]`) of probabilities `probs` (same

@@ -4,43 +4,14 @@
 //! read from each run's `metrics.json`, so finished runs on disk can be re-aggregated.
 
 use super::stats::paired_t_test;
+pub use crate::eval::flatten_json;
 use crate::eval::SeedStat;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// Flat metric map of one run: `set.key` → value.
 pub type FlatMetrics = BTreeMap<String, f64>;
-
-/// Flattens a metrics JSON object (`{"mult": {"mae": ..}, ..}`) into `set.key` names;
-/// non-numbers are skipped.
-pub fn flatten_json(v: &Value) -> FlatMetrics {
-    let mut out = BTreeMap::new();
-    flatten_into("", v, &mut out);
-    out
-}
-
-fn flatten_into(prefix: &str, v: &Value, out: &mut FlatMetrics) {
-    match v {
-        Value::Object(map) => {
-            for (k, child) in map {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten_into(&key, child, out);
-            }
-        }
-        Value::Number(n) => {
-            if let Some(x) = n.as_f64() {
-                out.insert(prefix.to_string(), x);
-            }
-        }
-        _ => {}
-    }
-}
 
 /// A metric of the tables: its flat key, a short label, whether it is shown in percent and
 /// whether higher is better.

@@ -23,8 +23,9 @@ use super::corr_acc::{
 };
 use crate::data::batch::{chunks, make_batch};
 use crate::data::Split;
-use crate::model::ctx::{mix64, Ctx};
-use crate::model::mult::{BlockTrace, ForwardOpts, ForwardOutput};
+use crate::kernels::rng::mix64;
+use crate::model::ctx::Ctx;
+use crate::model::io::{BlockTrace, ForwardOpts, ForwardOutput};
 use crate::model::Model;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};

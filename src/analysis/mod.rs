@@ -7,7 +7,8 @@ pub mod ablation;
 pub mod adistance;
 pub mod alignment;
 pub mod corr_acc;
-pub mod plots;
+// The plotting primitives live below every layer (`crate::plots`); re-exported here.
+pub use crate::plots;
 pub mod report;
 pub mod stats;
 pub mod sweep;

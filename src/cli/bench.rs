@@ -11,9 +11,10 @@
 use super::common::{parse_lav, ConfigArgs};
 use crate::config::{Config, Preset, Task, Variant};
 use crate::data::batch::Batch;
+use crate::kernels::rng::mix64;
 use crate::model::attention::AttentionKernel;
-use crate::model::ctx::{mix64, Ctx};
-use crate::model::mult::{ForwardOpts, Inputs};
+use crate::model::ctx::Ctx;
+use crate::model::io::{ForwardOpts, Inputs};
 use crate::model::params::Initializer;
 use crate::model::Model;
 use crate::train::optim::{clip_grad_norm, Adam, AdamConfig};

@@ -244,23 +244,21 @@ impl ConfigArgs {
             lens,
         );
         if let Some(path) = &self.config {
-            let text =
-                crate::durable::read_string_capped(path, crate::durable::SMALL_FILE_CAP, "config")?;
-            let over: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
-                serde_json::from_str(&text)
-                    .with_context(|| format!("{}: bad JSON", path.display()))?
-            } else {
-                let t: toml::Value = toml::from_str(&text)
-                    .with_context(|| format!("{}: bad TOML", path.display()))?;
-                serde_json::to_value(t)?
-            };
-            let mut base = serde_json::to_value(&cfg)?;
-            merge(&mut base, over);
-            cfg = serde_json::from_value(base)
-                .with_context(|| format!("{}: bad config", path.display()))?;
+            cfg = config_with_file(cfg, path)?;
         }
+        cfg.train.seed = seed;
+        self.apply_flags(&mut cfg)?;
+        for s in &self.set {
+            cfg.set(s)?;
+        }
+        self.apply_variant(variant, &mut cfg)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The options given as flags, over the preset and the `--config` file.
+    fn apply_flags(&self, cfg: &mut Config) -> Result<()> {
         let t = &mut cfg.train;
-        t.seed = seed;
         if let Some(v) = self.epochs {
             t.epochs = v;
         }
@@ -314,9 +312,13 @@ impl ConfigArgs {
         if let Some(v) = self.positions {
             m.positions = v;
         }
-        for s in &self.set {
-            cfg.set(s)?;
-        }
+        Ok(())
+    }
+
+    /// The variant's rules: a variant without an alignment loss refuses its weight, and
+    /// the variant's defaults are applied (keeping the weights `mult` and `mica` were
+    /// given).
+    fn apply_variant(&self, variant: Variant, cfg: &mut Config) -> Result<()> {
         // A variant without an alignment loss keeps it off even if a weight was given,
         // except `mult`, where explicit --alpha/--beta turn the losses on (paper Table A2).
         let explicit = |w: Option<f64>| w.is_some_and(|x| x > 0.0);
@@ -347,7 +349,22 @@ impl ConfigArgs {
             cfg.align.beta = beta;
             cfg.align.propagate = propagate;
         }
-        cfg.validate()?;
-        Ok(cfg)
+        Ok(())
     }
+}
+
+/// `cfg` overridden by the TOML or JSON config file `path` (its keys merged over the
+/// config's).
+fn config_with_file(cfg: Config, path: &std::path::Path) -> Result<Config> {
+    let text = crate::durable::read_string_capped(path, crate::durable::SMALL_FILE_CAP, "config")?;
+    let over: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).with_context(|| format!("{}: bad JSON", path.display()))?
+    } else {
+        let t: toml::Value =
+            toml::from_str(&text).with_context(|| format!("{}: bad TOML", path.display()))?;
+        serde_json::to_value(t)?
+    };
+    let mut base = serde_json::to_value(&cfg)?;
+    merge(&mut base, over);
+    serde_json::from_value(base).with_context(|| format!("{}: bad config", path.display()))
 }

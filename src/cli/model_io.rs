@@ -4,7 +4,7 @@
 use crate::config::{Config, Task, Variant};
 use crate::model::ctx::Ctx;
 use crate::model::import::{import_official, read_safetensors};
-use crate::model::mult::{ForwardOpts, Inputs};
+use crate::model::io::{ForwardOpts, Inputs};
 use crate::train::checkpoint;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};

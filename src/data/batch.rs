@@ -1,9 +1,22 @@
 //! Batching: gathers samples of a [`Split`] into model inputs and label tensors.
 
 use super::{Labels, Modality, Split};
-use crate::model::mult::Inputs;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
+
+/// A batch of model inputs, batch-first `[B, T, D]` f32.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// Text `[B, T_l, D_l]`.
+    pub text: Tensor,
+    /// Audio `[B, T_a, D_a]`.
+    pub audio: Tensor,
+    /// Vision `[B, T_v, D_v]`.
+    pub vision: Tensor,
+    /// Per modality, each element's time `[B, T]` f32 (seconds, the midpoint of its
+    /// interval; NaN for padding), where the data knows it. Used by `positions = time`.
+    pub times: Option<[Tensor; 3]>,
+}
 
 /// One batch: model inputs, labels and the sample indices it holds.
 #[derive(Debug, Clone)]

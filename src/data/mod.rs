@@ -17,8 +17,9 @@ pub mod hdf5;
 pub mod mica_format;
 pub mod pickle;
 pub mod pickle_dataset;
-pub mod pickle_numpy;
-pub mod pickle_write;
+// Transitional aliases: these moved into `pickle/`.
+pub use pickle::numpy as pickle_numpy;
+pub use pickle::write as pickle_write;
 pub mod source;
 pub mod synth;
 

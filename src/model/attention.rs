@@ -5,7 +5,7 @@
 //! request, the probabilities. Which kernel computes it ([`AttentionKernel`]) is a
 //! runtime choice that never touches the model code.
 //!
-//! [`AttentionKernel::Fused`] ([`super::fused`]) never materialises the
+//! [`AttentionKernel::Fused`] ([`crate::kernels::attention`]) never materialises the
 //! `[B, h, T_q, T_k]` maps and recomputes them in the backward; it reproduces the plain
 //! path's dropout mask exactly (same stream, same flat index). When probabilities are
 //! requested (`want_probs`, for PEA), the fused path computes them once more from `q`,
@@ -14,8 +14,9 @@
 //! f32 on the CPU fall back to the plain path.
 
 use super::ctx::Ctx;
-use super::fused::{fused_attention_packed, fused_probs, FusedDropout};
 use super::layers::{causal_offset_mask, softmax_last};
+use crate::kernels::attention::{fused_attention_packed, fused_probs};
+use crate::kernels::rng::FusedDropout;
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,7 @@ pub enum AttentionKernel {
     /// Composed candle ops: materialises `[B, h, T_q, T_k]` maps (kept for checking and
     /// for devices without the fused kernel).
     Plain,
-    /// The fused CPU kernel of [`super::fused`]: online softmax, dropout regenerated
+    /// The fused CPU kernel of [`crate::kernels::attention`]: online softmax, dropout regenerated
     /// from the counter-based generator, backward by recomputation. The default: it
     /// passes the MulT parity tests and is faster and far leaner than `Plain`.
     #[default]
@@ -93,6 +94,13 @@ pub fn attend(ctx: &Ctx, kernel: AttentionKernel, call: AttnCall) -> Result<Attn
             }
         }
     }
+}
+
+/// The probabilities `[B, h, T_q, T_k]` (no gradient) of a fused attention call, recomputed
+/// from its scaled queries `q`, keys `k` and row log-sum-exp `lse` (what [`attend`] returns
+/// with `want_probs`, computed later: attention traces fill their maps this way).
+pub fn probs_from_lse(q: &Tensor, k: &Tensor, lse: &Tensor, causal_offset: bool) -> Result<Tensor> {
+    Ok(fused_probs(q, k, lse, causal_offset)?)
 }
 
 fn fused(ctx: &Ctx, call: AttnCall) -> Result<AttnResult> {

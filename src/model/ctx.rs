@@ -5,33 +5,11 @@
 //! value iff `hash(seed, s, i)` falls above the drop rate. A fused kernel can therefore
 //! regenerate exactly the same mask (spec/kernels.md), and a seed fixes every draw.
 
-use super::fused::FusedDropout;
-use super::pointwise;
+use crate::kernels::pointwise;
+use crate::kernels::rng::FusedDropout;
 use anyhow::Result;
 use candle_core::Tensor;
 use std::cell::Cell;
-
-/// SplitMix64 finaliser: a strong 64-bit mix, used as a counter-based RNG.
-#[inline]
-pub fn mix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Uniform value in [0, 1) for element `index` of stream `stream` under `seed`.
-#[inline]
-pub fn uniform01(seed: u64, stream: u64, index: u64) -> f32 {
-    let h = mix64(mix64(seed ^ mix64(stream)) ^ index);
-    (h >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
-}
-
-/// Keep indicator `z` of a dropout with rate `p` (keep iff `u >= p`).
-#[inline]
-pub fn keep(seed: u64, stream: u64, index: u64, p: f32) -> bool {
-    uniform01(seed, stream, index) >= p
-}
 
 /// Mode and randomness of one forward pass.
 #[derive(Debug)]
@@ -142,25 +120,7 @@ impl Ctx {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keep_rate_matches_p() {
-        let p = 0.3;
-        let kept = (0..100_000u64).filter(|&i| keep(7, 3, i, p)).count();
-        let rate = kept as f64 / 100_000.0;
-        assert!((rate - 0.7).abs() < 0.01, "keep rate {rate}");
-    }
-
-    #[test]
-    fn streams_and_seeds_differ_and_repeat() {
-        let a: Vec<bool> = (0..64).map(|i| keep(1, 0, i, 0.5)).collect();
-        let b: Vec<bool> = (0..64).map(|i| keep(1, 1, i, 0.5)).collect();
-        let c: Vec<bool> = (0..64).map(|i| keep(2, 0, i, 0.5)).collect();
-        let a2: Vec<bool> = (0..64).map(|i| keep(1, 0, i, 0.5)).collect();
-        assert_ne!(a, b);
-        assert_ne!(a, c);
-        assert_eq!(a, a2);
-    }
+    use crate::kernels::rng::keep;
 
     #[test]
     fn dropout_mask_is_keep_of_each_flat_index() {

@@ -3,7 +3,7 @@
 //! Used for all nine MulT encoders and for MICA's blocks. A crossmodal layer normalises
 //! queries, keys AND values with the same `LN0` (spec/mult.md "Encoder").
 
-use super::attention::{attend, AttentionKernel, AttnCall};
+use super::attention::{attend, probs_from_lse, AttentionKernel, AttnCall};
 use super::ctx::Ctx;
 use super::layers::{linear, positional_embedding, LayerNorm, Linear};
 use super::params::{Init, ParamSource};
@@ -61,12 +61,7 @@ impl AttnTrace {
                 .heads
                 .as_ref()
                 .context("attention trace without its per-head inputs")?;
-            self.probs = Some(super::fused::fused_probs(
-                &h.qh,
-                &h.kh,
-                &h.lse,
-                h.causal_offset,
-            )?);
+            self.probs = Some(probs_from_lse(&h.qh, &h.kh, &h.lse, h.causal_offset)?);
         }
         Ok(self)
     }
@@ -142,7 +137,7 @@ impl MultiheadAttention {
         let e = self.embed_dim;
         let w = self.in_proj_weight.narrow(0, which * e, e)?;
         let b = self.in_proj_bias.narrow(0, which * e, e)?;
-        Ok(super::rowops::linear_bias_to_heads(
+        Ok(crate::kernels::linear::linear_bias_to_heads(
             x,
             &w,
             &b,
@@ -163,7 +158,7 @@ impl MultiheadAttention {
         let e = self.embed_dim;
         let w = self.in_proj_weight.narrow(0, which * e, e)?;
         let b = self.in_proj_bias.narrow(0, which * e, e)?;
-        Ok(super::rowops::ln_linear_to_heads(
+        Ok(crate::kernels::linear::ln_linear_to_heads(
             x,
             &ln.weight,
             &ln.bias,
@@ -267,7 +262,7 @@ impl MultiheadAttention {
         )?;
         let fused_out = match (&res.packed, &self.out_proj.bias, bias) {
             (Some(packed), Some(ob), None) => {
-                super::rowops::linear_bias_from_heads(packed, &self.out_proj.weight, ob)?
+                crate::kernels::linear::linear_bias_from_heads(packed, &self.out_proj.weight, ob)?
             }
             _ => None,
         };
@@ -483,12 +478,16 @@ impl Encoder {
 
 /// `dropout(sqrt(E) * x + PE(x), p)` with the padding rule of [`positional_embedding`].
 ///
-/// On f32 CPU tensors one op keeping only its output ([`super::pointwise::embed`], the
+/// On f32 CPU tensors one op keeping only its output ([`crate::kernels::pointwise::embed`], the
 /// same values); the dropout draws one stream when active, as [`Ctx::dropout`].
 pub fn embed(ctx: &Ctx, x: &Tensor, embed_dim: usize, p: f32) -> Result<Tensor> {
-    if super::pointwise::applies(&[x]) {
+    if crate::kernels::pointwise::applies(&[x]) {
         let d = ctx.dropout_active(p).then(|| ctx.next_dropout(p));
-        return Ok(super::pointwise::embed(x, (embed_dim as f64).sqrt(), d)?);
+        return Ok(crate::kernels::pointwise::embed(
+            x,
+            (embed_dim as f64).sqrt(),
+            d,
+        )?);
     }
     embed_composed(ctx, x, embed_dim, p)
 }

@@ -4,6 +4,7 @@
 //! silently stop): mica never uses them.
 
 use super::params::{Init, ParamSource};
+pub use crate::kernels::pointwise::sinusoidal_table;
 use anyhow::Result;
 use candle_core::{Device, Tensor, D};
 
@@ -64,9 +65,9 @@ impl Linear {
         let rows: usize = dims[..dims.len() - 1].iter().product();
         if let Some(b) = &self.bias {
             let x2 = x.reshape((rows, din))?;
-            if super::rowops::linear_applies(&x2, &self.weight, b)? {
+            if crate::kernels::linear::linear_applies(&x2, &self.weight, b)? {
                 let d = ctx.dropout_active(p).then(|| ctx.next_dropout(p));
-                let y = super::rowops::linear_relu_dropout(&x2, &self.weight, b, d)?;
+                let y = crate::kernels::linear::linear_relu_dropout(&x2, &self.weight, b, d)?;
                 let mut out_dims = dims;
                 *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
                 return Ok(y.reshape(out_dims)?);
@@ -90,7 +91,7 @@ impl Linear {
         if let Some(b) = &self.bias {
             let x2 = x.reshape((rows, din))?;
             let draw = || ctx.dropout_active(p).then(|| ctx.next_dropout(p));
-            let fused = super::rowops::ln_linear_relu_dropout(
+            let fused = crate::kernels::linear::ln_linear_relu_dropout(
                 &x2,
                 &ln.weight,
                 &ln.bias,
@@ -117,7 +118,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let x2 = x.reshape((rows, din))?;
     let y = match bias {
         // One op keeping only its output (CPU f32), else `add_bias(x Wᵀ, b)`.
-        Some(b) => super::rowops::linear_bias(&x2, weight, b)?,
+        Some(b) => crate::kernels::linear::linear_bias(&x2, weight, b)?,
         None => x2.matmul(&weight.t()?)?,
     };
     let mut out_dims = dims;
@@ -150,10 +151,12 @@ impl LayerNorm {
 
     /// Normalises `[..., E]`.
     ///
-    /// On f32 CPU tensors one op ([`super::rowops::layer_norm`]) that keeps only its
+    /// On f32 CPU tensors one op ([`crate::kernels::layer_norm::layer_norm`]) that keeps only its
     /// output and gives bit-identical values; elsewhere the composed ops below.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(y) = super::rowops::layer_norm(x, &self.weight, &self.bias, self.eps)? {
+        if let Some(y) =
+            crate::kernels::layer_norm::layer_norm(x, &self.weight, &self.bias, self.eps)?
+        {
             return Ok(y);
         }
         self.forward_composed(x)
@@ -165,7 +168,11 @@ impl LayerNorm {
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
         let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(super::rowops::scale_shift(&xn, &self.weight, &self.bias)?)
+        Ok(crate::kernels::bias::scale_shift(
+            &xn,
+            &self.weight,
+            &self.bias,
+        )?)
     }
 }
 
@@ -227,8 +234,8 @@ impl Conv1d {
 fn unfold(x: &Tensor, k: usize) -> Result<Tensor> {
     let (b, t, d) = x.dims3()?;
     let tout = t - k + 1;
-    if !x.track_op() && super::pointwise::applies(&[x]) && x.is_contiguous() {
-        let rows = super::pointwise::with_f32(x, |v| {
+    if !x.track_op() && crate::kernels::pointwise::applies(&[x]) && x.is_contiguous() {
+        let rows = crate::kernels::pointwise::with_f32(x, |v| {
             let mut out = Vec::with_capacity(b * tout * k * d);
             for bi in 0..b {
                 for ti in 0..tout {
@@ -250,10 +257,10 @@ fn unfold(x: &Tensor, k: usize) -> Result<Tensor> {
 /// gradient at 0, which differs on the exactly-zero rows that padding produces).
 ///
 /// On f32 CPU tensors one op that keeps only its output (same values as the composed
-/// `x * [x > 0]`, see [`super::pointwise`]).
+/// `x * [x > 0]`, see [`crate::kernels::pointwise`]).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if super::pointwise::applies(&[x]) {
-        return Ok(super::pointwise::relu_dropout(x, None)?);
+    if crate::kernels::pointwise::applies(&[x]) {
+        return Ok(crate::kernels::pointwise::relu_dropout(x, None)?);
     }
     relu_composed(x)
 }
@@ -271,30 +278,6 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let e = x.broadcast_sub(&max)?.exp()?;
     let s = e.sum_keepdim(D::Minus1)?;
     Ok(e.broadcast_div(&s)?)
-}
-
-/// Sinusoidal table `[n_rows, dim]` of fairseq / tensor2tensor (computed in f32 as the
-/// official code does): row `p = [sin(p f_0..), cos(p f_0..)]`, `f_k = exp(-k ln(1e4)/(h-1))`,
-/// an extra zero column for odd `dim`, row 0 (padding) all zero.
-pub fn sinusoidal_table(n_rows: usize, dim: usize) -> Vec<f32> {
-    let half = dim / 2;
-    let step = if half > 1 {
-        (10000f64).ln() / (half as f64 - 1.0)
-    } else {
-        0.0
-    };
-    let step = step as f32;
-    let freqs: Vec<f32> = (0..half).map(|k| (k as f32 * -step).exp()).collect();
-    let mut table = vec![0f32; n_rows * dim];
-    for p in 1..n_rows {
-        let row = &mut table[p * dim..(p + 1) * dim];
-        for (k, f) in freqs.iter().enumerate() {
-            let a = p as f32 * f;
-            row[k] = a.sin();
-            row[half + k] = a.cos();
-        }
-    }
-    table
 }
 
 /// Positional embedding of a batch-first projected input `x` `[B, T, E]`: a step is padding

@@ -32,7 +32,8 @@
 
 use super::config::ModelConfig;
 use super::ctx::Ctx;
-use super::mult::{ForwardOpts, ForwardOutput, Head, Inputs, MOD_SHORT};
+use super::front_end::Head;
+use super::io::{ForwardOpts, ForwardOutput, Inputs, MOD_SHORT};
 use super::params::{Init, ParamSource};
 use anyhow::Result;
 use candle_core::{Device, Tensor, D};
@@ -193,7 +194,7 @@ pub fn resample_to(
 
 /// Checks the inputs' rank, batch and feature dims (no conv kernel: the LSTMs have none).
 fn check(cfg: &ModelConfig, x: &Inputs) -> Result<()> {
-    super::mult::check_shapes(cfg, x)
+    super::io::check_shapes(cfg, x)
 }
 
 /// `[B * T]` flags of the real steps of each modality (the LSTMs' padding rule).

@@ -10,11 +10,12 @@
 use super::config::{GateBias, KvSource, ModelConfig};
 use super::ctx::Ctx;
 use super::encoder::{embed, embed_with, Encoder, EncoderLayer};
-use super::layers::linear;
-use super::mult::{
-    bias_of, bias_times, check_inputs, drops, pe_of, time_pe, valid_masks, BlockTrace, ForwardOpts,
-    ForwardOutput, FrontEnd, Head, Inputs, MOD_SHORT, SOURCES,
+use super::front_end::{bias_of, bias_times, pe_of, time_pe, FrontEnd, Head};
+use super::io::{
+    check_inputs, valid_masks, BlockTrace, ForwardOpts, ForwardOutput, Inputs, MOD_SHORT,
 };
+use super::layers::linear;
+use super::mult::{drops, SOURCES};
 use super::params::{Init, ParamSource};
 use anyhow::{ensure, Result};
 use candle_core::Tensor;

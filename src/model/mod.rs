@@ -4,27 +4,21 @@ pub mod attention;
 pub mod config;
 pub mod ctx;
 pub mod encoder;
-pub mod fused;
-#[cfg(target_arch = "x86_64")]
-pub mod fused_avx512;
-pub mod gemm;
+pub mod front_end;
 pub mod import;
+pub mod io;
 pub mod layers;
 pub mod lstm;
 pub mod memory;
 pub mod mica;
 pub mod mult;
-mod par;
 pub mod params;
-pub mod pointwise;
-pub mod rowops;
-pub mod simd;
 pub mod time_bias;
 
 use anyhow::Result;
 use config::{Arch, ModelConfig};
 use ctx::Ctx;
-use mult::{ForwardOpts, ForwardOutput, Inputs};
+use io::{ForwardOpts, ForwardOutput, Inputs};
 use params::ParamSource;
 
 /// Any mica model, behind one `forward`. (One model exists per run, so the size gap

@@ -13,8 +13,9 @@ use crate::config::{Config, Task};
 use crate::data::batch::{chunks, labels_f64, make_batch, Batch};
 use crate::data::{Dataset, Labels, Split};
 use crate::eval::{evaluate, Metrics};
-use crate::model::ctx::{mix64, Ctx};
-use crate::model::mult::ForwardOpts;
+use crate::kernels::rng::mix64;
+use crate::model::ctx::Ctx;
+use crate::model::io::ForwardOpts;
 use crate::model::params::{Initializer, ParamStore};
 use crate::model::Model;
 use anyhow::{bail, ensure, Context, Result};
@@ -262,7 +263,7 @@ fn plot_losses(path: &Path, history: &[EpochLog]) -> Result<()> {
     if history.iter().any(|h| h.train_le != 0.0) {
         series.push(("train L_e", pts(|h| h.train_le)));
     }
-    crate::analysis::line_plot(path, "Loss curves", "epoch", "loss", &series)
+    crate::plots::line_plot(path, "Loss curves", "epoch", "loss", &series)
 }
 
 /// Trains one seed (`cfg.train.seed`) into `opts.out` and evaluates the best weights on test.
@@ -286,6 +287,75 @@ pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResul
         source: opts.data_source.clone().unwrap_or_else(|| "unnamed".into()),
         sha256: crate::data::fingerprint::fingerprint(ds),
     };
+    start_or_resume_dir(cfg, opts, data)?;
+
+    let seed = cfg.train.seed;
+    let mut init = Initializer::new(seed, &device);
+    let model = Model::new(&mut init, &cfg.model)?;
+    let store = init.into_store();
+    let mut adam = Adam::new(AdamConfig {
+        lr: cfg.train.lr,
+        ..Default::default()
+    });
+    let mut state = RunState {
+        epochs_done: 0,
+        global_step: 0,
+        lr: cfg.train.lr,
+        scheduler: ReduceLrOnPlateau::new(cfg.train.lr_factor, cfg.train.when),
+        best_valid: None,
+        best_epoch: 0,
+        adam_steps: Default::default(),
+        history: Vec::new(),
+    };
+    let last_dir = out.join("last");
+    let best_dir = out.join("best");
+    if opts.resume {
+        resume_from_last(cfg, opts, &store, &mut adam, &mut state, &device)?;
+    }
+
+    let e = EpochCtx {
+        cfg,
+        opts,
+        model: &model,
+        store: &store,
+        train_s,
+        valid_s,
+        device: &device,
+        last_dir: &last_dir,
+    };
+    let mut ran_here = 0;
+    while state.epochs_done < cfg.train.epochs {
+        if opts.stop_after_epochs.is_some_and(|k| ran_here >= k) {
+            bail!("stopped after {ran_here} epoch(s) as requested (--stop-after-epochs); continue with --resume {}", out.display());
+        }
+        let epoch = state.epochs_done + 1;
+        let log = run_epoch(&e, &mut adam, &mut state, epoch)?;
+        let valid_loss = log.valid_loss;
+        if opts.verbose {
+            eprintln!(
+                "epoch {epoch:>3}/{} | train {:.4} (task {:.4}, L_m {:.4}, L_e {:.4}) | valid {:.4} | lr {:.1e} | {:.1}s",
+                cfg.train.epochs, log.train_loss, log.train_task, log.train_lm, log.train_le, valid_loss, state.lr, log.seconds
+            );
+        }
+        state.history.push(log);
+        state.lr = state.scheduler.step(valid_loss, state.lr);
+        if state.best_valid.is_none_or(|b| valid_loss < b) {
+            state.best_valid = Some(valid_loss);
+            state.best_epoch = epoch;
+            checkpoint::save(&best_dir, cfg, &store, &|_| Ok(()))?;
+        }
+        state.epochs_done = epoch;
+        save_last(&last_dir, cfg, &store, &adam, &state)?;
+        write_log(&out.join("log.csv"), &state.history)?;
+        ran_here += 1;
+    }
+    finish(cfg, ds, opts, &state, &device)
+}
+
+/// A fresh run directory (config and data written first), or, with `--resume`, checks that
+/// `out` holds a run of this data.
+fn start_or_resume_dir(cfg: &Config, opts: &TrainOptions, data: DataRef) -> Result<()> {
+    let out = &opts.out;
     if opts.resume {
         ensure!(
             rundir::dir_state(out)? == rundir::DirState::Run,
@@ -317,159 +387,153 @@ pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResul
             serde_json::to_string_pretty(cfg)?.as_bytes(),
         )?;
     }
+    Ok(())
+}
 
-    let seed = cfg.train.seed;
-    let mut init = Initializer::new(seed, &device);
-    let model = Model::new(&mut init, &cfg.model)?;
-    let store = init.into_store();
-    let mut adam = Adam::new(AdamConfig {
-        lr: cfg.train.lr,
-        ..Default::default()
-    });
-    let mut state = RunState {
-        epochs_done: 0,
-        global_step: 0,
-        lr: cfg.train.lr,
-        scheduler: ReduceLrOnPlateau::new(cfg.train.lr_factor, cfg.train.when),
-        best_valid: None,
-        best_epoch: 0,
-        adam_steps: Default::default(),
-        history: Vec::new(),
-    };
+/// Restores the weights, optimiser and schedule from the last checkpoint of the run in
+/// `opts.out`, if an epoch had finished.
+fn resume_from_last(
+    cfg: &Config,
+    opts: &TrainOptions,
+    store: &ParamStore,
+    adam: &mut Adam,
+    state: &mut RunState,
+    device: &Device,
+) -> Result<()> {
+    let out = &opts.out;
     let last_dir = out.join("last");
     let best_dir = out.join("best");
-    if opts.resume {
-        crate::durable::remove_leftovers(out)?;
-        checkpoint::tidy(&last_dir)?;
-        checkpoint::tidy(&best_dir)?;
-        match checkpoint::existing(&last_dir) {
-            Some(dir) => {
-                restore(&dir, cfg, &store, &mut adam, &mut state, &device)?;
-                if opts.verbose {
-                    eprintln!(
-                        "resuming {} after epoch {}",
-                        out.display(),
-                        state.epochs_done
-                    );
-                }
-            }
-            None => {
-                if opts.verbose {
-                    eprintln!(
-                        "{}: no epoch had finished (no last checkpoint): starting over from epoch 1",
-                        out.display()
-                    );
-                }
-            }
-        }
-    }
-
-    let mut ran_here = 0;
-    while state.epochs_done < cfg.train.epochs {
-        if opts.stop_after_epochs.is_some_and(|k| ran_here >= k) {
-            bail!("stopped after {ran_here} epoch(s) as requested (--stop-after-epochs); continue with --resume {}", out.display());
-        }
-        let epoch = state.epochs_done + 1;
-        let t0 = Instant::now();
-        adam.cfg.lr = state.lr;
-        let mut order: Vec<usize> = (0..train_s.len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix64(
-            seed ^ mix64(epoch as u64),
-        )));
-        let batches = chunks(&order, cfg.train.batch_size);
-        let bar = progress_bar(opts.verbose, train_s.len() as u64, epoch, cfg.train.epochs);
-        let (mut tot, mut task, mut lm, mut le, mut seen) = (0.0, 0.0, 0.0, 0.0, 0usize);
-        for idx in &batches {
-            state.global_step += 1;
-            let step_seed = mix64(seed ^ mix64(0xD0 ^ state.global_step));
-            let batch = make_batch(train_s, idx, &device)?;
-            let ctx = Ctx::train(step_seed);
-            let losses =
-                step_losses(&model, cfg, &batch, &ctx, mix64(step_seed)).with_context(|| {
-                    format!(
-                        "epoch {epoch}, step {} (training samples {})",
-                        state.global_step,
-                        sample_list(idx, train_s)
-                    )
-                })?;
-            let total_v = scalar(&losses.total)?;
-            if !total_v.is_finite() {
-                let kept = match checkpoint::existing(&last_dir) {
-                    Some(d) => format!(
-                        "the last good checkpoint (after epoch {}) is in {}",
-                        state.epochs_done,
-                        d.display()
-                    ),
-                    None => "no epoch had finished, so there is no checkpoint yet".to_string(),
-                };
-                bail!(
-                    "the training loss became non-finite ({total_v}) at epoch {epoch}, step {} (task {}, L_m {}, L_e {}); {kept}. Try a lower --lr or check the data (mica inspect)",
-                    state.global_step, losses.task, losses.lm, losses.le
+    crate::durable::remove_leftovers(out)?;
+    checkpoint::tidy(&last_dir)?;
+    checkpoint::tidy(&best_dir)?;
+    match checkpoint::existing(&last_dir) {
+        Some(dir) => {
+            restore(&dir, cfg, store, adam, state, device)?;
+            if opts.verbose {
+                eprintln!(
+                    "resuming {} after epoch {}",
+                    out.display(),
+                    state.epochs_done
                 );
             }
-            let mut grads = losses.total.backward()?;
-            clip_grad_norm(&store, &mut grads, cfg.train.clip)?;
-            adam.step(&store, &grads)?;
-            let n = idx.len() as f64;
-            tot += total_v * n;
-            task += losses.task * n;
-            lm += losses.lm * n;
-            le += losses.le * n;
-            seen += idx.len();
-            if let Some(b) = &bar {
-                b.inc(idx.len() as u64);
-                let rate = seen as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-                b.set_message(format!(
-                    "loss {:.4} | {rate:.0} samples/s",
-                    tot / seen as f64
-                ));
+        }
+        None => {
+            if opts.verbose {
+                eprintln!(
+                    "{}: no epoch had finished (no last checkpoint): starting over from epoch 1",
+                    out.display()
+                );
             }
         }
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-        let (_, valid_loss) = predict_split(&model, cfg, valid_s, &device)?;
-        if !valid_loss.is_finite() {
-            let kept = match checkpoint::existing(&last_dir) {
-                Some(d) => format!(
-                    "the last good checkpoint (after epoch {}) is in {}",
-                    state.epochs_done,
-                    d.display()
-                ),
-                None => "no epoch had finished, so there is no checkpoint yet".to_string(),
-            };
-            bail!("the validation loss became non-finite ({valid_loss}) after epoch {epoch}: the weights diverged; {kept}. Try a lower --lr");
-        }
-        let n = seen as f64;
-        let log = EpochLog {
-            epoch,
-            train_loss: tot / n,
-            train_task: task / n,
-            train_lm: lm / n,
-            train_le: le / n,
-            valid_loss,
-            lr: state.lr,
-            seconds: t0.elapsed().as_secs_f64(),
-        };
-        if opts.verbose {
-            eprintln!(
-                "epoch {epoch:>3}/{} | train {:.4} (task {:.4}, L_m {:.4}, L_e {:.4}) | valid {:.4} | lr {:.1e} | {:.1}s",
-                cfg.train.epochs, log.train_loss, log.train_task, log.train_lm, log.train_le, valid_loss, state.lr, log.seconds
+    }
+    Ok(())
+}
+
+/// Where the last good weights are, for the message of a diverged run.
+fn kept_checkpoint(last_dir: &Path, epochs_done: usize) -> String {
+    match checkpoint::existing(last_dir) {
+        Some(d) => format!(
+            "the last good checkpoint (after epoch {}) is in {}",
+            epochs_done,
+            d.display()
+        ),
+        None => "no epoch had finished, so there is no checkpoint yet".to_string(),
+    }
+}
+
+/// What every epoch of a run reads.
+struct EpochCtx<'a> {
+    cfg: &'a Config,
+    opts: &'a TrainOptions,
+    model: &'a Model,
+    store: &'a ParamStore,
+    train_s: &'a Split,
+    valid_s: &'a Split,
+    device: &'a Device,
+    last_dir: &'a Path,
+}
+
+/// Epoch `epoch`: one pass over the shuffled training batches (forward, backward, clip,
+/// Adam), then the validation loss; an error when either loss is not finite.
+fn run_epoch(
+    e: &EpochCtx,
+    adam: &mut Adam,
+    state: &mut RunState,
+    epoch: usize,
+) -> Result<EpochLog> {
+    let seed = e.cfg.train.seed;
+    let t0 = Instant::now();
+    adam.cfg.lr = state.lr;
+    let mut order: Vec<usize> = (0..e.train_s.len()).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix64(
+        seed ^ mix64(epoch as u64),
+    )));
+    let batches = chunks(&order, e.cfg.train.batch_size);
+    let bar = progress_bar(
+        e.opts.verbose,
+        e.train_s.len() as u64,
+        epoch,
+        e.cfg.train.epochs,
+    );
+    let (mut tot, mut task, mut lm, mut le, mut seen) = (0.0, 0.0, 0.0, 0.0, 0usize);
+    for idx in &batches {
+        state.global_step += 1;
+        let step_seed = mix64(seed ^ mix64(0xD0 ^ state.global_step));
+        let batch = make_batch(e.train_s, idx, e.device)?;
+        let ctx = Ctx::train(step_seed);
+        let losses =
+            step_losses(e.model, e.cfg, &batch, &ctx, mix64(step_seed)).with_context(|| {
+                format!(
+                    "epoch {epoch}, step {} (training samples {})",
+                    state.global_step,
+                    sample_list(idx, e.train_s)
+                )
+            })?;
+        let total_v = scalar(&losses.total)?;
+        if !total_v.is_finite() {
+            let kept = kept_checkpoint(e.last_dir, state.epochs_done);
+            bail!(
+                "the training loss became non-finite ({total_v}) at epoch {epoch}, step {} (task {}, L_m {}, L_e {}); {kept}. Try a lower --lr or check the data (mica inspect)",
+                state.global_step, losses.task, losses.lm, losses.le
             );
         }
-        state.history.push(log);
-        state.lr = state.scheduler.step(valid_loss, state.lr);
-        if state.best_valid.is_none_or(|b| valid_loss < b) {
-            state.best_valid = Some(valid_loss);
-            state.best_epoch = epoch;
-            checkpoint::save(&best_dir, cfg, &store, &|_| Ok(()))?;
+        let mut grads = losses.total.backward()?;
+        clip_grad_norm(e.store, &mut grads, e.cfg.train.clip)?;
+        adam.step(e.store, &grads)?;
+        let n = idx.len() as f64;
+        tot += total_v * n;
+        task += losses.task * n;
+        lm += losses.lm * n;
+        le += losses.le * n;
+        seen += idx.len();
+        if let Some(b) = &bar {
+            b.inc(idx.len() as u64);
+            let rate = seen as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            b.set_message(format!(
+                "loss {:.4} | {rate:.0} samples/s",
+                tot / seen as f64
+            ));
         }
-        state.epochs_done = epoch;
-        save_last(&last_dir, cfg, &store, &adam, &state)?;
-        write_log(&out.join("log.csv"), &state.history)?;
-        ran_here += 1;
     }
-    finish(cfg, ds, opts, &state, &device)
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let (_, valid_loss) = predict_split(e.model, e.cfg, e.valid_s, e.device)?;
+    if !valid_loss.is_finite() {
+        let kept = kept_checkpoint(e.last_dir, state.epochs_done);
+        bail!("the validation loss became non-finite ({valid_loss}) after epoch {epoch}: the weights diverged; {kept}. Try a lower --lr");
+    }
+    let n = seen as f64;
+    Ok(EpochLog {
+        epoch,
+        train_loss: tot / n,
+        train_task: task / n,
+        train_lm: lm / n,
+        train_le: le / n,
+        valid_loss,
+        lr: state.lr,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 /// The ids (or indices) of a batch's samples, for error messages: at most 8 of them.

@@ -325,6 +325,7 @@ const _: () = assert!(
 
 mod kernels {
     use super::{for_each_tile, MatA, MatB, Shape, Simd, Tile, LANES};
+    use crate::kernels::simd::fmadd;
 
     /// `C = A · B` on one chunk of output rows, in the build for `level`.
     pub(super) fn block(level: Simd, a: MatA, b: MatB, c: &mut [f32], s: Shape) {
@@ -360,15 +361,6 @@ mod kernels {
         ldc: usize,
     ) {
         tile_generic::<false, R, V>(t, a, b, c, ldc)
-    }
-
-    #[inline(always)]
-    fn fmadd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
-        if F {
-            a.mul_add(b, c)
-        } else {
-            a * b + c
-        }
     }
 
     /// One `R` × `V`-vector tile with plain loops over 16-lane arrays (the partial last
@@ -520,8 +512,8 @@ mod kernels {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::par::with_threads;
-    use crate::model::simd::supported;
+    use crate::kernels::par::with_threads;
+    use crate::kernels::simd::supported;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 

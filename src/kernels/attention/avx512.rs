@@ -1,7 +1,7 @@
 //! The AVX-512 build of the fused attention's chunk-major kernels (head widths
-//! [`super::fused`]'s `FAST_HD`), written with `std::arch` intrinsics.
+//! [`super`]'s `FAST_HD`), written with `std::arch` intrinsics.
 //!
-//! The portable kernels of [`super::fused`] are loops over 16-lane arrays that the compiler
+//! The portable kernels of [`super`] are loops over 16-lane arrays that the compiler
 //! vectorises; with AVX-512 it splits many of them into 256-bit halves, gathers and
 //! spills. These are the same computations with every 16-key chunk in one `zmm`
 //! register, and a backward in a different loop order:
@@ -19,30 +19,22 @@
 //!   The portable kernel instead reads and writes every `dK`/`dV` chunk once per query
 //!   row. `dK`, `dV` are summed over the rows in the same order as there, `dQ` over the
 //!   chunks in the same order; only the final 16-lane sums are taken in another order.
-//! - `exp` is the range reduction of [`super::fused::exp_approx`] with a degree-5
+//! - `exp` is the range reduction of [`crate::kernels::simd::exp_approx`] with a degree-5
 //!   polynomial (relative error ≤ 3e-7, two FMAs fewer) and `vscalefps` for the `2^n`.
 //! - Dropout keep bits are [`FusedDropout::keep`] on 8 u64 lanes at a time (`vpmullq`);
 //!   `mix64`'s last xor-shift does not reach the top 24 bits, so it is skipped, and
 //!   `h >> 40 ≥ t` is tested as `h ≥ t · 2^40`.
 
-use super::fused::{Dims, FusedDropout, KEY_BLOCK};
+use super::{Dims, KEY_BLOCK};
+use crate::kernels::rng::{avx512::KeepBits, FusedDropout};
+use crate::kernels::simd::lanes_below;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 /// f32 lanes in a `zmm` register: the keys of one chunk.
 const LANES: usize = 16;
 
-/// Lanes `0..n` of a chunk (`n ≥ 16`: all).
-#[inline(always)]
-pub(crate) fn lanes_below(n: usize) -> __mmask16 {
-    if n >= LANES {
-        0xFFFF
-    } else {
-        ((1u32 << n) - 1) as __mmask16
-    }
-}
-
-/// `exp` on 16 lanes, bit for bit [`super::fused`]'s `exp_generic::<true>` (the Cephes
+/// `exp` on 16 lanes, bit for bit [`super`]'s `exp_generic::<true>` (the Cephes
 /// polynomial; the probabilities PEA thresholds must not depend on the SIMD build).
 #[inline(always)]
 unsafe fn exp16_cephes(x: __m512) -> __m512 {
@@ -74,7 +66,7 @@ unsafe fn exp16_cephes(x: __m512) -> __m512 {
 }
 
 /// The probabilities of one task, `exp(q_i·k_j − L_i)` for the keys row `i` sees (the
-/// rest of `dst` untouched): bit for bit the FMA build of [`super::fused`]'s
+/// rest of `dst` untouched): bit for bit the FMA build of [`super`]'s
 /// `probs_task` (`q_0 k_0`, then one FMA per further dimension, then the Cephes `exp`),
 /// 16 keys per register. `kt` is `[hd, T_k]`, `dst` `[T_q, T_k]`.
 ///
@@ -115,7 +107,7 @@ pub(crate) unsafe fn probs_task(
     }
 }
 
-/// `exp` on 16 lanes: [`super::fused::exp_approx`]'s clamps and round-to-nearest range
+/// `exp` on 16 lanes: [`crate::kernels::simd::exp_approx`]'s clamps and round-to-nearest range
 /// reduction by `ln 2` in two parts, then a shorter polynomial than its Cephes one,
 /// `1 + r + r² q(r)` with `q` of degree 3 (least squares on `|r| ≤ ln 2 / 2`, relative
 /// error ≤ 1.7e-7 there, ≤ 3e-7 with the f32 rounding: the softmax needs no more), and
@@ -142,68 +134,6 @@ unsafe fn exp16(x: __m512) -> __m512 {
 
 /// Coefficients of `q` in [`exp16`] (`r⁰..r³`).
 const EXP_Q: [f32; 4] = [0.499_991_42, 0.166_668_86, 0.041_898_58, 0.008_333_84];
-
-/// The dropout generator of one call, on 16 consecutive flat indices at a time.
-#[derive(Clone, Copy)]
-struct KeepBits {
-    base: __m512i,
-    /// `threshold · 2^40`: `mix64(..) >> 40 ≥ threshold` ⇔ `mix64(..) ≥ this`.
-    min_hash: __m512i,
-    /// Lane offsets 0..8 and 8..16.
-    lo: __m512i,
-    hi: __m512i,
-}
-
-impl KeepBits {
-    #[inline(always)]
-    unsafe fn new(d: &FusedDropout) -> Self {
-        KeepBits {
-            base: _mm512_set1_epi64(d.base as i64),
-            min_hash: _mm512_set1_epi64((d.threshold << 40) as i64),
-            lo: _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7),
-            hi: _mm512_setr_epi64(8, 9, 10, 11, 12, 13, 14, 15),
-        }
-    }
-
-    /// `mix64(base ^ idx)` without the last xor-shift (it does not change bits 40..64).
-    #[inline(always)]
-    unsafe fn hash8(&self, idx: __m512i) -> __m512i {
-        let mut z = _mm512_add_epi64(
-            _mm512_xor_si512(self.base, idx),
-            _mm512_set1_epi64(0x9E37_79B9_7F4A_7C15u64 as i64),
-        );
-        z = _mm512_xor_si512(z, _mm512_srli_epi64::<30>(z));
-        z = _mm512_mullo_epi64(z, _mm512_set1_epi64(0xBF58_476D_1CE4_E5B9u64 as i64));
-        z = _mm512_xor_si512(z, _mm512_srli_epi64::<27>(z));
-        _mm512_mullo_epi64(z, _mm512_set1_epi64(0x94D0_49BB_1331_11EBu64 as i64))
-    }
-
-    /// Keep bits of the 16 flat indices from `idx0`.
-    #[inline(always)]
-    unsafe fn mask(&self, idx0: u64) -> __mmask16 {
-        let i0 = _mm512_set1_epi64(idx0 as i64);
-        let a = self.hash8(_mm512_add_epi64(i0, self.lo));
-        let b = self.hash8(_mm512_add_epi64(i0, self.hi));
-        let ka = _mm512_cmpge_epu64_mask(a, self.min_hash) as u16;
-        let kb = _mm512_cmpge_epu64_mask(b, self.min_hash) as u16;
-        ka | (kb << 8)
-    }
-}
-
-/// [`FusedDropout::multipliers`]: `scale` or 0 for the flat indices from `idx0`.
-///
-/// # Safety
-/// The CPU must support AVX-512 F/DQ.
-#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")]
-pub unsafe fn multipliers(d: &FusedDropout, idx0: u64, out: &mut [f32]) {
-    let keep = KeepBits::new(d);
-    let scale = _mm512_set1_ps(d.scale);
-    for (c, chunk) in out.chunks_mut(LANES).enumerate() {
-        let kept = keep.mask(idx0 + (c * LANES) as u64);
-        let m = _mm512_maskz_mov_ps(kept, scale);
-        _mm512_mask_storeu_ps(chunk.as_mut_ptr(), lanes_below(chunk.len()), m);
-    }
-}
 
 /// Load of 16 lanes at `p` (unaligned).
 #[inline(always)]
@@ -233,7 +163,7 @@ unsafe fn splat<const HD: usize>(x: &[f32]) -> [__m512; HD] {
     std::array::from_fn(|d| _mm512_set1_ps(x[d]))
 }
 
-/// The forward of one (batch, head) task, as [`super::fused::kernels::forward_task_hd`]:
+/// The forward of one (batch, head) task, as [`super::portable::forward_task_hd`]:
 /// `q` `[T_q, HD]` (scaled), `kt`/`vt` `[HD, tkp]` zero padded, `dst` `[T_q, HD + 1]`
 /// (output row, then the row log-sum-exp).
 ///
@@ -289,7 +219,7 @@ pub unsafe fn forward_task<const HD: usize>(
                 let c = if m == f32::NEG_INFINITY {
                     0.0
                 } else {
-                    super::fused::exp_approx(m - m_new)
+                    crate::kernels::simd::exp_approx(m - m_new)
                 };
                 let c = _mm512_set1_ps(c);
                 lsum = _mm512_mul_ps(lsum, c);
@@ -385,7 +315,7 @@ thread_local! {
     static DS_TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The backward of one (batch, head) task, as [`super::fused::kernels::backward_task_hd`]:
+/// The backward of one (batch, head) task, as [`super::portable::backward_task_hd`]:
 /// `o`, `g` `[T_q, HD + 1]` (the forward's packed output and its gradient), `dq`
 /// `[T_q, HD]` written, `dkt`/`dvt` `[HD, tkp]` written (chunks no row sees: zeros).
 ///
@@ -506,8 +436,8 @@ mod tests {
 
     #[test]
     fn probs_are_bit_identical_to_the_avx2_build() {
-        use crate::model::fused::task_probs;
-        use crate::model::simd::{supported, Simd};
+        use crate::kernels::attention::task_probs;
+        use crate::kernels::simd::{supported, Simd};
         if !supported(Simd::Avx512) {
             return;
         }
@@ -550,7 +480,7 @@ mod tests {
 
     #[test]
     fn exp16_is_within_3e_7_of_exp() {
-        if !crate::model::simd::supported(crate::model::simd::Simd::Avx512) {
+        if !crate::kernels::simd::supported(crate::kernels::simd::Simd::Avx512) {
             return;
         }
         let mut worst = 0f64;

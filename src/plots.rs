@@ -15,7 +15,7 @@ use plotters::style::colors::colormaps::ViridisRGB;
 use std::path::Path;
 use std::sync::Once;
 
-static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
 
 /// Registers the embedded DejaVu Sans as the `sans-serif` family (idempotent).

@@ -5,14 +5,14 @@
 //! Per task (one sample and head, spread over candle's threads):
 //! 1. Recompute the task's probabilities `p_ij = exp(q_i·k_j − L_i)` from the attention's
 //!    scaled queries, keys and row log-sum-exp (the very kernel of
-//!    [`crate::model::fused::fused_probs`]) into a per-thread tile of `T_t × T_s` floats
+//!    [`crate::kernels::attention::fused_probs`]) into a per-thread tile of `T_t × T_s` floats
 //!    (≤ 1 MB at 500 × 500; the spec's alternative, a second recomputation, trades this
 //!    tile for another sweep of `exp`).
 //! 2. Threshold γ = the `k`-th largest eligible probability (query and key not padding,
-//!    `p > 0`; `k` from [`super::pea::keep_count`]): a 2048-bin histogram on the top bits
+//!    `p > 0`; `k` from [`keep_count`]): a 2048-bin histogram on the top bits
 //!    of the f32 pattern (monotone for positive floats) finds the bin that holds the
 //!    `k`-th value, and an exact selection inside that bin gives γ. Every eligible entry
-//!    `≥ γ` is selected (ties at γ all kept) — the same rule as [`super::pea::top_tau_mask`].
+//!    `≥ γ` is selected (ties at γ all kept) — the same rule as the composed `align::pea::top_tau_mask`.
 //! 3. One sweep over the rows: the new mask row `V = W | V_prev` as f32 0/1 (and as bits
 //!    for the next layer), then with unscaled `q̃ = q·sqrt(hd)`:
 //!    `c_i = Σ_j V_ij`, `K_i = Σ_j V_ij k_j`, `r_j += V_ij`, `Q_j += V_ij q̃_i`,
@@ -27,13 +27,20 @@
 //! computed in the same sweep (the masks carry no gradient, so `d` is a quadratic form
 //! with a fixed mask and this gradient is exact).
 
-use super::pea::keep_count;
 use super::precomputed::scalar_with_grads;
-use crate::model::fused::{for_each_task, task_probs, transpose, Dims};
-use crate::model::simd::{self, dot16 as dot, simd_dispatch, Simd};
+use crate::kernels::attention::{task_probs, Dims};
+use crate::kernels::par::{for_each_task, transpose};
+use crate::kernels::simd::{self, dot16 as dot, simd_dispatch, Simd};
 use anyhow::{ensure, Result};
 use candle_core::utils::get_num_threads;
 use candle_core::Tensor;
+
+/// Number of entries PEA keeps in one map: `ceil(τ · T_t · T_s)` over the valid lengths,
+/// capped by the number of eligible (non-padding, probability > 0) entries.
+pub fn keep_count(tau: f64, valid_q: usize, valid_k: usize, eligible: usize) -> usize {
+    let k = (tau * (valid_q * valid_k) as f64).ceil() as usize;
+    k.min(eligible)
+}
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -309,36 +316,24 @@ fn threshold(t: &TaskIn, probs: &[f32]) -> f32 {
     *g
 }
 
-/// The sweep in each SIMD build (see [`crate::model::simd`]).
+/// The sweep in each SIMD build (see [`crate::kernels::simd`]).
 mod sweeps {
     use super::TaskIn;
 
-    macro_rules! simd_builds {
-        ($($module:ident: $features:literal),*) => {$(
-            #[cfg(target_arch = "x86_64")]
-            pub mod $module {
-                use super::TaskIn;
-
-                /// Threshold and sweep in this build.
-                #[target_feature(enable = $features)]
-                pub fn sweep(
-                    t: &TaskIn,
-                    kt: &[f32],
-                    probs: &[f32],
-                    bits: &mut [u64],
-                    dq: &mut [f32],
-                    dk: &mut [f32],
-                ) -> (f64, usize) {
-                    let gamma = super::super::threshold(t, probs);
-                    super::super::sweep(t, kt, probs, gamma, bits, dq, dk)
-                }
-            }
-        )*};
-    }
-    simd_builds!(
-        avx2: "avx2,fma",
-        avx512: "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"
-    );
+    crate::kernels::simd::simd_builds!(avx2, avx512; {
+        /// Threshold and sweep in this build.
+        pub fn sweep(
+            t: &TaskIn,
+            kt: &[f32],
+            probs: &[f32],
+            bits: &mut [u64],
+            dq: &mut [f32],
+            dk: &mut [f32],
+        ) -> (f64, usize) {
+            let gamma = super::super::threshold(t, probs);
+            super::super::sweep(t, kt, probs, gamma, bits, dq, dk)
+        }
+    });
 
     /// The portable build.
     #[inline(always)]
@@ -455,67 +450,4 @@ fn key_terms(kt: &[f32], r: &[f32], qt: &[f32], hd: usize, dk: &mut [f32]) -> f6
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::align::pea::{top_tau_mask, MapDims};
-    use rand::{Rng, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
-
-    #[test]
-    fn histogram_threshold_selects_exactly_what_full_selection_does() {
-        let mut rng = ChaCha8Rng::seed_from_u64(9);
-        let (tq, tk) = (9, 13);
-        for trial in 0..40 {
-            // Values spread over many binades, with ties (a small pool of values) in
-            // half of the trials, and zeros (masked entries) in some.
-            let pool: Vec<f32> = (0..7).map(|_| rng.gen_range(1e-6f32..1.0)).collect();
-            let probs: Vec<f32> = (0..tq * tk)
-                .map(|_| match trial % 4 {
-                    0 => pool[rng.gen_range(0..pool.len())],
-                    1 => 10f32.powf(rng.gen_range(-9.0..0.0)),
-                    2 if rng.gen_bool(0.2) => 0.0,
-                    _ => rng.gen_range(0.0f32..1.0),
-                })
-                .collect();
-            let vq: Vec<bool> = (0..tq).map(|_| rng.gen_bool(0.8)).collect();
-            let vk: Vec<bool> = (0..tk).map(|_| rng.gen_bool(0.8)).collect();
-            for tau in [0.01, 0.25, 0.3, 0.77, 1.0] {
-                let dims = Dims {
-                    b: 1,
-                    h: 1,
-                    tq,
-                    tk,
-                    hd: 1,
-                };
-                let t = TaskIn::for_threshold(dims, false, &vq, &vk, tau);
-                let gamma = threshold(&t, &probs);
-                let got: Vec<bool> = (0..tq * tk)
-                    .map(|x| {
-                        let (i, j) = (x / tk, x % tk);
-                        vq[i] && vk[j] && probs[x] > 0.0 && probs[x] >= gamma
-                    })
-                    .collect();
-                let dims = MapDims { b: 1, h: 1, tq, tk };
-                let want = top_tau_mask(&probs, dims, &vq, &vk, tau).unwrap();
-                assert_eq!(got, want, "trial {trial} tau {tau}");
-            }
-        }
-    }
-
-    #[test]
-    fn mask_bits_round_trip() {
-        let dims = Dims {
-            b: 1,
-            h: 2,
-            tq: 3,
-            tk: 70,
-            hd: 1,
-        };
-        let mut m = MaskBits::empty(dims);
-        assert_eq!(m.words, 2);
-        m.bits[(3 + 2) * 2 + 1] |= 1 << 5; // task 1, row 2, column 69
-        let b = m.to_bools();
-        assert_eq!(b.iter().filter(|x| **x).count(), 1);
-        assert!(b[(3 + 2) * 70 + 69] && m.get(1, 2, 69) && m.count() == 1);
-    }
-}
+mod tests;

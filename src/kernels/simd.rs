@@ -130,6 +130,63 @@ pub fn dot16(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Vectorisable `exp` for `x ≤ ~88`: Cephes' `expf` (round-to-nearest range reduction by
+/// `ln 2` in two parts, degree-6 polynomial, exponent by bit assembly). Inputs below
+/// `-87.3` (where `f32::exp` gives a subnormal or 0) return `~1.2e-38`, which is
+/// negligible against the softmax sums (≥ 1) it is added to.
+#[inline(always)]
+pub fn exp_approx(x: f32) -> f32 {
+    exp_generic::<false>(x)
+}
+
+/// `a·b + c`: one fused multiply-add in the FMA builds (`F`), two roundings otherwise.
+#[inline(always)]
+pub(crate) fn fmadd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if F {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// [`exp_approx`] with FMA contraction (`F`, the AVX2/AVX-512 builds) or without.
+#[inline(always)]
+pub(crate) fn exp_generic<const F: bool>(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    // 1.5 · 2^23: adding it rounds to an integer, which then sits in the low mantissa
+    // bits (`bits = 0x4B40_0000 + n`), so no float-to-int conversion is needed (those
+    // saturate in Rust and would keep the loop from vectorising).
+    const ROUND: f32 = 12_582_912.0;
+    let x = if x < -87.336_55 { -87.336_55 } else { x };
+    let x = if x > 88.37 { 88.37 } else { x };
+    let t = fmadd::<F>(x, LOG2E, ROUND);
+    let n = t - ROUND;
+    let ni = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    let r = fmadd::<F>(-n, C2, fmadd::<F>(-n, C1, x));
+    let mut p = 1.987_569_1e-4f32;
+    p = fmadd::<F>(p, r, 1.398_2e-3);
+    p = fmadd::<F>(p, r, 8.333_452e-3);
+    p = fmadd::<F>(p, r, 4.166_579_6e-2);
+    p = fmadd::<F>(p, r, 1.666_666_5e-1);
+    p = fmadd::<F>(p, r, 0.5); // Cephes: 5.0000001201e-1, which is 0.5 in f32.
+    let y = fmadd::<F>(p, r * r, r) + 1.0;
+    let scale = f32::from_bits((ni.wrapping_add(127) as u32) << 23);
+    y * scale
+}
+
+/// AVX-512 mask of lanes `0..n` of a 16-lane chunk (`n ≥ 16`: all).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn lanes_below(n: usize) -> std::arch::x86_64::__mmask16 {
+    if n >= 16 {
+        0xFFFF
+    } else {
+        ((1u32 << n) - 1) as std::arch::x86_64::__mmask16
+    }
+}
+
 /// Calls `$path::$name::<FMA>(args)` in the build for `$level`: `$path::avx512::$name`,
 /// `$path::avx2::$name` (both `#[target_feature]` wrappers) or the portable generic.
 macro_rules! simd_dispatch {
@@ -137,13 +194,13 @@ macro_rules! simd_dispatch {
         use $path as kernels_path;
         match $level {
             #[cfg(target_arch = "x86_64")]
-            $crate::model::simd::Simd::Avx512 => {
+            $crate::kernels::simd::Simd::Avx512 => {
                 // SAFETY: `Simd::Avx512` is only ever selected when `supported` found the
                 // features the wrapper enables.
                 unsafe { kernels_path::avx512::$name($($arg),*) }
             }
             #[cfg(target_arch = "x86_64")]
-            $crate::model::simd::Simd::Avx2 => {
+            $crate::kernels::simd::Simd::Avx2 => {
                 // SAFETY: as above, for AVX2 + FMA.
                 unsafe { kernels_path::avx2::$name($($arg),*) }
             }
@@ -152,6 +209,58 @@ macro_rules! simd_dispatch {
     }};
 }
 pub(crate) use simd_dispatch;
+
+/// The `#[target_feature]` builds of a kernel module, written once: for each ISA named
+/// (`avx2`: AVX2 + FMA; `avx512`: AVX-512 F/DQ/VL/BW + AVX2 + FMA — the only place these
+/// feature strings are spelled for the generic kernels), a module of that name holding
+/// each listed function compiled with the ISA's features. Each function is a wrapper whose
+/// body calls the generic kernel (usually with FMA, `::<true>`); [`simd_dispatch`] picks
+/// the build at run time.
+///
+/// ```text
+/// simd_builds!(avx2, avx512; {
+///     /// [`super::rows`] in this build.
+///     pub fn rows(s: &Sweep, grad: &mut [f32]) -> f64 { super::rows::<true>(s, grad) }
+/// });
+/// ```
+macro_rules! simd_builds {
+    (@fns $f:literal;) => {};
+    (@fns $f:literal;
+        $(#[$m:meta])*
+        pub fn $name:ident $(<const $c:ident : $ct:ty>)? ( $($a:ident : $t:ty),* $(,)? )
+            $(-> $r:ty)? $body:block
+        $($rest:tt)*
+    ) => {
+        $(#[$m])*
+        #[target_feature(enable = $f)]
+        pub fn $name $(<const $c: $ct>)? ($($a: $t),*) $(-> $r)? $body
+        $crate::kernels::simd::simd_builds!(@fns $f; $($rest)*);
+    };
+    (@module avx2 { $($fns:tt)* }) => {
+        /// The AVX2 + FMA build.
+        #[cfg(target_arch = "x86_64")]
+        pub mod avx2 {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::kernels::simd::simd_builds!(@fns "avx2,fma"; $($fns)*);
+        }
+    };
+    (@module avx512 { $($fns:tt)* }) => {
+        /// The AVX-512 build.
+        #[cfg(target_arch = "x86_64")]
+        pub mod avx512 {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::kernels::simd::simd_builds!(
+                @fns "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"; $($fns)*
+            );
+        }
+    };
+    ($($isa:ident),+ ; $fns:tt) => {
+        $($crate::kernels::simd::simd_builds!(@module $isa $fns);)+
+    };
+}
+pub(crate) use simd_builds;
 
 #[cfg(test)]
 mod tests {

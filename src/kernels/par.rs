@@ -147,6 +147,37 @@ pub(crate) fn col_reduce(
     acc
 }
 
+/// Runs `f` on every item, spread over `threads` contiguous groups (every task of one call
+/// costs the same) run on the current rayon pool (the one candle's matmul uses too), so no
+/// thread is spawned.
+pub(crate) fn for_each_task<T: Send>(threads: usize, items: Vec<T>, f: impl Fn(T) + Sync + Send) {
+    let threads = threads.max(1).min(items.len());
+    if threads <= 1 {
+        items.into_iter().for_each(f);
+        return;
+    }
+    let per = items.len().div_ceil(threads);
+    let mut groups: Vec<Vec<T>> = Vec::with_capacity(threads);
+    let mut it = items.into_iter().peekable();
+    while it.peek().is_some() {
+        groups.push(it.by_ref().take(per).collect());
+    }
+    groups
+        .into_par_iter()
+        .for_each(|g| g.into_iter().for_each(&f));
+}
+
+/// `[rows, cols]` row-major to `[cols, rows]`.
+pub(crate) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = x[r * cols + c];
+        }
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

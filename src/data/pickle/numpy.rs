@@ -2,7 +2,7 @@
 //! (any byte order, C or Fortran order, split anywhere across chunks) to `f32` values or,
 //! for fixed-width `S` / `U` strings, to text.
 
-use super::pickle::{malformed, ArrayData, PickleErrorKind, Res};
+use super::{malformed, ArrayData, PickleErrorKind, Res};
 
 /// Element kind of a numpy dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,8 @@
 //! Large arrays use `BINBYTES8`, so splits over 4 GiB are fine. No memo, no framing
 //! (both optional in protocol 4).
 
-use super::{Dataset, Labels, Split};
+use super::super::{Dataset, Labels, Split};
+use super::OpCode;
 use anyhow::{anyhow, Context, Result};
 use std::io::Write;
 use std::path::Path;
@@ -36,8 +37,8 @@ pub fn write_mult_pickle(ds: &Dataset, path: &Path) -> Result<()> {
 /// Writes `ds` as a MulT-layout pickle to any writer.
 pub fn write_mult_pickle_to<W: Write>(ds: &Dataset, w: W) -> Result<()> {
     let mut p = Pickler { w };
-    p.raw(&[PROTO, 4])?;
-    p.raw(&[EMPTY_DICT, MARK])?;
+    p.raw(&[OpCode::PROTO, 4])?;
+    p.raw(&[OpCode::EMPTY_DICT, OpCode::MARK])?;
     for name in MULT_SPLITS {
         let split = ds
             .splits
@@ -46,34 +47,9 @@ pub fn write_mult_pickle_to<W: Write>(ds: &Dataset, w: W) -> Result<()> {
         p.unicode(name)?;
         p.split(split)?;
     }
-    p.raw(&[SETITEMS, STOP])?;
+    p.raw(&[OpCode::SETITEMS, OpCode::STOP])?;
     Ok(())
 }
-
-// Opcodes (see CPython's Lib/pickle.py).
-const PROTO: u8 = 0x80;
-const STOP: u8 = b'.';
-const MARK: u8 = b'(';
-const EMPTY_DICT: u8 = b'}';
-const EMPTY_LIST: u8 = b']';
-const SETITEMS: u8 = b'u';
-const APPENDS: u8 = b'e';
-const TUPLE: u8 = b't';
-const TUPLE1: u8 = 0x85;
-const TUPLE3: u8 = 0x87;
-const NONE: u8 = b'N';
-const NEWTRUE: u8 = 0x88;
-const NEWFALSE: u8 = 0x89;
-const BININT: u8 = b'J';
-const BININT1: u8 = b'K';
-const SHORT_BINUNICODE: u8 = 0x8c;
-const BINUNICODE: u8 = b'X';
-const SHORT_BINBYTES: u8 = b'C';
-const BINBYTES: u8 = b'B';
-const BINBYTES8: u8 = 0x8e;
-const STACK_GLOBAL: u8 = 0x93;
-const REDUCE: u8 = b'R';
-const BUILD: u8 = b'b';
 
 /// Number of list items per `APPENDS` batch (as CPython does).
 const APPEND_BATCH: usize = 1000;
@@ -94,9 +70,9 @@ impl<W: Write> Pickler<W> {
     fn unicode(&mut self, s: &str) -> Result<()> {
         let b = s.as_bytes();
         match u8::try_from(b.len()) {
-            Ok(len) => self.raw(&[SHORT_BINUNICODE, len])?,
+            Ok(len) => self.raw(&[OpCode::SHORT_BINUNICODE, len])?,
             Err(_) => {
-                self.raw(&[BINUNICODE])?;
+                self.raw(&[OpCode::BINUNICODE])?;
                 self.raw(&u32::try_from(b.len())?.to_le_bytes())?;
             }
         }
@@ -105,28 +81,28 @@ impl<W: Write> Pickler<W> {
 
     fn int(&mut self, v: i64) -> Result<()> {
         match u8::try_from(v) {
-            Ok(small) => self.raw(&[BININT1, small]),
+            Ok(small) => self.raw(&[OpCode::BININT1, small]),
             Err(_) => {
                 let v = i32::try_from(v).context("integer does not fit BININT")?;
-                self.raw(&[BININT])?;
+                self.raw(&[OpCode::BININT])?;
                 self.raw(&v.to_le_bytes())
             }
         }
     }
 
     fn bool(&mut self, v: bool) -> Result<()> {
-        self.raw(&[if v { NEWTRUE } else { NEWFALSE }])
+        self.raw(&[if v { OpCode::NEWTRUE } else { OpCode::NEWFALSE }])
     }
 
     /// The header of a bytes object of `len` bytes (the payload follows).
     fn bytes_header(&mut self, len: usize) -> Result<()> {
         if let Ok(l) = u8::try_from(len) {
-            self.raw(&[SHORT_BINBYTES, l])
+            self.raw(&[OpCode::SHORT_BINBYTES, l])
         } else if let Ok(l) = u32::try_from(len) {
-            self.raw(&[BINBYTES])?;
+            self.raw(&[OpCode::BINBYTES])?;
             self.raw(&l.to_le_bytes())
         } else {
-            self.raw(&[BINBYTES8])?;
+            self.raw(&[OpCode::BINBYTES8])?;
             self.raw(&(len as u64).to_le_bytes())
         }
     }
@@ -134,29 +110,35 @@ impl<W: Write> Pickler<W> {
     fn global(&mut self, module: &str, name: &str) -> Result<()> {
         self.unicode(module)?;
         self.unicode(name)?;
-        self.raw(&[STACK_GLOBAL])
+        self.raw(&[OpCode::STACK_GLOBAL])
     }
 
     fn shape(&mut self, shape: &[usize]) -> Result<()> {
-        self.raw(&[MARK])?;
+        self.raw(&[OpCode::MARK])?;
         for &s in shape {
             self.int(s as i64)?;
         }
-        self.raw(&[TUPLE])
+        self.raw(&[OpCode::TUPLE])
     }
 
     /// `numpy.dtype(code, False, True)` with its `BUILD` state.
     fn dtype(&mut self, code: &str, order: &str, flags: i64) -> Result<()> {
         self.global("numpy", "dtype")?;
         self.unicode(code)?;
-        self.raw(&[NEWFALSE, NEWTRUE, TUPLE3, REDUCE, MARK])?;
+        self.raw(&[
+            OpCode::NEWFALSE,
+            OpCode::NEWTRUE,
+            OpCode::TUPLE3,
+            OpCode::REDUCE,
+            OpCode::MARK,
+        ])?;
         self.int(3)?;
         self.unicode(order)?;
-        self.raw(&[NONE, NONE, NONE])?;
+        self.raw(&[OpCode::NONE, OpCode::NONE, OpCode::NONE])?;
         self.int(-1)?;
         self.int(-1)?;
         self.int(flags)?;
-        self.raw(&[TUPLE, BUILD])
+        self.raw(&[OpCode::TUPLE, OpCode::BUILD])
     }
 
     /// `_reconstruct(ndarray, (0,), b'b')` followed by the state tuple opener.
@@ -164,7 +146,15 @@ impl<W: Write> Pickler<W> {
         self.global("numpy.core.multiarray", "_reconstruct")?;
         self.global("numpy", "ndarray")?;
         self.int(0)?;
-        self.raw(&[TUPLE1, SHORT_BINBYTES, 1, b'b', TUPLE3, REDUCE, MARK])?;
+        self.raw(&[
+            OpCode::TUPLE1,
+            OpCode::SHORT_BINBYTES,
+            1,
+            b'b',
+            OpCode::TUPLE3,
+            OpCode::REDUCE,
+            OpCode::MARK,
+        ])?;
         self.int(1)?;
         self.shape(shape)
     }
@@ -184,7 +174,7 @@ impl<W: Write> Pickler<W> {
                 .for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
             self.raw(&buf)?;
         }
-        self.raw(&[TUPLE, BUILD])
+        self.raw(&[OpCode::TUPLE, OpCode::BUILD])
     }
 
     /// An object array of Python `str`, row-major.
@@ -193,20 +183,20 @@ impl<W: Write> Pickler<W> {
         self.array_prologue(shape)?;
         self.dtype("O8", "|", 63)?;
         self.bool(false)?;
-        self.raw(&[EMPTY_LIST])?;
+        self.raw(&[OpCode::EMPTY_LIST])?;
         for batch in items.chunks(APPEND_BATCH) {
-            self.raw(&[MARK])?;
+            self.raw(&[OpCode::MARK])?;
             for s in batch {
                 self.unicode(s)?;
             }
-            self.raw(&[APPENDS])?;
+            self.raw(&[OpCode::APPENDS])?;
         }
-        self.raw(&[TUPLE, BUILD])
+        self.raw(&[OpCode::TUPLE, OpCode::BUILD])
     }
 
     /// One split's dict: text, audio, vision, labels, id.
     fn split(&mut self, split: &Split) -> Result<()> {
-        self.raw(&[EMPTY_DICT, MARK])?;
+        self.raw(&[OpCode::EMPTY_DICT, OpCode::MARK])?;
         for (key, m) in ["text", "audio", "vision"].iter().zip(split.modalities()) {
             self.unicode(key)?;
             self.array_f32(&[m.n, m.t, m.d], &m.data)?;
@@ -218,7 +208,7 @@ impl<W: Write> Pickler<W> {
             self.unicode("id")?;
             self.array_str(&[split.len(), 3], &ids)?;
         }
-        self.raw(&[SETITEMS])
+        self.raw(&[OpCode::SETITEMS])
     }
 }
 
@@ -290,8 +280,11 @@ mod tests {
     #[test]
     fn frame_is_protocol_4_dict_and_ends_with_stop() {
         let bytes = pickle_bytes(&tiny(SynthSize::Small));
-        assert_eq!(&bytes[..4], &[PROTO, 4, EMPTY_DICT, MARK]);
-        assert_eq!(&bytes[bytes.len() - 2..], &[SETITEMS, STOP]);
+        assert_eq!(
+            &bytes[..4],
+            &[OpCode::PROTO, 4, OpCode::EMPTY_DICT, OpCode::MARK]
+        );
+        assert_eq!(&bytes[bytes.len() - 2..], &[OpCode::SETITEMS, OpCode::STOP]);
     }
 
     #[test]
@@ -301,7 +294,7 @@ mod tests {
         for name in MULT_SPLITS {
             for m in ds.splits[name].modalities() {
                 let raw: Vec<u8> = m.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-                let mut header = vec![BINBYTES];
+                let mut header = vec![OpCode::BINBYTES];
                 header.extend((raw.len() as u32).to_le_bytes());
                 header.extend(&raw);
                 assert!(
@@ -337,10 +330,10 @@ mod tests {
             p.bytes_header(len).unwrap();
             p.w
         };
-        assert_eq!(header(1), vec![SHORT_BINBYTES, 1]);
-        assert_eq!(header(256), vec![BINBYTES, 0, 1, 0, 0]);
+        assert_eq!(header(1), vec![OpCode::SHORT_BINBYTES, 1]);
+        assert_eq!(header(256), vec![OpCode::BINBYTES, 0, 1, 0, 0]);
         let big = 5usize << 30; // > 4 GiB: a whole MOSEI split can exceed it
-        let mut want = vec![BINBYTES8];
+        let mut want = vec![OpCode::BINBYTES8];
         want.extend((big as u64).to_le_bytes());
         assert_eq!(header(big), want);
     }
@@ -352,9 +345,9 @@ mod tests {
             p.int(v).unwrap();
             p.w
         };
-        assert_eq!(enc(3), vec![BININT1, 3]);
-        assert_eq!(enc(-1), vec![BININT, 0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(enc(500), vec![BININT, 0xf4, 1, 0, 0]);
+        assert_eq!(enc(3), vec![OpCode::BININT1, 3]);
+        assert_eq!(enc(-1), vec![OpCode::BININT, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(enc(500), vec![OpCode::BININT, 0xf4, 1, 0, 0]);
     }
 
     #[test]
