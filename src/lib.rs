@@ -3,7 +3,8 @@
 //! Laid out by what the data passes through: `data` (formats, synthetic benchmark,
 //! batching) → `model` (front end, attention, encoder, MulT, MICA) → `align` (MMD, PEA)
 //! → `train` (loop, optimiser, schedule, checkpoints) → `eval` (metrics) → `analysis`
-//! (A-distance, correlation accuracy, statistics, plots) → `cli`.
+//! (A-distance, correlation accuracy, statistics, plots) → `sweep` (run manifests, locks,
+//! local and Slurm executors) → `cli`.
 pub mod align;
 pub mod analysis;
 pub mod cli;
@@ -12,4 +13,5 @@ pub mod data;
 pub mod durable;
 pub mod eval;
 pub mod model;
+pub mod sweep;
 pub mod train;
