@@ -26,20 +26,26 @@ stop() {
     if [[ -f "$conf" ]] && command -v scancel >/dev/null; then
         SLURM_CONF="$conf" timeout 10 scancel --user="$(id -un)" 2>/dev/null || true
     fi
+    # TERM to every daemon at once, then wait (at most 5 s) and KILL what is left.
+    local pids=()
     for d in slurmd slurmctld munged; do
-        local pidf="$state/$d.pid"
+        local pidf="$state/$d.pid" pid
         [[ -f "$pidf" ]] || continue
-        local pid
         pid=$(cat "$pidf")
         if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
             kill -TERM "$pid" 2>/dev/null || true
-            for _ in $(seq 50); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-            kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+            pids+=("$pid")
         fi
         rm -f "$pidf"
+    done
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
     done
 }
 

@@ -22,7 +22,15 @@ fn tiny_data(dir: &Path) -> PathBuf {
     let data = dir.join("data");
     let o = mica()
         .args(["synth", "--size", "small", "--seed", "3"])
-        .args(["--n-train", "12", "--n-valid", "6", "--n-test", "6", "--out"])
+        .args([
+            "--n-train",
+            "12",
+            "--n-valid",
+            "6",
+            "--n-test",
+            "6",
+            "--out",
+        ])
         .arg(&data)
         .output()
         .unwrap();
@@ -95,15 +103,25 @@ fn the_plan_and_the_slurm_scripts_match_their_golden_files() {
     let dir_abs = dir.path().canonicalize().unwrap();
     let data = tiny_data(&dir_abs);
     let out = dir_abs.join("abl");
-    let o = ablate(&data, &out, &["--epochs", "2", "--executor", "slurm", "--dry-run"])
-        .args(["--jobs", "2", "--slurm-cpus", "2", "--slurm-mem", "2G"])
-        .args(["--slurm-time", "00:10:00", "--slurm-partition", "short"])
-        .args(["--slurm-opt=--account=lab", "--slurm-opt", "--qos=normal"])
-        .output()
-        .unwrap();
+    let o = ablate(
+        &data,
+        &out,
+        &["--epochs", "2", "--executor", "slurm", "--dry-run"],
+    )
+    .args(["--jobs", "2", "--slurm-cpus", "2", "--slurm-mem", "2G"])
+    .args(["--slurm-time", "00:10:00", "--slurm-partition", "short"])
+    .args(["--slurm-opt=--account=lab", "--slurm-opt", "--qos=normal"])
+    .output()
+    .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("sbatch --dependency=afterok:$jid"), "{}", text(&o));
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_mica")).canonicalize().unwrap();
+    assert!(
+        text(&o).contains("sbatch --dependency=afterok:$jid"),
+        "{}",
+        text(&o)
+    );
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_mica"))
+        .canonicalize()
+        .unwrap();
     let ph = [
         (exe.as_path(), "<MICA>"),
         (out.as_path(), "<OUT>"),
@@ -119,7 +137,12 @@ fn the_plan_and_the_slurm_scripts_match_their_golden_files() {
         .collect();
     assert_eq!(
         ids,
-        ["backbone/seed-1", "backbone/seed-2", "mica/seed-1", "mica/seed-2"]
+        [
+            "backbone/seed-1",
+            "backbone/seed-2",
+            "mica/seed-1",
+            "mica/seed-2"
+        ]
     );
     // The rows differ where Table 5 says they do, and only the seed differs within a row.
     let cfg = |i: usize| &v["runs"][i]["config"];
@@ -141,17 +164,30 @@ fn the_plan_and_the_slurm_scripts_match_their_golden_files() {
     golden("aggregate.sh", &placeholders(&agg, &ph));
     // Nothing trained, everything pending.
     assert!(!out.join("mica").exists());
-    let o = mica().arg("ablate").arg("--status").arg(&out).output().unwrap();
+    let o = mica()
+        .arg("ablate")
+        .arg("--status")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("4 runs: 4 pending"), "{}", text(&o));
     // The same plan again is accepted; the same ids with other options are refused.
-    let o = ablate(&data, &out, &["--epochs", "2", "--executor", "slurm", "--dry-run"])
-        .output()
-        .unwrap();
+    let o = ablate(
+        &data,
+        &out,
+        &["--epochs", "2", "--executor", "slurm", "--dry-run"],
+    )
+    .output()
+    .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let o = ablate(&data, &out, &["--epochs", "3", "--executor", "slurm", "--dry-run"])
-        .output()
-        .unwrap();
+    let o = ablate(
+        &data,
+        &out,
+        &["--epochs", "3", "--executor", "slurm", "--dry-run"],
+    )
+    .output()
+    .unwrap();
     assert!(!o.status.success());
     assert!(
         text(&o).contains("run backbone/seed-1 was planned with another config"),
@@ -162,7 +198,11 @@ fn the_plan_and_the_slurm_scripts_match_their_golden_files() {
     let o = ablate(&data, &dir_abs.join("x"), &["--slurm-mem", "2G"])
         .output()
         .unwrap();
-    assert!(text(&o).contains("--slurm-mem goes with --executor slurm"), "{}", text(&o));
+    assert!(
+        text(&o).contains("--slurm-mem goes with --executor slurm"),
+        "{}",
+        text(&o)
+    );
     assert!(!dir_abs.join("x").exists());
 }
 
@@ -183,7 +223,12 @@ fn two_jobs_at_a_time_and_killed_runs_resume() {
     assert!(t.contains("exited with code 86"), "{t}");
     // Killed holders leave their locks behind; --status reads them as dead.
     assert!(out.join("mica/seed-1.lock").is_file());
-    let o = mica().arg("ablate").arg("--status").arg(&out).output().unwrap();
+    let o = mica()
+        .arg("ablate")
+        .arg("--status")
+        .arg(&out)
+        .output()
+        .unwrap();
     let st = text(&o);
     assert!(st.contains("4 runs: 4 interrupted"), "{st}");
     assert!(st.contains("stopped after epoch 2/3"), "{st}");
@@ -196,19 +241,31 @@ fn two_jobs_at_a_time_and_killed_runs_resume() {
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert_eq!(t.matches("resumed and finished").count(), 4, "{t}");
-    for run in ["backbone/seed-1", "backbone/seed-2", "mica/seed-1", "mica/seed-2"] {
+    for run in [
+        "backbone/seed-1",
+        "backbone/seed-2",
+        "mica/seed-1",
+        "mica/seed-2",
+    ] {
         let log = std::fs::read_to_string(out.join(run).join("log.csv")).unwrap();
         assert_eq!(log.lines().count(), 4, "{run}: header + 3 epochs\n{log}");
-        assert!(!out.join(format!("{run}.lock")).exists(), "{run}: lock released");
+        assert!(
+            !out.join(format!("{run}.lock")).exists(),
+            "{run}: lock released"
+        );
     }
     let table: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("ablation.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("ablation.json")).unwrap()).unwrap();
     let rows = table["table"]["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[1]["variant"], "mica");
     assert_eq!(rows[1]["seeds"], serde_json::json!([1, 2]));
-    let o = mica().arg("ablate").arg("--status").arg(&out).output().unwrap();
+    let o = mica()
+        .arg("ablate")
+        .arg("--status")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(text(&o).contains("4 runs: 4 done"), "{}", text(&o));
 
     // A third call reuses everything; --aggregate alone rewrites the tables.
@@ -217,7 +274,12 @@ fn two_jobs_at_a_time_and_killed_runs_resume() {
         .unwrap();
     assert!(text(&o).contains("4 runs, 0 to train"), "{}", text(&o));
     std::fs::remove_file(out.join("ablation.md")).unwrap();
-    let o = mica().arg("ablate").arg("--aggregate").arg(&out).output().unwrap();
+    let o = mica()
+        .arg("ablate")
+        .arg("--aggregate")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert!(out.join("ablation.md").is_file());
 }
@@ -227,9 +289,13 @@ fn a_run_held_by_a_live_process_is_never_trained_twice() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_data(dir.path());
     let out = dir.path().join("abl");
-    let o = ablate(&data, &out, &["--epochs", "1", "--executor", "slurm", "--dry-run"])
-        .output()
-        .unwrap();
+    let o = ablate(
+        &data,
+        &out,
+        &["--epochs", "1", "--executor", "slurm", "--dry-run"],
+    )
+    .output()
+    .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     // pid 1 is alive in every container: a live owner on this host.
     std::fs::create_dir_all(out.join("mica")).unwrap();
@@ -246,9 +312,17 @@ fn a_run_held_by_a_live_process_is_never_trained_twice() {
         .unwrap();
     assert!(!o.status.success());
     let t = text(&o);
-    assert!(t.contains("run mica/seed-1 is being trained by pid 1 on"), "{t}");
+    assert!(
+        t.contains("run mica/seed-1 is being trained by pid 1 on"),
+        "{t}"
+    );
     assert!(!out.join("mica/seed-1").exists(), "nothing written");
-    let o = mica().arg("ablate").arg("--status").arg(&out).output().unwrap();
+    let o = mica()
+        .arg("ablate")
+        .arg("--status")
+        .arg(&out)
+        .output()
+        .unwrap();
     let st = text(&o);
     assert!(
         st.lines()
@@ -262,7 +336,11 @@ fn a_run_held_by_a_live_process_is_never_trained_twice() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("backbone/seed-1: trained in"), "{}", text(&o));
+    assert!(
+        text(&o).contains("backbone/seed-1: trained in"),
+        "{}",
+        text(&o)
+    );
     let o = mica()
         .args(["run-task", "--index", "9"])
         .arg(&out)
@@ -279,11 +357,19 @@ fn a_run_held_by_a_live_process_is_never_trained_twice() {
         .output()
         .unwrap();
     assert!(!o.status.success());
-    let o = mica().arg("ablate").arg("--status").arg(&out).output().unwrap();
+    let o = mica()
+        .arg("ablate")
+        .arg("--status")
+        .arg(&out)
+        .output()
+        .unwrap();
     let st = text(&o);
     assert!(st.contains("backbone/seed-2  failed"), "{st}");
     assert!(st.contains("is not a mica run directory"), "{st}");
-    assert!(st.contains("4 runs: 1 done, 1 running, 1 failed, 1 pending"), "{st}");
+    assert!(
+        st.contains("4 runs: 1 done, 1 running, 1 failed, 1 pending"),
+        "{st}"
+    );
 }
 
 #[test]
@@ -295,7 +381,12 @@ fn a_grid_spans_keys_times_values_times_seeds() {
         .arg("grid")
         .args(TINY)
         .args(["--epochs", "1", "--seeds", "1", "--jobs", "2"])
-        .args(["--vary", "train.lr=0.001,0.0003", "--vary", "model.relu_dropout=0,0.2"])
+        .args([
+            "--vary",
+            "train.lr=0.001,0.0003",
+            "--vary",
+            "model.relu_dropout=0,0.2",
+        ])
         .arg("--data")
         .arg(&data)
         .arg("--out")
@@ -306,7 +397,10 @@ fn a_grid_spans_keys_times_values_times_seeds() {
     let csv = std::fs::read_to_string(out.join("grid.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 5, "{csv}");
-    assert!(lines[0].starts_with("run,train.lr,model.relu_dropout,seed,"), "{csv}");
+    assert!(
+        lines[0].starts_with("run,train.lr,model.relu_dropout,seed,"),
+        "{csv}"
+    );
     let cfg = std::fs::read_to_string(
         out.join("train.lr=0.0003,model.relu_dropout=0.2/seed-1/config.json"),
     )
@@ -325,5 +419,9 @@ fn a_grid_spans_keys_times_values_times_seeds() {
         .arg(&data)
         .output()
         .unwrap();
-    assert!(text(&o).contains("unknown option `train.nope`"), "{}", text(&o));
+    assert!(
+        text(&o).contains("unknown option `train.nope`"),
+        "{}",
+        text(&o)
+    );
 }

@@ -205,13 +205,11 @@ pub fn aggregate(out: &Path, m: &Manifest) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     let has = |v: &str| rows.iter().any(|r| r.name == v);
-    if has("mica") && has("backbone") {
+    if let (true, true, Some(&s)) = (has("mica"), has("backbone"), seeds.first()) {
         eprintln!(
             "Table 6 next: mica analyze --checkpoint {} --checkpoint {}",
-            seed_dir(&out.join("mica"), seeds[0]).join("best").display(),
-            seed_dir(&out.join("backbone"), seeds[0])
-                .join("best")
-                .display()
+            seed_dir(&out.join("mica"), s).join("best").display(),
+            seed_dir(&out.join("backbone"), s).join("best").display()
         );
     }
     Ok(())

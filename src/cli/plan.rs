@@ -264,19 +264,19 @@ pub fn execute(out: &Path, m: &Manifest, ds: &Dataset, x: &ExecArgs, quiet: bool
         Executor::Local if x.jobs.unwrap_or(1) <= 1 => {
             for (k, e) in m.runs.iter().enumerate() {
                 let dir = Manifest::run_dir(out, e);
+                // `mica seed 2`, as these lines always read.
+                let name = e.id.replace("/seed-", " seed ");
                 eprintln!(
-                    "[{}/{total}] {} ({} epochs) -> {}",
+                    "[{}/{total}] {name} ({} epochs) -> {}",
                     k + 1,
-                    e.id,
                     e.config.train.epochs,
                     dir.display()
                 );
                 let t = Instant::now();
                 let (metrics, st) = train_entry(out, m, e, ds, !quiet)?;
                 eprintln!(
-                    "[{}/{total}] {}: {} in {:.1}s | {}",
+                    "[{}/{total}] {name}: {} in {:.1}s | {}",
                     k + 1,
-                    e.id,
                     st.word(),
                     t.elapsed().as_secs_f64(),
                     summary_line(&metrics)

@@ -154,6 +154,8 @@ pub fn aggregate_script(
         ..o.clone()
     };
     agg.resource_lines(&mut s, 1);
+    // A failed array task makes `afterok` unsatisfiable: end this job then, not wait.
+    let _ = writeln!(s, "#SBATCH --kill-on-invalid-dep=yes");
     let _ = writeln!(s, "#SBATCH --output={}/aggregate_%j.out", logs.display());
     let _ = writeln!(s, "set -euo pipefail");
     let _ = writeln!(

@@ -105,7 +105,8 @@ pub fn render(m: &Manifest, states: &[(String, RunState)]) -> String {
                 format!("stopped after epoch {epochs_done}/{epochs}: resumes when run again")
             }
         };
-        let _ = writeln!(s, "{id:<width$}  {:<11}  {detail}", st.word());
+        let line = format!("{id:<width$}  {:<11}  {detail}", st.word());
+        let _ = writeln!(s, "{}", line.trim_end());
     }
     let mut counts = Vec::new();
     for w in ["done", "running", "failed", "interrupted", "pending"] {
