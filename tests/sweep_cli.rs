@@ -97,6 +97,34 @@ fn placeholders(s: &str, pairs: &[(&Path, &str)]) -> String {
     s
 }
 
+/// `{"a": {"b": 1}}` → `{"a.b": 1}`.
+fn flatten(v: &serde_json::Value) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut out = std::collections::BTreeMap::new();
+    fn walk(
+        prefix: &str,
+        v: &serde_json::Value,
+        out: &mut std::collections::BTreeMap<String, serde_json::Value>,
+    ) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, x, out);
+                }
+            }
+            _ => {
+                out.insert(prefix.to_string(), v.clone());
+            }
+        }
+    }
+    walk("", v, &mut out);
+    out
+}
+
 #[test]
 fn the_plan_and_the_slurm_scripts_match_their_golden_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -152,11 +180,23 @@ fn the_plan_and_the_slurm_scripts_match_their_golden_files() {
     let mut c0 = cfg(0).clone();
     c0["train"]["seed"] = cfg(1)["train"]["seed"].clone();
     assert_eq!(&c0, cfg(1));
-    // The data's hash depends on the synthetic generator, not on this feature.
+    // The golden manifest holds what this feature decides: the data's hash (the
+    // synthetic generator's business) is a placeholder, and each run's config is shown
+    // as its difference from the first run's (the fields and defaults are config.rs's).
     let sha = v["data"]["sha256"].as_str().unwrap().to_string();
+    let mut g = v.clone();
+    let base = flatten(cfg(0));
+    for r in g["runs"].as_array_mut().unwrap() {
+        let diff: serde_json::Map<String, serde_json::Value> = flatten(&r["config"])
+            .into_iter()
+            .filter(|(k, x)| base.get(k) != Some(x))
+            .collect();
+        r["config"] = serde_json::json!({ "differs_from_run_0": diff });
+    }
+    let g = serde_json::to_string_pretty(&g).unwrap() + "\n";
     golden(
         "manifest.json",
-        &placeholders(&manifest, &ph).replace(&sha, "<SHA256>"),
+        &placeholders(&g, &ph).replace(&sha, "<SHA256>"),
     );
     let array = std::fs::read_to_string(out.join("slurm/array.sh")).unwrap();
     golden("array.sh", &placeholders(&array, &ph));

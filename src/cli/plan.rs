@@ -331,16 +331,32 @@ pub fn execute(out: &Path, m: &Manifest, ds: &Dataset, x: &ExecArgs, quiet: bool
 }
 
 fn submit(out: &Path, m: &Manifest, x: &ExecArgs) -> Result<bool> {
-    let todo: Vec<String> = m
-        .runs
+    let states = status::states(out, m);
+    let running: Vec<&str> = states
         .iter()
-        .filter(|e| status::run_state(out, e) != RunState::Done)
-        .map(|e| e.id.clone())
+        .filter(|(_, s)| matches!(s, RunState::Running { .. }))
+        .map(|(id, _)| id.as_str())
         .collect();
-    if todo.is_empty() {
+    if !running.is_empty() {
+        eprintln!(
+            "not submitted, being trained by another process now: {}",
+            running.join(", ")
+        );
+    }
+    let todo: Vec<String> = states
+        .iter()
+        .filter(|(_, s)| !matches!(s, RunState::Done | RunState::Running { .. }))
+        .map(|(id, _)| id.clone())
+        .collect();
+    if todo.is_empty() && running.is_empty() {
         eprintln!("all {} runs are done: nothing to submit", m.runs.len());
         return Ok(true);
     }
+    ensure!(
+        !todo.is_empty(),
+        "nothing to submit: the unfinished runs are all being trained by other processes (see --status {})",
+        out.display()
+    );
     let out_abs = out
         .canonicalize()
         .with_context(|| format!("{}: cannot resolve", out.display()))?;
