@@ -155,7 +155,7 @@ pub fn aggregate_dir(dir: &Path) -> Result<()> {
 /// Table 5 from the finished runs of an ablation plan: `OUT/ablation.{md,json}`.
 pub fn aggregate(out: &Path, m: &Manifest) -> Result<()> {
     let t0 = Instant::now();
-    let (done, _missing) = finished_runs(out, m)?;
+    let done = finished_runs(out, m)?;
     let name = m.aggregate["data"].as_str().unwrap_or("data").to_string();
     let variants: Vec<String> = serde_json::from_value(m.aggregate["variants"].clone())
         .context("manifest.json: bad `aggregate.variants`")?;

@@ -165,7 +165,7 @@ pub fn run(a: &GridArgs) -> Result<()> {
 
 /// The grid's tables from its finished runs: `OUT/grid.{md,json,csv}`.
 pub fn aggregate(out: &Path, m: &Manifest) -> Result<()> {
-    let (done, _missing) = finished_runs(out, m)?;
+    let done = finished_runs(out, m)?;
     let cells: Vec<String> = serde_json::from_value(m.aggregate["cells"].clone())
         .context("manifest.json: bad `aggregate.cells`")?;
     let keys: Vec<String> = serde_json::from_value(m.aggregate["keys"].clone())

@@ -222,11 +222,8 @@ pub fn print_status(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The finished runs of a plan with their test metrics, and the ids of the others.
-pub fn finished_runs(
-    out: &Path,
-    m: &Manifest,
-) -> Result<(Vec<(RunEntry, FlatMetrics)>, Vec<String>)> {
+/// The finished runs of a plan with their test metrics (the others are named on stderr).
+pub fn finished_runs(out: &Path, m: &Manifest) -> Result<Vec<(RunEntry, FlatMetrics)>> {
     let mut done = Vec::new();
     let mut missing = Vec::new();
     for e in &m.runs {
@@ -252,7 +249,7 @@ pub fn finished_runs(
             missing.join(", ")
         );
     }
-    Ok((done, missing))
+    Ok(done)
 }
 
 /// Writes the plan and executes it with the chosen executor. Returns true when every run

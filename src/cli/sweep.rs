@@ -158,7 +158,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
 /// Fig. 3 from the finished runs of a sweep plan: `OUT/sweep.{csv,json,png}`.
 pub fn aggregate(out: &Path, m: &Manifest) -> Result<()> {
     let t0 = Instant::now();
-    let (done, _missing) = finished_runs(out, m)?;
+    let done = finished_runs(out, m)?;
     let g = &m.aggregate;
     let text = |k: &str| -> Result<String> {
         g[k].as_str()
