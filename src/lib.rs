@@ -4,7 +4,8 @@
 //! ops, importing nothing of mica): `data` (formats, synthetic benchmark,
 //! batching) → `model` (front end, attention, encoder, MulT, MICA) → `align` (MMD, PEA)
 //! → `eval` (metrics) → `train` (loop, optimiser, schedule, checkpoints) → `analysis`
-//! (A-distance, correlation accuracy, statistics, plots) → `cli`.
+//! (A-distance, correlation accuracy, statistics, plots) → `sweep` (run manifests, locks,
+//! local and Slurm executors) → `cli`.
 pub mod align;
 pub mod analysis;
 pub mod cli;
@@ -15,4 +16,5 @@ pub mod eval;
 pub mod kernels;
 pub mod model;
 pub mod plots;
+pub mod sweep;
 pub mod train;

@@ -1,17 +1,23 @@
 //! `mica ablate`: the paper's Table 5. Trains every ablation row (MulT, backbone, mmd,
 //! mica, mica-nopropagate) over the same seeds, data and options, then writes
 //! `ablation.md` and `ablation.json`: mean ± std per metric per row and paired t-tests
-//! (paired by seed) of each row against the backbone and MulT rows.
+//! (paired by seed) of each row against the backbone and MulT rows. The runs are planned
+//! first (`OUT/manifest.json`), then trained here, in a local pool (`--jobs N`) or as a
+//! Slurm array (`--executor slurm`); `--aggregate OUT` makes the tables from the finished
+//! runs at any time, `--status OUT` shows where every run stands.
 
 use super::common::{ConfigArgs, DataArgs};
-use super::runs::{data_name, seed_dir, summary_line, train_or_reuse};
+use super::plan::{data_spec, execute, finished_runs, print_status, ExecArgs};
+use super::runs::{data_name, seed_dir};
 use crate::analysis::ablation::{ablation_table, render_markdown, RowRuns};
 use crate::config::Variant;
+use crate::data::Dataset;
+use crate::sweep::manifest::{Manifest, RunEntry};
 use crate::train::trainer::atomic_write;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Trains the ablation rows over several seeds and tabulates them (Table 5).
@@ -42,6 +48,9 @@ pub struct AblateArgs {
     /// No per-epoch lines (the per-run progress lines stay).
     #[arg(long)]
     pub quiet: bool,
+    /// Executor, status and aggregation options.
+    #[command(flatten)]
+    pub exec: ExecArgs,
 }
 
 /// The options of one row: the shared ones with the row's variant, minus the alignment
@@ -71,12 +80,8 @@ pub fn dedup_keep_order<T: PartialEq + Clone>(v: &[T]) -> Vec<T> {
     out
 }
 
-/// Runs `mica ablate`.
-pub fn run(a: &AblateArgs) -> Result<()> {
-    if a.cfg.variant.is_some() {
-        bail!("mica ablate trains several variants: use --variants (e.g. --variants backbone,mica), not --variant");
-    }
-    let t0 = Instant::now();
+/// The plan of `mica ablate`: one run per row and seed, `<variant>/seed-<seed>`.
+pub fn plan(a: &AblateArgs, ds: &Dataset) -> Result<Manifest> {
     let seeds = dedup_keep_order(&a.seeds);
     let variants = dedup_keep_order(
         &a.variants
@@ -88,50 +93,92 @@ pub fn run(a: &AblateArgs) -> Result<()> {
         !variants.is_empty(),
         "--variants: give at least one variant"
     );
+    let mut runs = Vec::new();
+    for &v in &variants {
+        let cargs = row_config_args(&a.cfg, v);
+        for &seed in &seeds {
+            let config = cargs
+                .build(&a.data, ds, seed)
+                .with_context(|| format!("options of row {}", v.name()))?;
+            runs.push(RunEntry {
+                id: format!("{}/seed-{seed}", v.name()),
+                seed,
+                labels: BTreeMap::from([("variant".to_string(), v.name().to_string())]),
+                config,
+            });
+        }
+    }
+    let aggregate = serde_json::json!({
+        "data": data_name(&a.data),
+        "seeds": seeds,
+        "variants": variants.iter().map(|v| v.name()).collect::<Vec<_>>(),
+    });
+    Manifest::new("ablate", data_spec(&a.data, ds), aggregate, runs)
+}
+
+/// Runs `mica ablate`.
+pub fn run(a: &AblateArgs) -> Result<()> {
+    if let Some(dir) = &a.exec.status {
+        return print_status(dir);
+    }
+    if let Some(dir) = &a.exec.aggregate {
+        return aggregate_dir(dir);
+    }
+    if a.cfg.variant.is_some() {
+        bail!("mica ablate trains several variants: use --variants (e.g. --variants backbone,mica), not --variant");
+    }
+    a.exec.check()?;
     let ds = a.data.load()?;
-    let name = data_name(&a.data);
+    let m = plan(a, &ds)?;
     let out = a
         .out
         .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("ablate-{name}")));
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("ablate-{}", data_name(&a.data))));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let total = seeds.len() * variants.len();
+    if execute(&out, &m, &ds, &a.exec, a.quiet)? {
+        aggregate(&out, &m)?;
+    }
+    Ok(())
+}
+
+/// `--aggregate DIR`: the tables (or CSV and plot) of whatever command planned DIR.
+pub fn aggregate_dir(dir: &Path) -> Result<()> {
+    let m = crate::sweep::manifest::read(dir)?;
+    match m.kind.as_str() {
+        "ablate" => aggregate(dir, &m),
+        "sweep" => super::sweep::aggregate(dir, &m),
+        "grid" => super::grid::aggregate(dir, &m),
+        k => bail!("{}: unknown plan kind `{k}`", dir.display()),
+    }
+}
+
+/// Table 5 from the finished runs of an ablation plan: `OUT/ablation.{md,json}`.
+pub fn aggregate(out: &Path, m: &Manifest) -> Result<()> {
+    let t0 = Instant::now();
+    let done = finished_runs(out, m)?;
+    let name = m.aggregate["data"].as_str().unwrap_or("data").to_string();
+    let variants: Vec<String> = serde_json::from_value(m.aggregate["variants"].clone())
+        .context("manifest.json: bad `aggregate.variants`")?;
+    let seeds: Vec<u64> = serde_json::from_value(m.aggregate["seeds"].clone())
+        .context("manifest.json: bad `aggregate.seeds`")?;
     let mut rows = Vec::new();
     let mut run_list = Vec::new();
-    let mut k = 0;
-    for &v in &variants {
-        let cargs = row_config_args(&a.cfg, v);
+    for v in &variants {
         let mut runs = BTreeMap::new();
-        for &seed in &seeds {
-            k += 1;
-            let cfg = cargs
-                .build(&a.data, &ds, seed)
-                .with_context(|| format!("options of row {}", v.name()))?;
-            let dir = seed_dir(&out.join(v.name()), seed);
-            eprintln!(
-                "[{k}/{total}] {} seed {seed} ({} epochs) -> {}",
-                v.name(),
-                cfg.train.epochs,
-                dir.display()
-            );
-            let t = Instant::now();
-            let (m, status) = train_or_reuse(&cfg, &ds, &a.data.source(), &dir, !a.quiet)?;
-            eprintln!(
-                "[{k}/{total}] {} seed {seed}: {} in {:.1}s | {}",
-                v.name(),
-                status.word(),
-                t.elapsed().as_secs_f64(),
-                summary_line(&m)
-            );
-            run_list.push(serde_json::json!({
-                "variant": v.name(), "seed": seed, "dir": dir, "test": m,
-            }));
-            runs.insert(seed, m);
+        for (e, metrics) in &done {
+            if e.labels.get("variant") == Some(v) {
+                run_list.push(serde_json::json!({
+                    "variant": v, "seed": e.seed, "dir": out.join(&e.id), "test": metrics,
+                }));
+                runs.insert(e.seed, metrics.clone());
+            }
         }
-        rows.push(RowRuns {
-            name: v.name().to_string(),
-            runs,
-        });
+        if !runs.is_empty() {
+            rows.push(RowRuns {
+                name: v.clone(),
+                runs,
+            });
+        }
     }
     let table = ablation_table(&rows);
     let md = render_markdown(
@@ -141,7 +188,7 @@ pub fn run(a: &AblateArgs) -> Result<()> {
     let json = serde_json::json!({
         "data": name,
         "seeds": seeds,
-        "variants": variants.iter().map(|v| v.name()).collect::<Vec<_>>(),
+        "variants": variants,
         "table": table,
         "runs": run_list,
     });
@@ -157,13 +204,12 @@ pub fn run(a: &AblateArgs) -> Result<()> {
         out.join("ablation.json").display(),
         t0.elapsed().as_secs_f64()
     );
-    if variants.contains(&Variant::Mica) && variants.contains(&Variant::Backbone) {
+    let has = |v: &str| rows.iter().any(|r| r.name == v);
+    if let (true, true, Some(&s)) = (has("mica"), has("backbone"), seeds.first()) {
         eprintln!(
             "Table 6 next: mica analyze --checkpoint {} --checkpoint {}",
-            seed_dir(&out.join("mica"), seeds[0]).join("best").display(),
-            seed_dir(&out.join("backbone"), seeds[0])
-                .join("best")
-                .display()
+            seed_dir(&out.join("mica"), s).join("best").display(),
+            seed_dir(&out.join("backbone"), s).join("best").display()
         );
     }
     Ok(())

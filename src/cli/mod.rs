@@ -7,9 +7,11 @@ pub mod attention;
 pub mod bench;
 pub mod common;
 pub mod eval;
+pub mod grid;
 pub mod import_csd;
 pub mod metrics;
 pub mod model_io;
+pub mod plan;
 pub mod report;
 pub mod runs;
 pub mod sweep;
@@ -76,6 +78,11 @@ pub enum Command {
     Analyze(analyze::AnalyzeArgs),
     /// Fig. 3: sweep alpha, beta or tau; CSV of the runs and a plot of a metric.
     Sweep(sweep::SweepArgs),
+    /// Any config keys × values × seeds (--vary section.key=V1,V2,..); mean ± std per cell.
+    Grid(grid::GridArgs),
+    /// Train one run of a planned ablation / sweep / grid (used by --jobs and Slurm tasks).
+    #[command(hide = true)]
+    RunTask(plan::RunTaskArgs),
     /// Fig. 4: a sample's crossmodal attention map as a PNG heatmap (two checkpoints side by side).
     Attention(attention::AttentionArgs),
     /// Gather run metrics, loss curves, tables and plots of directories into one Markdown page.
@@ -166,6 +173,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Ablate(a) => ablate::run(&a),
         Command::Analyze(a) => analyze::run(&a),
         Command::Sweep(a) => sweep::run(&a),
+        Command::Grid(a) => grid::run(&a),
+        Command::RunTask(a) => plan::run_task(&a),
         Command::Attention(a) => attention::run(&a),
         Command::Report(a) => report::run(&a),
         Command::Bench(args) => bench::run(&args),

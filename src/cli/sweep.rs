@@ -1,18 +1,23 @@
 //! `mica sweep`: the paper's Fig. 3. Trains one run per value of alpha, beta or tau (and
 //! per seed), everything else fixed, then writes the runs' metrics as CSV and a plot of
-//! one metric (mean ± std over seeds) against the value.
+//! one metric (mean ± std over seeds) against the value. Planned, executed and aggregated
+//! as `mica ablate` (see `plan`).
 
 use super::common::{ConfigArgs, DataArgs};
-use super::runs::{data_name, seed_dir, summary_line, train_or_reuse};
+use super::plan::{data_spec, execute, finished_runs, print_status, ExecArgs};
+use super::runs::data_name;
 use crate::analysis::plots::line_plot_with_errors;
 use crate::analysis::sweep::{
     check_metric, resolve_metric, sweep_csv, sweep_points, sweep_stats, SweepRun,
 };
 use crate::config::Variant;
+use crate::data::Dataset;
+use crate::sweep::manifest::{safe_part, Manifest, RunEntry};
 use crate::train::trainer::atomic_write;
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The hyper-parameters a sweep can vary (paper Fig. 3).
@@ -64,10 +69,10 @@ pub struct SweepArgs {
     #[command(flatten)]
     pub cfg: ConfigArgs,
     /// Hyper-parameter to vary.
-    #[arg(long, value_enum)]
-    pub param: SweepParam,
+    #[arg(long, value_enum, required_unless_present_any = ["status", "aggregate"])]
+    pub param: Option<SweepParam>,
     /// Values to try, comma-separated (e.g. 0.1,0.3,0.5,0.8,1.0).
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present_any = ["status", "aggregate"])]
     pub values: Vec<f64>,
     /// Training seeds per value, comma-separated (error bars need two or more).
     #[arg(long, value_delimiter = ',', default_value = "1111")]
@@ -84,81 +89,123 @@ pub struct SweepArgs {
     /// No per-epoch lines (the per-run progress lines stay).
     #[arg(long)]
     pub quiet: bool,
+    /// Executor, status and aggregation options.
+    #[command(flatten)]
+    pub exec: ExecArgs,
 }
 
-/// Runs `mica sweep`.
-pub fn run(a: &SweepArgs) -> Result<()> {
+/// The plan of `mica sweep`: one run per value and seed, `<param>-<value>/seed-<seed>`.
+pub fn plan(a: &SweepArgs, ds: &Dataset) -> Result<Manifest> {
+    let param = a.param.context("--param: give alpha, beta or tau")?;
     ensure!(!a.seeds.is_empty(), "--seeds: give at least one seed");
+    ensure!(!a.values.is_empty(), "--values: give at least one value");
     ensure!(
         a.values.iter().all(|v| v.is_finite()),
         "--values: every value must be a finite number"
     );
-    let t0 = Instant::now();
-    let ds = a.data.load()?;
-    let name = data_name(&a.data);
-    let p = a.param.name();
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("sweep-{p}-{name}")));
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let p = param.name();
     let variant = a.cfg.variant.unwrap_or(Variant::Mica);
-    let total = a.values.len() * a.seeds.len();
-    let mut runs: Vec<SweepRun> = Vec::new();
+    let mut runs = Vec::new();
     let mut metric: Option<String> = None;
-    let mut k = 0;
     for &value in &a.values {
-        let cargs = a.param.apply(&a.cfg, value)?;
+        let cargs = param.apply(&a.cfg, value)?;
         for &seed in &a.seeds {
-            k += 1;
-            let cfg = cargs.build(&a.data, &ds, seed)?;
-            let metric = metric.get_or_insert_with(|| {
-                resolve_metric(a.metric.as_deref(), cfg.task.is_sentiment())
+            let config = cargs.build(&a.data, ds, seed)?;
+            metric.get_or_insert_with(|| {
+                resolve_metric(a.metric.as_deref(), config.task.is_sentiment())
             });
-            let dir = seed_dir(&out.join(format!("{p}-{value}")), seed);
-            eprintln!(
-                "[{k}/{total}] {p} = {value}, seed {seed} -> {}",
-                dir.display()
-            );
-            let t = Instant::now();
-            let (m, status) = train_or_reuse(&cfg, &ds, &a.data.source(), &dir, !a.quiet)?;
-            eprintln!(
-                "[{k}/{total}] {p} = {value}, seed {seed}: {} in {:.1}s | {}",
-                status.word(),
-                t.elapsed().as_secs_f64(),
-                summary_line(&m)
-            );
-            let r = SweepRun {
-                value,
+            let id = format!("{}/seed-{seed}", safe_part(&format!("{p}-{value}")));
+            if runs.iter().any(|r: &RunEntry| r.id == id) {
+                continue; // a value or seed given twice
+            }
+            runs.push(RunEntry {
+                id,
                 seed,
-                metrics: m,
-            };
-            check_metric(std::slice::from_ref(&r), metric)?;
-            runs.push(r);
+                labels: BTreeMap::from([("value".to_string(), value.to_string())]),
+                config,
+            });
         }
     }
-    let metric = metric.context("no run")?;
+    let aggregate = serde_json::json!({
+        "param": p, "metric": metric, "variant": variant.name(), "data": data_name(&a.data),
+        "values": a.values, "seeds": a.seeds,
+    });
+    Manifest::new("sweep", data_spec(&a.data, ds), aggregate, runs)
+}
+
+/// Runs `mica sweep`.
+pub fn run(a: &SweepArgs) -> Result<()> {
+    if let Some(dir) = &a.exec.status {
+        return print_status(dir);
+    }
+    if let Some(dir) = &a.exec.aggregate {
+        return super::ablate::aggregate_dir(dir);
+    }
+    a.exec.check()?;
+    let param = a.param.context("--param: give alpha, beta or tau")?;
+    let ds = a.data.load()?;
+    let m = plan(a, &ds)?;
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!("sweep-{}-{}", param.name(), data_name(&a.data)))
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    if execute(&out, &m, &ds, &a.exec, a.quiet)? {
+        aggregate(&out, &m)?;
+    }
+    Ok(())
+}
+
+/// Fig. 3 from the finished runs of a sweep plan: `OUT/sweep.{csv,json,png}`.
+pub fn aggregate(out: &Path, m: &Manifest) -> Result<()> {
+    let t0 = Instant::now();
+    let done = finished_runs(out, m)?;
+    let g = &m.aggregate;
+    let text = |k: &str| -> Result<String> {
+        g[k].as_str()
+            .map(str::to_string)
+            .with_context(|| format!("manifest.json: bad `aggregate.{k}`"))
+    };
+    let (p, metric, variant, name) = (
+        text("param")?,
+        text("metric")?,
+        text("variant")?,
+        text("data")?,
+    );
+    let mut runs: Vec<SweepRun> = Vec::new();
+    for (e, metrics) in done {
+        let value: f64 = e
+            .labels
+            .get("value")
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("manifest.json: run {} has no numeric `value` label", e.id))?;
+        runs.push(SweepRun {
+            value,
+            seed: e.seed,
+            metrics,
+        });
+    }
+    check_metric(&runs, &metric)?;
+    let seeds: Vec<u64> = serde_json::from_value(g["seeds"].clone()).unwrap_or_default();
     let pts = sweep_points(&runs, &metric);
     let png = out.join("sweep.png");
     line_plot_with_errors(
         &png,
         &format!(
-            "Sensitivity to {p} ({} on {name}, {} seed(s))",
-            variant.name(),
-            a.seeds.len()
+            "Sensitivity to {p} ({variant} on {name}, {} seed(s))",
+            seeds.len()
         ),
-        p,
+        &p,
         &format!("{metric} (mean ± std)"),
-        &[(variant.name().to_string(), pts)],
+        &[(variant.clone(), pts)],
     )?;
-    atomic_write(&out.join("sweep.csv"), sweep_csv(p, &runs).as_bytes())?;
+    atomic_write(&out.join("sweep.csv"), sweep_csv(&p, &runs).as_bytes())?;
     let stats: Vec<serde_json::Value> = sweep_stats(&runs, &metric)
         .into_iter()
         .map(|(v, s)| serde_json::json!({ "value": v, "mean": s.mean, "std": s.std, "std_sample": s.std_sample, "n": s.n }))
         .collect();
     let json = serde_json::json!({
-        "param": p, "metric": metric, "variant": variant.name(), "data": name,
-        "values": a.values, "seeds": a.seeds, "points": stats, "runs": runs,
+        "param": p, "metric": metric, "variant": variant, "data": name,
+        "values": g["values"], "seeds": seeds, "points": stats, "runs": runs,
     });
     atomic_write(
         &out.join("sweep.json"),
