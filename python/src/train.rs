@@ -119,8 +119,15 @@ pub fn train<'py>(
     resume: Option<PathBuf>,
     callback: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let opts = Options::try_parse_from(&argv)
-        .map_err(|e| data_error(Kind::Config, e.render().to_string().trim().to_string()))?;
+    let opts = Options::try_parse_from(&argv).map_err(|e| {
+        let text = e.render().to_string();
+        let text = text.split("\nUsage:").next().unwrap_or(&text).trim();
+        let text = text.strip_prefix("error: ").unwrap_or(text);
+        data_error(
+            Kind::Config,
+            format!("{text} (the options are `mica train`'s flags: epochs=2 is --epochs 2)"),
+        )
+    })?;
     let source = match &data {
         Some(d) => Source::Arrays(crate::arrays::dataset_from_dict(d)?),
         None => Source::Cli,
