@@ -11,7 +11,7 @@ mod train;
 
 use errors::{data_error, from_data, to_py, Kind};
 use mica::eval::Task;
-use numpy::{PyReadonlyArrayDyn, PyArrayMethods};
+use numpy::{PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::path::PathBuf;

@@ -39,9 +39,9 @@ def test_synth_has_ground_truth_timing_and_is_deterministic(arrays: dict):
             assert np.array_equal(real.sum(axis=1), s[f"{m}_lengths"])
             assert (iv[real][:, 0] <= iv[real][:, 1]).all()
     assert not np.array_equal(arrays["train"]["text"], other["train"]["text"])
-    with pytest.raises(mica.ConfigError, match="unknown option 'n_trian'"):
+    with pytest.raises(mica.ConfigError, match='unknown option "n_trian"'):
         mica.synth(n_trian=3)
-    with pytest.raises(mica.ConfigError, match="size 'huge'"):
+    with pytest.raises(mica.ConfigError, match='size "huge"'):
         mica.synth(size="huge")
 
 
@@ -72,7 +72,12 @@ def test_train_from_numpy_arrays(arrays: dict, tmp_path: Path):
                           intervals=[t[f"{m}_intervals"] for m in mica.MODALITIES])
     rows, cols = t["text_lengths"][1], t["audio_lengths"][1]
     assert att["matrix"].shape == (rows, cols) and att["truth"].shape == (rows, cols)
-    np.testing.assert_allclose(att["matrix"].sum(axis=1), 1.0, rtol=1e-4)
+    # Probabilities over all source steps (padding included, as MulT attends), cropped to
+    # the real ones: each row sums to at most 1.
+    m = att["matrix"]
+    assert (m >= 0).all() and (m.sum(axis=1) <= 1 + 1e-5).all() and m.sum() > 0
+    assert att["truth"].dtype == np.bool_ and att["truth"].any()
+    assert 0.0 <= att["corr_acc"] <= 1.0 and att["layer"] == att["layers"] == 1
 
 
 def test_multi_seed_mean_and_std(arrays: dict, tmp_path: Path):
