@@ -6,7 +6,7 @@
 //! and, where known, `{text,audio,vision}_intervals` (`float32 [N, T, 2]`, each element's
 //! start and end in seconds; NaN for padding).
 
-use crate::errors::{data_error, Kind};
+use crate::errors::{py_error, Kind};
 use mica::data::{Dataset, Intervals, Labels, Modality, Split, MODALITIES};
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -15,9 +15,7 @@ use std::collections::BTreeMap;
 
 /// A `[n, t, d]` f32 array as numpy.
 fn array3<'py>(py: Python<'py>, data: &[f32], shape: [usize; 3]) -> PyResult<Bound<'py, PyAny>> {
-    Ok(PyArray1::from_slice(py, data)
-        .reshape(shape)?
-        .into_any())
+    Ok(PyArray1::from_slice(py, data).reshape(shape)?.into_any())
 }
 
 /// One split as a dict of numpy arrays.
@@ -40,7 +38,12 @@ pub fn split_to_dict<'py>(py: Python<'py>, s: &Split) -> PyResult<Bound<'py, PyD
         None => d.set_item("ids", py.None())?,
     }
     if let Some(iv) = &s.intervals {
-        for ((m, name), per) in s.modalities().into_iter().zip(MODALITIES).zip(&iv.per_modality) {
+        for ((m, name), per) in s
+            .modalities()
+            .into_iter()
+            .zip(MODALITIES)
+            .zip(&iv.per_modality)
+        {
             d.set_item(format!("{name}_intervals"), array3(py, per, [m.n, m.t, 2])?)?;
         }
     }
@@ -57,20 +60,18 @@ pub fn dataset_to_dict<'py>(py: Python<'py>, ds: &Dataset) -> PyResult<Bound<'py
 }
 
 /// A float32 array of `ndim` dimensions at `what`, copied out with its shape.
-fn take_f32(
-    obj: &Bound<'_, PyAny>,
-    what: &str,
-    ndim: usize,
-) -> PyResult<(Vec<f32>, Vec<usize>)> {
+fn take_f32(obj: &Bound<'_, PyAny>, what: &str, ndim: usize) -> PyResult<(Vec<f32>, Vec<usize>)> {
     let arr: PyReadonlyArrayDyn<'_, f32> = obj.extract().map_err(|_| {
-        data_error(
+        py_error(
             Kind::Data,
-            format!("{what}: expected a float32 numpy array (the Python layer converts other dtypes)"),
+            format!(
+                "{what}: expected a float32 numpy array (the Python layer converts other dtypes)"
+            ),
         )
     })?;
     let shape = arr.shape().to_vec();
     if shape.len() != ndim {
-        return Err(data_error(
+        return Err(py_error(
             Kind::Data,
             format!("{what}: expected {ndim} dimensions, got shape {shape:?}"),
         ));
@@ -90,9 +91,11 @@ pub fn modality_from(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(Modality, 
     }
     let (n, t, d) = (shape[0], shape[1], shape[2]);
     if t == 0 || d == 0 {
-        return Err(data_error(
+        return Err(py_error(
             Kind::Data,
-            format!("{what}: shape {shape:?}: sequence length and feature dimension must be at least 1"),
+            format!(
+                "{what}: shape {shape:?}: sequence length and feature dimension must be at least 1"
+            ),
         ));
     }
     Ok((Modality::from_left_padded(data, n, t, d), bad))
@@ -101,9 +104,11 @@ pub fn modality_from(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(Modality, 
 /// Looks up a required key of a split dict.
 fn required<'py>(d: &Bound<'py, PyDict>, split: &str, key: &str) -> PyResult<Bound<'py, PyAny>> {
     d.get_item(key)?.ok_or_else(|| {
-        data_error(
+        py_error(
             Kind::Data,
-            format!("split '{split}': no '{key}' array (a split needs text, audio, vision and labels)"),
+            format!(
+                "split '{split}': no '{key}' array (a split needs text, audio, vision and labels)"
+            ),
         )
     })
 }
@@ -114,16 +119,22 @@ pub fn split_from_dict(name: &str, d: &Bound<'_, PyDict>) -> PyResult<Split> {
     let mut mods = Vec::with_capacity(3);
     let mut non_finite = [0u64; 3];
     for (k, m) in MODALITIES.iter().enumerate() {
-        let (modality, bad) = modality_from(&required(d, name, m)?, &format!("split '{name}', key '{m}'"))?;
+        let (modality, bad) = modality_from(
+            &required(d, name, m)?,
+            &format!("split '{name}', key '{m}'"),
+        )?;
         non_finite[k] = bad;
         mods.push(modality);
     }
     let n = mods[0].n;
     for (m, key) in mods.iter().zip(MODALITIES) {
         if m.n != n {
-            return Err(data_error(
+            return Err(py_error(
                 Kind::Data,
-                format!("split '{name}': '{key}' has {} samples, 'text' has {n}", m.n),
+                format!(
+                    "split '{name}': '{key}' has {} samples, 'text' has {n}",
+                    m.n
+                ),
             ));
         }
     }
@@ -132,13 +143,13 @@ pub fn split_from_dict(name: &str, d: &Bound<'_, PyDict>) -> PyResult<Split> {
         take_f32(&required(d, name, "labels")?, &what, 1).map(|(v, s)| (v, vec![s[0], 1]))
     })?;
     if shape[0] != n {
-        return Err(data_error(
+        return Err(py_error(
             Kind::Data,
             format!("{what}: {} labels for {n} samples", shape[0]),
         ));
     }
     if let Some(i) = labels.iter().position(|x| !x.is_finite()) {
-        return Err(data_error(
+        return Err(py_error(
             Kind::Data,
             format!("{what}: label {i} is {} (labels must be finite)", labels[i]),
         ));
@@ -147,7 +158,7 @@ pub fn split_from_dict(name: &str, d: &Bound<'_, PyDict>) -> PyResult<Split> {
         1 => Labels::Sentiment(labels),
         4 => {
             if let Some(i) = labels.iter().position(|&x| x != 0.0 && x != 1.0) {
-                return Err(data_error(
+                return Err(py_error(
                     Kind::Data,
                     format!(
                         "{what}: value {} at flat index {i}: IEMOCAP labels [N, 4] are 0 or 1",
@@ -158,7 +169,7 @@ pub fn split_from_dict(name: &str, d: &Bound<'_, PyDict>) -> PyResult<Split> {
             Labels::Emotion(labels.iter().map(|&x| x as u8).collect())
         }
         c => {
-            return Err(data_error(
+            return Err(py_error(
                 Kind::Data,
                 format!("{what}: shape {shape:?}: expected [N] (or [N, 1]) sentiment scores or [N, 4] IEMOCAP emotions, not {c} columns"),
             ))
@@ -167,12 +178,18 @@ pub fn split_from_dict(name: &str, d: &Bound<'_, PyDict>) -> PyResult<Split> {
     let ids = match d.get_item("ids")? {
         Some(v) if !v.is_none() => {
             let ids: Vec<String> = v.extract().map_err(|_| {
-                data_error(Kind::Data, format!("split '{name}', key 'ids': expected a list of str"))
+                py_error(
+                    Kind::Data,
+                    format!("split '{name}', key 'ids': expected a list of str"),
+                )
             })?;
             if ids.len() != n {
-                return Err(data_error(
+                return Err(py_error(
                     Kind::Data,
-                    format!("split '{name}', key 'ids': {} ids for {n} samples", ids.len()),
+                    format!(
+                        "split '{name}', key 'ids': {} ids for {n} samples",
+                        ids.len()
+                    ),
                 ));
             }
             Some(ids)
@@ -186,9 +203,12 @@ pub fn split_from_dict(name: &str, d: &Bound<'_, PyDict>) -> PyResult<Split> {
             let what = format!("split '{name}', key '{k}'");
             let (data, shape) = take_f32(&v, &what, 3)?;
             if shape != [m.n, m.t, 2] {
-                return Err(data_error(
+                return Err(py_error(
                     Kind::Data,
-                    format!("{what}: shape {shape:?}, expected [{}, {}, 2] (start, end per element)", m.n, m.t),
+                    format!(
+                        "{what}: shape {shape:?}, expected [{}, {}, 2] (start, end per element)",
+                        m.n, m.t
+                    ),
                 ));
             }
             per.push(data);
@@ -198,12 +218,12 @@ pub fn split_from_dict(name: &str, d: &Bound<'_, PyDict>) -> PyResult<Split> {
         0 => None,
         3 => {
             let [l, a, v]: [Vec<f32>; 3] = per.try_into().map_err(|_| {
-                data_error(Kind::Data, "three interval arrays expected".to_string())
+                py_error(Kind::Data, "three interval arrays expected".to_string())
             })?;
             Some(Intervals { per_modality: [l, a, v] })
         }
         _ => {
-            return Err(data_error(
+            return Err(py_error(
                 Kind::Data,
                 format!("split '{name}': give text_intervals, audio_intervals and vision_intervals together, or none"),
             ))
@@ -211,7 +231,10 @@ pub fn split_from_dict(name: &str, d: &Bound<'_, PyDict>) -> PyResult<Split> {
     };
     let mut it = mods.into_iter();
     let (Some(text), Some(audio), Some(vision)) = (it.next(), it.next(), it.next()) else {
-        return Err(data_error(Kind::Data, "three modalities expected".to_string()));
+        return Err(py_error(
+            Kind::Data,
+            "three modalities expected".to_string(),
+        ));
     };
     Ok(Split {
         text,
@@ -230,9 +253,9 @@ pub fn dataset_from_dict(d: &Bound<'_, PyDict>) -> PyResult<Dataset> {
     for (k, v) in d.iter() {
         let name: String = k
             .extract()
-            .map_err(|_| data_error(Kind::Data, "split names must be str".to_string()))?;
+            .map_err(|_| py_error(Kind::Data, "split names must be str".to_string()))?;
         let sd = v.cast::<PyDict>().map_err(|_| {
-            data_error(
+            py_error(
                 Kind::Data,
                 format!("split '{name}': expected a dict of numpy arrays"),
             )

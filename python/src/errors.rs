@@ -41,7 +41,7 @@ impl Kind {
 }
 
 /// An exception of class `kind` with `message`.
-pub fn data_error(kind: Kind, message: String) -> PyErr {
+pub fn py_error(kind: Kind, message: String) -> PyErr {
     Python::attach(|py| {
         let class = py
             .import("mica._errors")
@@ -77,7 +77,7 @@ fn kind_of(e: &anyhow::Error) -> Option<Kind> {
 /// A Python exception for `e`: the class from the error's type, else `default` (what was
 /// being done); the message is the whole chain.
 pub fn to_py(e: anyhow::Error, default: Kind) -> PyErr {
-    data_error(kind_of(&e).unwrap_or(default), format!("{e:#}"))
+    py_error(kind_of(&e).unwrap_or(default), format!("{e:#}"))
 }
 
 /// A [`mica::data::DataError`] as a Python exception.

@@ -9,7 +9,7 @@ mod model;
 mod runner;
 mod train;
 
-use errors::{data_error, from_data, to_py, Kind};
+use errors::{from_data, py_error, to_py, Kind};
 use mica::eval::Task;
 use numpy::{PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -51,7 +51,7 @@ fn synth<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     use mica::data::synth::{generate, SynthConfig, SynthSize};
     let Some(sz) = SynthSize::from_name(size) else {
-        return Err(data_error(
+        return Err(py_error(
             Kind::Config,
             format!("size {size:?}: expected small, mosi, mosei or iemocap"),
         ));
@@ -59,26 +59,32 @@ fn synth<'py>(
     let mut cfg = SynthConfig::preset(sz, seed);
     if let Some(text) = overrides {
         let over: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
-            .map_err(|e| data_error(Kind::Config, format!("synth options: {e}")))?;
+            .map_err(|e| py_error(Kind::Config, format!("synth options: {e}")))?;
         let mut base = serde_json::to_value(&cfg)
-            .map_err(|e| data_error(Kind::Mica, format!("synth config: {e}")))?;
+            .map_err(|e| py_error(Kind::Mica, format!("synth config: {e}")))?;
         let fields = base
             .as_object_mut()
-            .ok_or_else(|| data_error(Kind::Mica, "synth config is not an object".into()))?;
+            .ok_or_else(|| py_error(Kind::Mica, "synth config is not an object".into()))?;
         for (k, v) in over {
             if !fields.contains_key(&k) || k == "size" || k == "seed" {
-                let mut known: Vec<&String> = fields.keys().filter(|k| *k != "size" && *k != "seed").collect();
+                let mut known: Vec<&String> = fields
+                    .keys()
+                    .filter(|k| *k != "size" && *k != "seed")
+                    .collect();
                 known.sort();
                 let known: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
-                return Err(data_error(
+                return Err(py_error(
                     Kind::Config,
-                    format!("synth: unknown option {k:?} (options: {})", known.join(", ")),
+                    format!(
+                        "synth: unknown option {k:?} (options: {})",
+                        known.join(", ")
+                    ),
                 ));
             }
             fields.insert(k, v);
         }
         cfg = serde_json::from_value(base)
-            .map_err(|e| data_error(Kind::Config, format!("synth options: {e}")))?;
+            .map_err(|e| py_error(Kind::Config, format!("synth options: {e}")))?;
     }
     let ds = py
         .detach(move || generate(&cfg))
@@ -101,7 +107,7 @@ fn metrics(
         "mosei" => Task::Mosei,
         "iemocap" => Task::Iemocap,
         other => {
-            return Err(data_error(
+            return Err(py_error(
                 Kind::Config,
                 format!("task {other:?}: expected mosi, mosei or iemocap"),
             ))
@@ -116,21 +122,35 @@ fn metrics(
             _ => None,
         }
     };
-    let shape_hint = |w: usize| if w == 1 { "[N]".to_string() } else { format!("[N, {w}]") };
+    let shape_hint = |w: usize| {
+        if w == 1 {
+            "[N]".to_string()
+        } else {
+            format!("[N, {w}]")
+        }
+    };
     let n = rows(&ps, pw).ok_or_else(|| {
-        data_error(
+        py_error(
             Kind::Metrics,
-            format!("pred: shape {ps:?}, task {} expects {}", task.name(), shape_hint(pw)),
+            format!(
+                "pred: shape {ps:?}, task {} expects {}",
+                task.name(),
+                shape_hint(pw)
+            ),
         )
     })?;
     let m = rows(&ls, lw).ok_or_else(|| {
-        data_error(
+        py_error(
             Kind::Metrics,
-            format!("labels: shape {ls:?}, task {} expects {}", task.name(), shape_hint(lw)),
+            format!(
+                "labels: shape {ls:?}, task {} expects {}",
+                task.name(),
+                shape_hint(lw)
+            ),
         )
     })?;
     if n != m {
-        return Err(data_error(
+        return Err(py_error(
             Kind::Metrics,
             format!("{n} predictions for {m} labels"),
         ));
@@ -140,7 +160,7 @@ fn metrics(
     let json = py
         .detach(move || mica::eval::evaluate(task, &p, &l).map(|m| m.to_json()))
         .map_err(|e| to_py(anyhow::Error::new(e), Kind::Metrics))?;
-    serde_json::to_string(&json).map_err(|e| data_error(Kind::Mica, format!("{e}")))
+    serde_json::to_string(&json).map_err(|e| py_error(Kind::Mica, format!("{e}")))
 }
 
 /// The extension module.

@@ -1,7 +1,7 @@
 //! `mica.load(checkpoint)`: a trained model, its config, predictions and attention maps.
 
 use crate::arrays::modality_from;
-use crate::errors::{data_error, to_py, Kind};
+use crate::errors::{py_error, to_py, Kind};
 use crate::runner;
 use candle_core::Device;
 use mica::config::{Config, Task};
@@ -29,7 +29,9 @@ pub fn load(py: Python<'_>, checkpoint: PathBuf) -> PyResult<PyModel> {
     let dir = checkpoint.clone();
     let loaded = py.detach(move || {
         // A run directory: its best weights, as `mica eval` takes them.
-        let dir = if dir.join("best").join("config.json").is_file() && !dir.join("model.safetensors").is_file() {
+        let dir = if dir.join("best").join("config.json").is_file()
+            && !dir.join("model.safetensors").is_file()
+        {
             dir.join("best")
         } else {
             dir
@@ -51,7 +53,11 @@ fn inputs_split(
 ) -> PyResult<Split> {
     let mut mods: Vec<Modality> = Vec::with_capacity(3);
     let mut non_finite = [0u64; 3];
-    for (k, (obj, name)) in [text, audio, vision].into_iter().zip(MODALITIES).enumerate() {
+    for (k, (obj, name)) in [text, audio, vision]
+        .into_iter()
+        .zip(MODALITIES)
+        .enumerate()
+    {
         let (m, bad) = modality_from(obj, name)?;
         non_finite[k] = bad;
         mods.push(m);
@@ -64,10 +70,13 @@ fn inputs_split(
         (mc.orig_d_v, mc.v_len),
     ]) {
         if m.n != n {
-            return Err(data_error(Kind::Data, format!("{name} has {} samples, text has {n}", m.n)));
+            return Err(py_error(
+                Kind::Data,
+                format!("{name} has {} samples, text has {n}", m.n),
+            ));
         }
         if (m.t, m.d) != (t, d) {
-            return Err(data_error(
+            return Err(py_error(
                 Kind::Data,
                 format!("{name}: shape [{}, {}, {}], the model expects [N, {t}, {d}] (length {t}, {d} features)", m.n, m.t, m.d),
             ));
@@ -79,19 +88,29 @@ fn inputs_split(
             let mut per = Vec::with_capacity(3);
             for ((obj, m), name) in objs.iter().zip(&mods).zip(MODALITIES) {
                 let arr: PyReadonlyArrayDyn<'_, f32> = obj.extract().map_err(|_| {
-                    data_error(Kind::Data, format!("{name} intervals: expected a float32 array [N, T, 2]"))
+                    py_error(
+                        Kind::Data,
+                        format!("{name} intervals: expected a float32 array [N, T, 2]"),
+                    )
                 })?;
                 if arr.shape() != [m.n, m.t, 2] {
-                    return Err(data_error(
+                    return Err(py_error(
                         Kind::Data,
-                        format!("{name} intervals: shape {:?}, expected [{}, {}, 2]", arr.shape(), m.n, m.t),
+                        format!(
+                            "{name} intervals: shape {:?}, expected [{}, {}, 2]",
+                            arr.shape(),
+                            m.n,
+                            m.t
+                        ),
                     ));
                 }
                 per.push(arr.as_array().iter().copied().collect::<Vec<f32>>());
             }
             let mut it = per.into_iter();
             match (it.next(), it.next(), it.next()) {
-                (Some(l), Some(a), Some(v)) => Some(Intervals { per_modality: [l, a, v] }),
+                (Some(l), Some(a), Some(v)) => Some(Intervals {
+                    per_modality: [l, a, v],
+                }),
                 _ => None,
             }
         }
@@ -102,9 +121,17 @@ fn inputs_split(
     };
     let mut it = mods.into_iter();
     let (Some(text), Some(audio), Some(vision)) = (it.next(), it.next(), it.next()) else {
-        return Err(data_error(Kind::Data, "three modalities expected".into()));
+        return Err(py_error(Kind::Data, "three modalities expected".into()));
     };
-    Ok(Split { text, audio, vision, labels, ids: None, non_finite, intervals })
+    Ok(Split {
+        text,
+        audio,
+        vision,
+        labels,
+        ids: None,
+        non_finite,
+        intervals,
+    })
 }
 
 #[pymethods]
@@ -113,7 +140,7 @@ impl PyModel {
     #[getter]
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let text = serde_json::to_string(&self.cfg)
-            .map_err(|e| data_error(Kind::Mica, format!("config: {e}")))?;
+            .map_err(|e| py_error(Kind::Mica, format!("config: {e}")))?;
         py.import("json")?.call_method1("loads", (text,))
     }
 
@@ -138,7 +165,7 @@ impl PyModel {
         let split = inputs_split(&self.cfg, text, audio, vision, intervals)?;
         let bs = batch_size.unwrap_or(self.cfg.train.batch_size);
         if bs == 0 {
-            return Err(data_error(Kind::Config, "batch_size 0: use 1 or more".into()));
+            return Err(py_error(Kind::Config, "batch_size 0: use 1 or more".into()));
         }
         let width = self.cfg.model.output_dim;
         let model = &self.model;
@@ -165,10 +192,12 @@ impl PyModel {
         }
         let preds = out.result?.map_err(|e| to_py(e, Kind::Mica))?;
         let Some(preds) = preds else {
-            return Err(data_error(Kind::Mica, "prediction stopped".into()));
+            return Err(py_error(Kind::Mica, "prediction stopped".into()));
         };
         let n = preds.len() / width.max(1);
-        Ok(PyArray1::from_vec(py, preds).reshape([n, width])?.into_any())
+        Ok(PyArray1::from_vec(py, preds)
+            .reshape([n, width])?
+            .into_any())
     }
 
     /// One sample's crossmodal attention map (as `mica attention` draws it): the real
@@ -193,14 +222,19 @@ impl PyModel {
         let (target, source) =
             mica::analysis::alignment::parse_block(block).map_err(|e| to_py(e, Kind::Config))?;
         if layer == Some(0) {
-            return Err(data_error(Kind::Config, "layer 0: layers are numbered from 1".into()));
+            return Err(py_error(
+                Kind::Config,
+                "layer 0: layers are numbered from 1".into(),
+            ));
         }
         let layer = layer.map(|l| l - 1);
         let model = &self.model;
         let out = runner::run(
             py,
             |_: &runner::Reporter<'_, ()>| {
-                mica::analysis::alignment::attention_map(model, &split, sample, layer, target, source, head)
+                mica::analysis::alignment::attention_map(
+                    model, &split, sample, layer, target, source, head,
+                )
             },
             |_, ()| Ok(()),
         );
@@ -209,9 +243,15 @@ impl PyModel {
         }
         let m = out.result?.map_err(|e| to_py(e, Kind::Mica))?;
         let d = PyDict::new(py);
-        d.set_item("matrix", PyArray1::from_slice(py, &m.matrix).reshape([m.rows, m.cols])?)?;
+        d.set_item(
+            "matrix",
+            PyArray1::from_slice(py, &m.matrix).reshape([m.rows, m.cols])?,
+        )?;
         match &m.truth {
-            Some(t) => d.set_item("truth", PyArray1::from_slice(py, t).reshape([m.rows, m.cols])?)?,
+            Some(t) => d.set_item(
+                "truth",
+                PyArray1::from_slice(py, t).reshape([m.rows, m.cols])?,
+            )?,
             None => d.set_item("truth", py.None())?,
         }
         d.set_item("corr_acc", m.corr.as_ref().map(|c| c.accuracy()))?;

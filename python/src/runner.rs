@@ -3,7 +3,7 @@
 //! job's progress events to Python and checks for signals (Ctrl-C) in between. A panic
 //! in the job becomes an error, never a crash of the interpreter.
 
-use crate::errors::{data_error, Kind};
+use crate::errors::{py_error, Kind};
 use pyo3::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,7 +71,7 @@ where
         Ok(p) => p,
         Err(e) => {
             return Outcome {
-                result: Err(data_error(Kind::Mica, e)),
+                result: Err(py_error(Kind::Mica, e)),
                 interrupt: None,
             }
         }
@@ -121,7 +121,7 @@ where
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(data_error(
+            Err(py_error(
                 Kind::Mica,
                 format!("internal error in mica (please report it): {what}"),
             ))

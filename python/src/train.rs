@@ -2,7 +2,7 @@
 //! (the options are the CLI's flags, parsed by the CLI's own parser), with progress
 //! events for Python and a clean stop on Ctrl-C.
 
-use crate::errors::{data_error, to_py, Kind};
+use crate::errors::{py_error, to_py, Kind};
 use crate::runner;
 use clap::Parser;
 use mica::cli::common::{defaults_for, shapes, ConfigArgs, DataArgs};
@@ -52,7 +52,7 @@ fn log_dict<'py>(py: Python<'py>, h: &EpochLog) -> PyResult<Bound<'py, PyDict>> 
 }
 
 fn json_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
-    let text = serde_json::to_string(v).map_err(|e| data_error(Kind::Mica, format!("{e}")))?;
+    let text = serde_json::to_string(v).map_err(|e| py_error(Kind::Mica, format!("{e}")))?;
     py.import("json")?.call_method1("loads", (text,))
 }
 
@@ -86,7 +86,12 @@ fn event_dict<'py>(py: Python<'py>, seed: u64, p: &Progress) -> PyResult<Bound<'
 }
 
 /// One finished run as a dict.
-fn run_dict<'py>(py: Python<'py>, seed: u64, out: &Path, r: &RunResult) -> PyResult<Bound<'py, PyDict>> {
+fn run_dict<'py>(
+    py: Python<'py>,
+    seed: u64,
+    out: &Path,
+    r: &RunResult,
+) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("seed", seed)?;
     d.set_item("out", out.display().to_string())?;
@@ -123,7 +128,7 @@ pub fn train<'py>(
         let text = e.render().to_string();
         let text = text.split("\nUsage:").next().unwrap_or(&text).trim();
         let text = text.strip_prefix("error: ").unwrap_or(text);
-        data_error(
+        py_error(
             Kind::Config,
             format!("{text} (the options are `mica train`'s flags: epochs=2 is --epochs 2)"),
         )
@@ -133,18 +138,23 @@ pub fn train<'py>(
         None => Source::Cli,
     };
     if seeds.is_empty() {
-        return Err(data_error(Kind::Config, "seeds: give at least one seed".into()));
+        return Err(py_error(
+            Kind::Config,
+            "seeds: give at least one seed".into(),
+        ));
     }
     for (i, s) in seeds.iter().enumerate() {
         if seeds[..i].contains(s) {
-            return Err(data_error(
+            return Err(py_error(
                 Kind::Config,
-                format!("seeds: seed {s} appears twice (each seed is one run): list distinct seeds"),
+                format!(
+                    "seeds: seed {s} appears twice (each seed is one run): list distinct seeds"
+                ),
             ));
         }
     }
     if resume.is_some() && seeds.len() > 1 {
-        return Err(data_error(Kind::Config, "resume: a run has one seed".into()));
+        return Err(py_error(Kind::Config, "resume: a run has one seed".into()));
     }
     let variant = opts.cfg.variant.unwrap_or(mica::config::Variant::Mica);
     let base = match (&resume, out) {
@@ -169,7 +179,10 @@ pub fn train<'py>(
     let dirs: Vec<PathBuf> = if seeds.len() == 1 {
         vec![base.clone()]
     } else {
-        seeds.iter().map(|s| base.join(format!("seed-{s}"))).collect()
+        seeds
+            .iter()
+            .map(|s| base.join(format!("seed-{s}")))
+            .collect()
     };
     let data_source = match &source {
         Source::Arrays(_) => "python:arrays".to_string(),
@@ -249,7 +262,7 @@ pub fn train<'py>(
     if runs.len() > 1 {
         let json = serde_json::json!({ "seeds": seeds, "test": agg });
         let text = serde_json::to_string_pretty(&json)
-            .map_err(|e| data_error(Kind::Mica, format!("{e}")))?;
+            .map_err(|e| py_error(Kind::Mica, format!("{e}")))?;
         mica::durable::write_atomic(&base.join("summary.json"), text.as_bytes())
             .map_err(|e| to_py(e, Kind::Mica))?;
     }
@@ -277,7 +290,12 @@ fn load_cli_data(d: &DataArgs) -> anyhow::Result<Dataset> {
 }
 
 /// The run's config, as `mica train` builds it.
-fn build_config(opts: &Options, source: &Source, ds: &Dataset, seed: u64) -> anyhow::Result<Config> {
+fn build_config(
+    opts: &Options,
+    source: &Source,
+    ds: &Dataset,
+    seed: u64,
+) -> anyhow::Result<Config> {
     match source {
         Source::Cli => opts.cfg.build(&opts.data, ds, seed),
         Source::Arrays(_) => {
