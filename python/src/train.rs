@@ -212,6 +212,8 @@ pub fn train<'py>(
                     Some(dir) => resumed_config(dir, &opts.cfg).map_err(config)?,
                     None => build_config(&opts, &source, ds, seed).map_err(config)?,
                 };
+                // A resumed run keeps its own seed.
+                let seed = cfg.train.seed;
                 mica::train::trainer::check_dataset(&cfg, ds).map_err(|e| (Kind::Data, e))?;
                 let topts = TrainOptions {
                     out: dir.clone(),

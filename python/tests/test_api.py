@@ -108,6 +108,8 @@ def test_ctrl_c_stops_cleanly_keeping_the_last_checkpoint(arrays: dict, tmp_path
     assert len(log) == 2  # header + epoch 1
     # Resumed, the run ends as one that was never stopped.
     resumed = mica.train(arrays, resume=run, progress=False)
+    assert resumed["runs"][0]["seed"] == 4
+    assert [h["epoch"] for h in resumed["runs"][0]["history"]] == [1, 2, 3]
     straight = mica.train(arrays, seeds=[4], out=tmp_path / "straight", epochs=3,
                           progress=False, **TINY)
     assert resumed["runs"][0]["test"] == straight["runs"][0]["test"]
