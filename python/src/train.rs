@@ -33,6 +33,10 @@ enum Source {
     Arrays(Dataset),
 }
 
+/// The finished runs (seed, directory, result), or the error and the exception class
+/// for it.
+type Runs = Result<Vec<(u64, PathBuf, RunResult)>, (Kind, anyhow::Error)>;
+
 /// An event sent from the training thread.
 enum Event {
     Progress(u64, Progress),
@@ -191,7 +195,7 @@ pub fn train<'py>(
     let cb = callback;
     let outcome = runner::run(
         py,
-        |r: &runner::Reporter<'_, Event>| -> Result<Vec<(u64, PathBuf, RunResult)>, (Kind, anyhow::Error)> {
+        |r: &runner::Reporter<'_, Event>| -> Runs {
             let config = |e: anyhow::Error| (Kind::Config, e);
             if resume.is_none() {
                 for d in &dirs {
@@ -229,7 +233,8 @@ pub fn train<'py>(
                         ControlFlow::Break(())
                     }
                 };
-                let res = train_with(&cfg, ds, &topts, &mut hook).map_err(|e| (Kind::Training, e))?;
+                let res =
+                    train_with(&cfg, ds, &topts, &mut hook).map_err(|e| (Kind::Training, e))?;
                 results.push((seed, dir.clone(), res));
             }
             Ok(results)
@@ -258,7 +263,7 @@ pub fn train<'py>(
     let mut tests: Vec<Metrics> = Vec::new();
     for (seed, dir, r) in &runs {
         list.append(run_dict(py, *seed, dir, r)?)?;
-        tests.push(r.test.clone());
+        tests.push(r.test);
     }
     let agg = aggregate(&tests).to_json();
     if runs.len() > 1 {
