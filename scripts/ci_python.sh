@@ -12,6 +12,7 @@ profile="${MICA_PY_PROFILE:-dev}"
 bindir=$([ "$profile" = dev ] && echo debug || echo "$profile")
 venv=target/py-venv
 python3 -m venv "$venv"
+export PATH="$PWD/$venv/bin:$PATH"   # the build backend runs `maturin` from PATH
 "$venv/bin/pip" install -q maturin numpy pytest
 MATURIN_PEP517_ARGS="--profile $profile --locked" \
     "$venv/bin/pip" install -q --force-reinstall --no-deps --no-build-isolation ./python
