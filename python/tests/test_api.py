@@ -100,8 +100,15 @@ def test_ctrl_c_stops_cleanly_keeping_the_last_checkpoint(arrays: dict, tmp_path
         if ev["kind"] == "batch" and ev["epoch"] == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(KeyboardInterrupt):
-        mica.train(arrays, seeds=[4], out=run, epochs=3, callback=interrupt, progress=False, **TINY)
+    # Python's own Ctrl-C handler, even where SIGINT was ignored at start-up (a process
+    # started in the background by a non-interactive shell).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            mica.train(arrays, seeds=[4], out=run, epochs=3, callback=interrupt,
+                       progress=False, **TINY)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert (run / "last" / "checkpoint.json").is_file()
     assert not (run / "metrics.json").exists()
     log = (run / "log.csv").read_text().strip().splitlines()
