@@ -24,6 +24,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -41,6 +42,45 @@ pub struct TrainOptions {
     /// Where the data came from (recorded in `run.json`; on resume the data's hash must
     /// match the recorded one). `None`: described as `unnamed`.
     pub data_source: Option<String>,
+}
+
+/// Where a run stands: reported to the hook of [`train_with`] after every training batch
+/// and after every finished epoch (its checkpoint written).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// A training batch has been applied.
+    Batch {
+        /// 1-based epoch.
+        epoch: usize,
+        /// Epochs of the run.
+        epochs: usize,
+        /// Training samples of this epoch seen so far.
+        samples: usize,
+        /// Training samples per epoch.
+        samples_total: usize,
+        /// Mean total training loss of this epoch so far.
+        loss: f64,
+    },
+    /// An epoch has finished and the `last` checkpoint holds it.
+    Epoch {
+        /// Epochs of the run.
+        epochs: usize,
+        /// The epoch's log line.
+        log: EpochLog,
+    },
+}
+
+/// The error of a run that the hook of [`train_with`] stopped: the run directory keeps
+/// its last checkpoint, and `mica train --resume` continues it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Stopped {
+    /// Epochs finished (and saved in the `last` checkpoint).
+    pub epochs_done: usize,
+    /// The run directory.
+    pub out: PathBuf,
+    /// What happened and how to continue.
+    pub message: String,
 }
 
 /// One line of the per-epoch log.
@@ -272,6 +312,18 @@ fn plot_losses(path: &Path, history: &[EpochLog]) -> Result<()> {
 /// no run had started yet, restartable: a run directory holding its `config.json` but no
 /// `last` checkpoint (killed in epoch 1) is resumed from epoch 1.
 pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResult> {
+    train_with(cfg, ds, opts, &mut |_| ControlFlow::Continue(()))
+}
+
+/// [`train`], calling `hook` after every training batch and every finished epoch; when
+/// it returns `Break` the run stops there (the batches of an unfinished epoch are
+/// dropped, the `last` checkpoint of the epoch before stays) with a [`Stopped`] error.
+pub fn train_with(
+    cfg: &Config,
+    ds: &Dataset,
+    opts: &TrainOptions,
+    hook: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+) -> Result<RunResult> {
     cfg.validate()?;
     ensure!(
         cfg.train.epochs >= 1,
@@ -329,7 +381,7 @@ pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResul
             bail!("stopped after {ran_here} epoch(s) as requested (--stop-after-epochs); continue with --resume {}", out.display());
         }
         let epoch = state.epochs_done + 1;
-        let log = run_epoch(&e, &mut adam, &mut state, epoch)?;
+        let log = run_epoch(&e, &mut adam, &mut state, epoch, hook)?;
         let valid_loss = log.valid_loss;
         if opts.verbose {
             eprintln!(
@@ -337,6 +389,7 @@ pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResul
                 cfg.train.epochs, log.train_loss, log.train_task, log.train_lm, log.train_le, valid_loss, state.lr, log.seconds
             );
         }
+        let epoch_log = log.clone();
         state.history.push(log);
         state.lr = state.scheduler.step(valid_loss, state.lr);
         if state.best_valid.is_none_or(|b| valid_loss < b) {
@@ -348,8 +401,35 @@ pub fn train(cfg: &Config, ds: &Dataset, opts: &TrainOptions) -> Result<RunResul
         save_last(&last_dir, cfg, &store, &adam, &state)?;
         write_log(&out.join("log.csv"), &state.history)?;
         ran_here += 1;
+        let p = Progress::Epoch {
+            epochs: cfg.train.epochs,
+            log: epoch_log,
+        };
+        if hook(&p).is_break() && epoch < cfg.train.epochs {
+            return Err(stopped(out, &last_dir, epoch, cfg.train.epochs).into());
+        }
     }
     finish(cfg, ds, opts, &state, &device)
+}
+
+/// The [`Stopped`] error of a run stopped after `done` of `epochs` epochs.
+fn stopped(out: &Path, last_dir: &Path, done: usize, epochs: usize) -> Stopped {
+    let kept = match checkpoint::existing(last_dir) {
+        Some(d) => format!(
+            "the last checkpoint (after epoch {done}) is in {}; continue with `mica train --resume {}`",
+            d.display(),
+            out.display()
+        ),
+        None => format!(
+            "no epoch had finished, so there is no checkpoint yet; `mica train --resume {}` starts it from epoch 1",
+            out.display()
+        ),
+    };
+    Stopped {
+        epochs_done: done,
+        out: out.to_path_buf(),
+        message: format!("training stopped after epoch {done} of {epochs}: {kept}"),
+    }
 }
 
 /// A fresh run directory (config and data written first), or, with `--resume`, checks that
@@ -460,6 +540,7 @@ fn run_epoch(
     adam: &mut Adam,
     state: &mut RunState,
     epoch: usize,
+    hook: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
 ) -> Result<EpochLog> {
     let seed = e.cfg.train.seed;
     let t0 = Instant::now();
@@ -513,6 +594,21 @@ fn run_epoch(
                 "loss {:.4} | {rate:.0} samples/s",
                 tot / seen as f64
             ));
+        }
+        let p = Progress::Batch {
+            epoch,
+            epochs: e.cfg.train.epochs,
+            samples: seen,
+            samples_total: e.train_s.len(),
+            loss: tot / seen as f64,
+        };
+        if hook(&p).is_break() {
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            let out = &e.opts.out;
+            let done = state.epochs_done;
+            return Err(stopped(out, e.last_dir, done, e.cfg.train.epochs).into());
         }
     }
     if let Some(b) = bar {
