@@ -4,7 +4,7 @@
 # Usage: scripts/official_vs_mica.sh DATA.pkl OUTDIR EPOCHS [SEEDS...]
 set -euo pipefail
 data=$1; out=$2; epochs=$3; shift 3
-seeds=("${@:-1111 1112 1113}"); [ $# -eq 0 ] && seeds=(1111 1112 1113)
+seeds=("$@"); [ $# -eq 0 ] && seeds=(1111 1112 1113)
 py=${PY:-/work/torch-venv/bin/python}
 mica=${MICA:-target/release/mica}
 mkdir -p "$out"

@@ -130,7 +130,8 @@ def main():
                 marker="s", ms=3, ls="--", label="mica --variant mult" if s == min(mic) else None)
     ax.set_xlabel("epoch")
     ax.set_ylabel("valid L1 loss")
-    ax.set_title("Valid loss, official MulT vs mica (mult-official preset), 3 seeds each")
+    ax.set_title(f"Valid loss, official MulT ({len(off)} seeds) vs mica mult-official "
+                 f"({len(mic)} seeds)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
