@@ -21,12 +21,24 @@ pub enum Arch {
     #[serde(rename = "lf-lstm")]
     #[value(name = "lf-lstm")]
     LfLstm,
+    /// RAVEN (Wang et al., AAAI 2019): nonverbal sub-networks shift each word's
+    /// representation; word-level LSTM (`baselines::raven`).
+    Raven,
+    /// MCTN (Pham et al., AAAI 2019): hierarchical cyclic seq2seq translation from text
+    /// (`baselines::mctn`).
+    Mctn,
 }
 
 impl Arch {
     /// True for the recurrent baselines (no crossmodal attention, no conv front end).
     pub fn is_lstm(self) -> bool {
         matches!(self, Arch::EfLstm | Arch::LfLstm)
+    }
+
+    /// True for the architectures with crossmodal attention (MulT, MICA): the only ones
+    /// alignment losses apply to.
+    pub fn has_attention(self) -> bool {
+        matches!(self, Arch::Mult | Arch::Mica)
     }
 }
 
@@ -171,6 +183,9 @@ pub struct ModelConfig {
     /// a period of 2π units: 63 ms at the default 0.01 s).
     #[serde(default = "default_time_step")]
     pub time_step: f32,
+    /// The classic baselines' options (CTC alignment, RAVEN, MCTN): `baselines.*`.
+    #[serde(default)]
+    pub baselines: super::baselines::config::BaselineConfig,
 }
 
 /// What the positional embedding of every encoder input encodes.
@@ -284,6 +299,7 @@ impl ModelConfig {
             self.lstm_mod_hidden > 0,
             "model option `lstm_mod_hidden` must be positive"
         );
+        self.baselines.validate()?;
         // The parameters must fit in memory (an absurd d or layer count, also from a
         // checkpoint's config.json, is refused here instead of aborting an allocation).
         super::memory::ensure_fits(self, None)
@@ -384,6 +400,7 @@ impl OfficialMultConfig {
             lstm_dropout: default_lstm_dropout(),
             positions: Positions::Index,
             time_step: default_time_step(),
+            baselines: Default::default(),
         };
         cfg.validate()?;
         Ok(cfg)
