@@ -22,8 +22,17 @@ fn tiny_data(dir: &Path) -> PathBuf {
     let data = dir.join("data");
     let o = mica(
         &[
-            "synth", "--size", "small", "--seed", "7", "--n-train", "12", "--n-valid", "4",
-            "--n-test", "4",
+            "synth",
+            "--size",
+            "small",
+            "--seed",
+            "7",
+            "--n-train",
+            "12",
+            "--n-valid",
+            "4",
+            "--n-test",
+            "4",
         ],
         &[("--out", &data)],
     );

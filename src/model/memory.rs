@@ -45,7 +45,10 @@ pub fn param_count(cfg: &ModelConfig) -> u128 {
         }
         Arch::Raven => {
             let b = &cfg.baselines;
-            let (n, w) = (b.raven_nonverbal_hidden as u128, b.raven_word_hidden as u128);
+            let (n, w) = (
+                b.raven_nonverbal_hidden as u128,
+                b.raven_word_hidden as u128,
+            );
             4 * w * (w + dims[0] + 2) + 4 * n * (n + dims[1] + dims[2] + 4)
         }
         Arch::Mctn => {

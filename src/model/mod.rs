@@ -55,7 +55,9 @@ impl Model {
             Arch::Mica => Model::Mica(mica::Mica::new(p, cfg)?),
             Arch::EfLstm => Model::EfLstm(lstm::EfLstm::new(p, cfg)?),
             Arch::LfLstm => Model::LfLstm(lstm::LfLstm::new(p, cfg)?),
-            Arch::Raven | Arch::Mctn => anyhow::bail!("{:?} is built by baselines::Baseline", cfg.arch),
+            Arch::Raven | Arch::Mctn => {
+                anyhow::bail!("{:?} is built by baselines::Baseline", cfg.arch)
+            }
         })
     }
 

@@ -49,7 +49,10 @@ impl CtcAligner {
     /// Builds `{name}.lstm0.*` (`in_dim -> T_l + 1`) and `{name}.lstm1.*`
     /// (`T_l + 1 -> T_l + 1`), PyTorch's two-layer `nn.LSTM` init.
     pub fn new(p: &mut dyn ParamSource, name: &str, in_dim: usize, out_len: usize) -> Result<Self> {
-        ensure!(out_len > 0, "the CTC module needs a text length of at least 1");
+        ensure!(
+            out_len > 0,
+            "the CTC module needs a text length of at least 1"
+        );
         let h = out_len + 1;
         Ok(CtcAligner {
             lstms: [
@@ -82,7 +85,9 @@ impl CtcAligner {
             .transpose(1, 2)?
             .contiguous()?; // [B, T_l, T_s]
         let text_mask = length_mask(text_lens, tl, x.device())?;
-        let seq = p.matmul(&x.contiguous()?)?.broadcast_mul(&text_mask.unsqueeze(2)?)?;
+        let seq = p
+            .matmul(&x.contiguous()?)?
+            .broadcast_mul(&text_mask.unsqueeze(2)?)?;
         let targets: Vec<Vec<u32>> = text_lens
             .iter()
             .map(|&n| ((tl - n + 1) as u32..=tl as u32).collect())

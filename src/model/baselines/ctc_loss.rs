@@ -153,7 +153,9 @@ impl CtcOp {
     fn dims(&self, l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
         let d = l.shape().dims();
         if d.len() != 3 || d[0] != self.targets.len() {
-            candle_core::bail!("ctc_loss: log_probs must be [B, T, C] with B = number of targets, got {d:?}")
+            candle_core::bail!(
+                "ctc_loss: log_probs must be [B, T, C] with B = number of targets, got {d:?}"
+            )
         }
         Ok((d[0], d[1], d[2]))
     }
@@ -276,7 +278,10 @@ pub fn ctc_loss(
         starts.len(),
         lens.len()
     );
-    ensure!(blank < c, "ctc_loss: blank {blank} is not a class (C = {c})");
+    ensure!(
+        blank < c,
+        "ctc_loss: blank {blank} is not a class (C = {c})"
+    );
     ensure!(
         log_probs.dtype() == DType::F32 && log_probs.device().is_cpu(),
         "ctc_loss: log_probs must be f32 on the CPU"

@@ -5,7 +5,8 @@ use super::*;
 use candle_core::{Device, Var};
 
 fn fixtures() -> serde_json::Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ctc/ctc_cases.json");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ctc/ctc_cases.json");
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
@@ -58,7 +59,10 @@ fn matches_pytorch_values_and_logit_gradients() {
             .iter()
             .map(|tg| f64s(tg).iter().map(|x| *x as u32).collect())
             .collect();
-        let lens: Vec<usize> = f64s(&case["input_lengths"]).iter().map(|x| *x as usize).collect();
+        let lens: Vec<usize> = f64s(&case["input_lengths"])
+            .iter()
+            .map(|x| *x as usize)
+            .collect();
         let nll = ctc_loss(
             &lp,
             &targets,
@@ -154,10 +158,7 @@ fn forward_matches_enumeration_of_alignments() {
         let c = 3;
         let lp = table(n, c, 7 + n as u64);
         let f = |t: usize, k: usize| lp[t * c + k];
-        let ext = extended(
-            &target.iter().map(|x| *x as u32).collect::<Vec<_>>(),
-            blank,
-        );
+        let ext = extended(&target.iter().map(|x| *x as u32).collect::<Vec<_>>(), blank);
         let (_, nll) = forward_one(&f, n, &ext, blank);
         let want = brute_force_nll(&lp, n, c, &target, blank);
         assert!((nll - want).abs() < 1e-10, "{target:?}: {nll} vs {want}");
@@ -229,7 +230,11 @@ fn op_with_windows_matches_finite_differences() {
             loss(&x).to_scalar::<f32>().unwrap()
         };
         let fd = (at(eps) - at(-eps)) / (2.0 * eps);
-        assert!((fd - g[i]).abs() < 2e-3 * (1.0 + fd.abs()), "[{i}]: {} vs {fd}", g[i]);
+        assert!(
+            (fd - g[i]).abs() < 2e-3 * (1.0 + fd.abs()),
+            "[{i}]: {} vs {fd}",
+            g[i]
+        );
     }
     // Frames outside the windows get no gradient.
     assert!(g[..c].iter().all(|x| *x == 0.0));

@@ -225,9 +225,7 @@ impl Mctn {
         let score = (self.reg_att.forward(&states)?.tanh()?.squeeze(2)? + ((&mask - 1.0)? * 1e9)?)?;
         let att = candle_nn::ops::softmax(&score, 1)?;
         let pooled = att.unsqueeze(1)?.matmul(&states)?.squeeze(1)?;
-        let output = self
-            .out
-            .forward(&ctx.dropout(&pooled, bc.mctn_dropout)?)?;
+        let output = self.out.forward(&ctx.dropout(&pooled, bc.mctn_dropout)?)?;
         let trans = (masked_mse(&vis_hat, &vision.detach(), &mask)?
             + masked_mse(&aud_hat, &audio.detach(), &mask)?)?;
         let cycle = masked_mse(&text_cyc, &x.text.detach(), &mask)?;

@@ -79,11 +79,7 @@ impl Raven {
             })
         };
         let proj = [bare("proj_a.weight")?, bare("proj_v.weight")?];
-        let mix_bias = p.param(
-            "mix_bias",
-            &[dims[0]],
-            Init::Const(0.0),
-        )?;
+        let mix_bias = p.param("mix_bias", &[dims[0]], Init::Const(0.0))?;
         let word = Lstm::new(p, "word_lstm", dims[0], b.raven_word_hidden)?;
         let out = Linear::torch_default(p, "out_layer", b.raven_word_hidden, cfg.output_dim)?;
         Ok(Raven {

@@ -5,7 +5,7 @@ use super::*;
 use crate::config::{Config, Preset, Task, Variant};
 use crate::model::params::Initializer;
 use crate::model::Model;
-use candle_core::{DType, Device, Var};
+use candle_core::{DType, Device};
 
 const DIMS: [usize; 3] = [3, 2, 4];
 const LENS: [usize; 3] = [4, 7, 6];
@@ -99,7 +99,10 @@ fn shapes_padding_invariance_and_no_leakage() {
         assert_eq!(o.output.dims(), &[3, 1], "{variant:?}");
         assert_eq!(o.valid[1].iter().filter(|v| **v).count(), 7 + 5 + 2);
         let aux = o.intermediates[AUX_LOSS].to_scalar::<f32>().unwrap();
-        assert!(aux.is_finite() && aux >= 0.0, "{variant:?}/{align:?}: aux {aux}");
+        assert!(
+            aux.is_finite() && aux >= 0.0,
+            "{variant:?}/{align:?}: aux {aux}"
+        );
         if align == SeqAlign::Ctc || variant == Variant::Mctn {
             assert!(aux > 0.0, "{variant:?}/{align:?}: aux loss 0");
         }
@@ -107,7 +110,10 @@ fn shapes_padding_invariance_and_no_leakage() {
         let (a, la) = run(&model, &x);
         let (b, lb) = run(&model, &batch(&lens, 0, 3, &dev));
         for (p, q) in a.iter().zip(&b) {
-            assert!((p - q).abs() < 1e-5, "{variant:?}/{align:?}: {a:?} vs {b:?}");
+            assert!(
+                (p - q).abs() < 1e-5,
+                "{variant:?}/{align:?}: {a:?} vs {b:?}"
+            );
         }
         assert!((la - lb).abs() < 1e-4 * (1.0 + la.abs()), "{la} vs {lb}");
         // A sample alone gives its batch output.
