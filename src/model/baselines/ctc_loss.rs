@@ -180,8 +180,8 @@ impl CtcOp {
     /// `∂nll_b/∂lp` scaled by `g[b]`, `[B, T, C]`.
     fn grads(&self, v: &[f32], g: &[f32], t_len: usize, c: usize) -> Vec<f32> {
         let mut out = vec![0f32; v.len()];
-        for b in 0..self.targets.len() {
-            if g[b] == 0.0 {
+        for (b, &gb) in g.iter().enumerate().take(self.targets.len()) {
+            if gb == 0.0 {
                 continue;
             }
             let base = b * t_len * c + self.starts[b] * c;
@@ -189,10 +189,10 @@ impl CtcOp {
             let ext = extended(&self.targets[b], self.blank);
             let n = self.lens[b];
             // Impossible alignment: zero_infinity gives no gradient; without it the loss
-            // is +inf and no finite gradient exists (PyTorch: also zeros).
+            // is +inf and no finite gradient exists: mica gives 0 (PyTorch gives NaN).
             if let Some(gr) = grad_one(&lp, n, &ext, self.blank, c) {
                 for (o, x) in out[base..base + n * c].iter_mut().zip(gr) {
-                    *o = (x * g[b] as f64) as f32;
+                    *o = (x * gb as f64) as f32;
                 }
             }
         }
