@@ -59,7 +59,12 @@ pub fn row_config_args(base: &ConfigArgs, v: Variant) -> ConfigArgs {
     let mut c = base.clone();
     c.variant = Some(v);
     match v {
-        Variant::Mult | Variant::Backbone | Variant::EfLstm | Variant::LfLstm => {
+        Variant::Mult
+        | Variant::Backbone
+        | Variant::EfLstm
+        | Variant::LfLstm
+        | Variant::Raven
+        | Variant::Mctn => {
             c.alpha = None;
             c.beta = None;
         }

@@ -139,6 +139,11 @@ pub struct ConfigArgs {
     /// element's real time; needs data with element times, e.g. the built-in benchmark).
     #[arg(long, value_enum)]
     pub positions: Option<Positions>,
+    /// How EF-/LF-LSTM, RAVEN and MCTN bring audio and vision onto the text grid:
+    /// `nearest` (resampling; the LSTMs' default) or `ctc` (MulT's CTC module; RAVEN's and
+    /// MCTN's default). Same as `--set model.baselines.align=...`.
+    #[arg(long, value_enum)]
+    pub align: Option<crate::model::baselines::SeqAlign>,
     /// Any other option as section.key=value (e.g. model.relu_dropout=0.2,
     /// align.mmd_max_samples=512, align.le_reduction=sum); repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -312,6 +317,9 @@ impl ConfigArgs {
         if let Some(v) = self.positions {
             m.positions = v;
         }
+        if let Some(v) = self.align {
+            m.baselines.align = v;
+        }
         Ok(())
     }
 
@@ -326,7 +334,9 @@ impl ConfigArgs {
             Variant::Backbone if explicit(self.alpha) || explicit(self.beta) => {
                 anyhow::bail!("--variant backbone trains without alignment: drop --alpha/--beta or use --variant mmd/mica")
             }
-            Variant::EfLstm | Variant::LfLstm if explicit(self.alpha) || explicit(self.beta) => {
+            Variant::EfLstm | Variant::LfLstm | Variant::Raven | Variant::Mctn
+                if explicit(self.alpha) || explicit(self.beta) =>
+            {
                 anyhow::bail!(
                     "--variant {} has no crossmodal attention, so no alignment losses: drop --alpha/--beta",
                     variant.name()

@@ -21,12 +21,24 @@ pub enum Arch {
     #[serde(rename = "lf-lstm")]
     #[value(name = "lf-lstm")]
     LfLstm,
+    /// RAVEN (Wang et al., AAAI 2019): nonverbal sub-networks shift each word's
+    /// representation; word-level LSTM (`baselines::raven`).
+    Raven,
+    /// MCTN (Pham et al., AAAI 2019): hierarchical cyclic seq2seq translation from text
+    /// (`baselines::mctn`).
+    Mctn,
 }
 
 impl Arch {
     /// True for the recurrent baselines (no crossmodal attention, no conv front end).
     pub fn is_lstm(self) -> bool {
         matches!(self, Arch::EfLstm | Arch::LfLstm)
+    }
+
+    /// True for the architectures with crossmodal attention (MulT, MICA): the only ones
+    /// alignment losses apply to.
+    pub fn has_attention(self) -> bool {
+        matches!(self, Arch::Mult | Arch::Mica)
     }
 }
 
@@ -176,6 +188,9 @@ pub struct ModelConfig {
     /// (see `model::time_bias`). Needs element times in the data.
     #[serde(default)]
     pub time_bias: f32,
+    /// The classic baselines' options (CTC alignment, RAVEN, MCTN): `baselines.*`.
+    #[serde(default)]
+    pub baselines: super::baselines::config::BaselineConfig,
 }
 
 /// What the positional embedding of every encoder input encodes.
@@ -294,6 +309,7 @@ impl ModelConfig {
             self.lstm_mod_hidden > 0,
             "model option `lstm_mod_hidden` must be positive"
         );
+        self.baselines.validate()?;
         // The parameters must fit in memory (an absurd d or layer count, also from a
         // checkpoint's config.json, is refused here instead of aborting an allocation).
         super::memory::ensure_fits(self, None)
@@ -395,6 +411,7 @@ impl OfficialMultConfig {
             positions: Positions::Index,
             time_step: default_time_step(),
             time_bias: 0.0,
+            baselines: Default::default(),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -120,6 +120,31 @@ impl Lstm {
     }
 }
 
+impl Lstm {
+    /// Like [`Lstm::forward`] but returns every step's hidden state `[B, T, H]` (frozen,
+    /// so zero, on the leading masked steps of a left-padded sample).
+    pub fn forward_seq(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let xg = self.input_gates(x)?;
+        let mut h = Tensor::zeros((b, self.hidden), x.dtype(), x.device())?;
+        let mut c = h.clone();
+        let mut hs = Vec::with_capacity(t);
+        for s in 0..t {
+            let (h_new, c_new) = self.step(&xg.narrow(1, s, 1)?.squeeze(1)?, &h, &c)?;
+            match mask {
+                None => (h, c) = (h_new, c_new),
+                Some(m) => {
+                    let m = m.narrow(1, s, 1)?;
+                    h = (&h + (h_new - &h)?.broadcast_mul(&m)?)?;
+                    c = (&c + (c_new - &c)?.broadcast_mul(&m)?)?;
+                }
+            }
+            hs.push(h.clone());
+        }
+        Ok(Tensor::stack(&hs, 1)?)
+    }
+}
+
 /// Number of real frames of each sample of a left-padded `[B, T, D]` batch: `T` minus the
 /// run of leading frames whose features are all exactly zero.
 pub fn real_lengths(x: &Tensor) -> Result<Vec<usize>> {

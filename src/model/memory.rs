@@ -43,6 +43,19 @@ pub fn param_count(cfg: &ModelConfig) -> u128 {
             let h = cfg.lstm_mod_hidden as u128;
             dims.iter().map(|&x| 4 * h * (h + x + 2)).sum()
         }
+        Arch::Raven => {
+            let b = &cfg.baselines;
+            let (n, w) = (
+                b.raven_nonverbal_hidden as u128,
+                b.raven_word_hidden as u128,
+            );
+            4 * w * (w + dims[0] + 2) + 4 * n * (n + dims[1] + dims[2] + 4)
+        }
+        Arch::Mctn => {
+            let h = cfg.baselines.mctn_hidden as u128;
+            // Three bidirectional encoders and three decoders of width h.
+            6 * 8 * h * h + 3 * 4 * h * h
+        }
         Arch::Mult | Arch::Mica => {
             // Six crossmodal stacks of `layers` layers (attention 4d², FFN 8d²), three
             // memory encoders of max(layers, 3) layers (width 2d in MulT, d in MICA).
@@ -62,6 +75,8 @@ fn activation_floats(cfg: &ModelConfig, batch: usize) -> u128 {
     let width = match cfg.arch {
         Arch::EfLstm => cfg.lstm_hidden as u128,
         Arch::LfLstm => cfg.lstm_mod_hidden as u128,
+        Arch::Raven => cfg.baselines.raven_word_hidden as u128,
+        Arch::Mctn => cfg.baselines.mctn_hidden as u128 * 8,
         Arch::Mult | Arch::Mica => cfg.d as u128 * cfg.layers as u128 * 2,
     };
     b * t * width

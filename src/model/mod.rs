@@ -1,6 +1,7 @@
 //! Models: the front end, attention, encoder, MulT, the MICA backbone and the LSTM
 //! baselines.
 pub mod attention;
+pub mod baselines;
 pub mod config;
 pub mod ctx;
 pub mod encoder;
@@ -34,16 +35,24 @@ pub enum Model {
     EfLstm(lstm::EfLstm),
     /// The late-fusion LSTM baseline.
     LfLstm(lstm::LfLstm),
+    /// The classic baselines of issue 20 (CTC-aligned LSTMs, RAVEN, MCTN).
+    Baseline(Box<baselines::Baseline>),
 }
 
 impl Model {
     /// Builds the architecture `cfg.arch` from a parameter source.
     pub fn new(p: &mut dyn ParamSource, cfg: &ModelConfig) -> Result<Self> {
+        if baselines::Baseline::handles(cfg) {
+            return Ok(Model::Baseline(Box::new(baselines::Baseline::new(p, cfg)?)));
+        }
         Ok(match cfg.arch {
             Arch::Mult => Model::Mult(mult::Mult::new(p, cfg)?),
             Arch::Mica => Model::Mica(mica::Mica::new(p, cfg)?),
             Arch::EfLstm => Model::EfLstm(lstm::EfLstm::new(p, cfg)?),
             Arch::LfLstm => Model::LfLstm(lstm::LfLstm::new(p, cfg)?),
+            Arch::Raven | Arch::Mctn => {
+                anyhow::bail!("{:?} is built by baselines::Baseline", cfg.arch)
+            }
         })
     }
 
@@ -54,6 +63,7 @@ impl Model {
             Model::Mica(m) => m.forward(ctx, x, opts),
             Model::EfLstm(m) => m.forward(ctx, x, opts),
             Model::LfLstm(m) => m.forward(ctx, x, opts),
+            Model::Baseline(m) => m.forward(ctx, x, opts),
         }
     }
 
@@ -64,6 +74,7 @@ impl Model {
             Model::Mica(m) => &m.cfg,
             Model::EfLstm(m) => &m.cfg,
             Model::LfLstm(m) => &m.cfg,
+            Model::Baseline(m) => m.config(),
         }
     }
 }

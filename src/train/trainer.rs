@@ -170,6 +170,10 @@ pub fn step_losses(
     let out = model.forward(ctx, &batch.inputs, opts)?;
     let lp = task_loss(cfg.task, &out.output, &batch.labels)?;
     let mut total = lp.clone();
+    // The classic baselines' own objectives (CTC, translation): crate::model::baselines.
+    if let Some(aux) = out.intermediates.get(crate::model::baselines::AUX_LOSS) {
+        total = (total + aux)?;
+    }
     let al = alignment_losses(&out, a, mmd_seed, false)?;
     let mut lm_v = 0.0;
     let mut le_v = 0.0;

@@ -1,0 +1,180 @@
+//! The paper's remaining baseline rows (Tables 2–4) and MulT's CTC alignment module:
+//! EF-/LF-LSTM on CTC-aligned input ([`AlignedLstm`]), RAVEN ([`raven`]) and MCTN
+//! ([`mctn`]). Each model's module docs cite the official sources it follows.
+//!
+//! **Auxiliary losses.** Models with a training objective beyond the task loss (the CTC
+//! terms, MCTN's translation and cyclic losses) put its weighted sum, a scalar with
+//! gradient, into `ForwardOutput::intermediates` under [`AUX_LOSS`] on every forward; the
+//! trainer adds it to the training loss (`train::trainer::step_losses`). Evaluation
+//! ignores it.
+
+pub mod config;
+pub mod ctc;
+pub mod ctc_loss;
+pub mod mctn;
+pub mod raven;
+
+use super::config::{Arch, ModelConfig};
+use super::ctx::Ctx;
+use super::lstm::{EfLstm, LfLstm};
+use super::mult::{ForwardOpts, ForwardOutput, Inputs};
+use super::params::ParamSource;
+use anyhow::Result;
+use candle_core::Tensor;
+pub use config::SeqAlign;
+use ctc::CtcPair;
+
+/// A model of this module, behind one `forward`.
+#[derive(Debug, Clone)]
+pub enum Baseline {
+    /// EF-/LF-LSTM on CTC-aligned input.
+    Aligned(AlignedLstm),
+    /// RAVEN.
+    Raven(raven::Raven),
+    /// MCTN.
+    Mctn(mctn::Mctn),
+}
+
+impl Baseline {
+    /// Whether `cfg` is built by this module (RAVEN, MCTN, or an LSTM with `--align ctc`).
+    pub fn handles(cfg: &ModelConfig) -> bool {
+        is_aligned_lstm(cfg) || matches!(cfg.arch, Arch::Raven | Arch::Mctn)
+    }
+
+    /// Builds the model `cfg` describes.
+    pub fn new(p: &mut dyn ParamSource, cfg: &ModelConfig) -> Result<Self> {
+        Ok(match cfg.arch {
+            Arch::Raven => Baseline::Raven(raven::Raven::new(p, cfg)?),
+            Arch::Mctn => Baseline::Mctn(mctn::Mctn::new(p, cfg)?),
+            _ => Baseline::Aligned(AlignedLstm::new(p, cfg)?),
+        })
+    }
+
+    /// Runs the model.
+    pub fn forward(&self, ctx: &Ctx, x: &Inputs, opts: ForwardOpts) -> Result<ForwardOutput> {
+        match self {
+            Baseline::Aligned(m) => m.forward(ctx, x, opts),
+            Baseline::Raven(m) => m.forward(ctx, x, opts),
+            Baseline::Mctn(m) => m.forward(ctx, x, opts),
+        }
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Baseline::Aligned(m) => &m.cfg,
+            Baseline::Raven(m) => &m.cfg,
+            Baseline::Mctn(m) => &m.cfg,
+        }
+    }
+}
+
+/// Key of the auxiliary training loss in `ForwardOutput::intermediates` (module docs).
+pub const AUX_LOSS: &str = "aux_loss";
+
+/// EF-LSTM or LF-LSTM run on CTC-pseudo-aligned audio and vision (`--align ctc`, MulT's
+/// setting for those rows): the CTC modules map audio and vision onto the text grid, the
+/// inner model runs on (text, aligned audio, aligned vision) unchanged, and the CTC loss
+/// (times `baselines.ctc_weight`) is the auxiliary loss.
+#[derive(Debug, Clone)]
+pub struct AlignedLstm {
+    /// Its configuration.
+    pub cfg: ModelConfig,
+    /// `ctc_a.*`, `ctc_v.*`.
+    pub ctc: CtcPair,
+    /// The EF- or LF-LSTM (parameter names as without alignment).
+    pub inner: LstmKind,
+}
+
+/// The LSTM baseline inside an [`AlignedLstm`].
+#[derive(Debug, Clone)]
+pub enum LstmKind {
+    /// Early fusion.
+    Ef(EfLstm),
+    /// Late fusion.
+    Lf(LfLstm),
+}
+
+impl AlignedLstm {
+    /// Builds the CTC modules, then the inner model.
+    pub fn new(p: &mut dyn ParamSource, cfg: &ModelConfig) -> Result<Self> {
+        cfg.validate()?;
+        let ctc = CtcPair::new(p, cfg.orig_dims(), cfg.l_len)?;
+        let inner = match cfg.arch {
+            Arch::EfLstm => LstmKind::Ef(EfLstm::new(p, cfg)?),
+            Arch::LfLstm => LstmKind::Lf(LfLstm::new(p, cfg)?),
+            other => anyhow::bail!("--align ctc wraps ef-lstm or lf-lstm, not {other:?}"),
+        };
+        Ok(AlignedLstm {
+            cfg: cfg.clone(),
+            ctc,
+            inner,
+        })
+    }
+
+    /// The forward pass; the intermediates always hold [`AUX_LOSS`].
+    pub fn forward(&self, ctx: &Ctx, x: &Inputs, opts: ForwardOpts) -> Result<ForwardOutput> {
+        super::mult::check_shapes(&self.cfg, x)?;
+        let (audio, vision, ctc) = self.ctc.align(&x.text, &x.audio, &x.vision)?;
+        let aligned = Inputs {
+            text: x.text.clone(),
+            audio,
+            vision,
+            times: None,
+        };
+        let mut out = match &self.inner {
+            LstmKind::Ef(m) => m.forward(ctx, &aligned, opts)?,
+            LstmKind::Lf(m) => m.forward(ctx, &aligned, opts)?,
+        };
+        // `valid` describes the inputs as given (the raw audio/vision grids).
+        out.valid = raw_valid(x)?;
+        out.intermediates
+            .insert(AUX_LOSS.into(), (ctc * self.cfg.baselines.ctc_weight)?);
+        Ok(out)
+    }
+}
+
+/// `[B * T]` real-step flags of each raw modality (left padding).
+pub fn raw_valid(x: &Inputs) -> Result<[Vec<bool>; 3]> {
+    let mut out: [Vec<bool>; 3] = Default::default();
+    for (m, t) in [&x.text, &x.audio, &x.vision].into_iter().enumerate() {
+        let len = t.dim(1)?;
+        out[m] = super::lstm::real_lengths(t)?
+            .into_iter()
+            .flat_map(|n| (0..len).map(move |s| s + n >= len))
+            .collect();
+    }
+    Ok(out)
+}
+
+/// Audio and vision on the text grid by `cfg.baselines.align`: nearest-time resampling
+/// (no loss) or the CTC modules (with their weighted loss).
+pub fn onto_text_grid(
+    cfg: &ModelConfig,
+    ctc: Option<&CtcPair>,
+    x: &Inputs,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    match (cfg.baselines.align, ctc) {
+        (SeqAlign::Ctc, Some(c)) => {
+            let (a, v, l) = c.align(&x.text, &x.audio, &x.vision)?;
+            Ok((a, v, Some((l * cfg.baselines.ctc_weight)?)))
+        }
+        _ => {
+            let tl = x.text.dim(1)?;
+            let lt = super::lstm::real_lengths(&x.text)?;
+            let la = super::lstm::real_lengths(&x.audio)?;
+            let lv = super::lstm::real_lengths(&x.vision)?;
+            let a = super::lstm::resample_to(&x.audio, &la, &lt, tl)?;
+            let v = super::lstm::resample_to(&x.vision, &lv, &lt, tl)?;
+            Ok((a, v, None))
+        }
+    }
+}
+
+/// Whether the configuration wraps an LSTM baseline in the CTC modules.
+pub fn is_aligned_lstm(cfg: &ModelConfig) -> bool {
+    cfg.arch.is_lstm() && cfg.baselines.align == SeqAlign::Ctc
+}
+
+#[cfg(test)]
+mod tests;
