@@ -233,8 +233,14 @@ impl MultiheadAttention {
             Some(vh) => vh,
             None => self.split_heads(&self.project(&normed(x_v)?, 2)?)?,
         };
-        // The time bias rides in two extra constant columns (see `time_bias`).
+        // The time bias rides in two extra constant columns (see `time_bias`). Such widths
+        // miss the fused kernel's fast paths (measured 10× slower than the plain path at
+        // the benchmark's shapes), so biased attention takes the plain path.
         let hd = self.head_dim();
+        let kernel = match bias {
+            Some(_) => AttentionKernel::Plain,
+            None => kernel,
+        };
         let (qh, kh, vh) = match bias {
             None => (qh, kh, vh),
             Some(tb) => {
