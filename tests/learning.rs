@@ -64,6 +64,30 @@ fn train(data: &Path, out: &Path, more: &[&str]) -> Output {
     c.output().unwrap()
 }
 
+/// The same tiny dataset as a MulT pickle (no element times) in `dir`.
+fn tiny_pickle(dir: &Path) -> PathBuf {
+    let pkl = dir.join("tiny_data_noalign.pkl");
+    let args = [
+        "synth",
+        "--size",
+        "small",
+        "--seed",
+        "5",
+        "--n-train",
+        "12",
+        "--n-valid",
+        "6",
+        "--n-test",
+        "6",
+        "--format",
+        "mult-pkl",
+        "--out",
+    ];
+    let o = mica(&args, &[&pkl]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    pkl
+}
+
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -93,27 +117,7 @@ fn time_positions_change_the_model_and_are_saved() {
 #[test]
 fn time_positions_refuse_data_without_element_times() {
     let dir = tempfile::tempdir().unwrap();
-    let pkl = dir.path().join("tiny_data_noalign.pkl");
-    let o = mica(
-        &[
-            "synth",
-            "--size",
-            "small",
-            "--seed",
-            "5",
-            "--n-train",
-            "12",
-            "--n-valid",
-            "6",
-            "--n-test",
-            "6",
-            "--format",
-            "mult-pkl",
-            "--out",
-        ],
-        &[&pkl],
-    );
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    let pkl = tiny_pickle(dir.path());
     let o = train(
         &pkl,
         &dir.path().join("run"),
@@ -251,27 +255,7 @@ fn time_bias_points_attention_at_co_occurring_elements() {
 #[test]
 fn time_bias_refuses_data_without_element_times_and_bad_values() {
     let dir = tempfile::tempdir().unwrap();
-    let pkl = dir.path().join("tiny_data_noalign.pkl");
-    let o = mica(
-        &[
-            "synth",
-            "--size",
-            "small",
-            "--seed",
-            "5",
-            "--n-train",
-            "12",
-            "--n-valid",
-            "6",
-            "--n-test",
-            "6",
-            "--format",
-            "mult-pkl",
-            "--out",
-        ],
-        &[&pkl],
-    );
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    let pkl = tiny_pickle(dir.path());
     let o = train(
         &pkl,
         &dir.path().join("run"),
