@@ -7,9 +7,9 @@ use super::ctx::Ctx;
 use super::io::{Inputs, MOD_SHORT};
 use super::layers::{time_positional_embedding, Conv1d, Linear};
 use super::params::ParamSource;
-use super::time_bias::{element_times, time_bias, ElementTimes, TimeBias};
+use super::time_bias::{element_times, time_bias, TimeBias};
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
 /// The per-modality temporal Conv1d front end (identity where `orig_d == d`).
 #[derive(Debug, Clone)]
@@ -118,12 +118,23 @@ pub fn time_pe(cfg: &ModelConfig, x: &Inputs, width: usize) -> Result<Option<[Te
     Ok(Some([l, a, v]))
 }
 
-/// The element times of the three modalities after the front end, when the config asks
-/// for a time bias (`time_bias > 0`); an error naming the option when the inputs carry no
-/// element times.
-pub fn bias_times(cfg: &ModelConfig, x: &Inputs) -> Result<Option<[ElementTimes; 3]>> {
+/// The time biases of every (target, source) pair of modalities, built once per forward
+/// pass (`time_bias > 0`), or none (`time_bias = 0`).
+#[derive(Debug, Clone, Default)]
+pub struct TimeBiases(Option<Vec<TimeBias>>);
+
+impl TimeBiases {
+    /// The bias of target `t` attending to source `s` (`t == s`: self-attention).
+    pub fn get(&self, t: usize, s: usize) -> Option<&TimeBias> {
+        self.0.as_ref().map(|b| &b[t * 3 + s])
+    }
+}
+
+/// The time biases when the config asks for them (`time_bias > 0`); an error naming the
+/// option when the inputs carry no element times.
+pub fn time_biases(cfg: &ModelConfig, x: &Inputs, device: &Device) -> Result<TimeBiases> {
     if cfg.time_bias == 0.0 {
-        return Ok(None);
+        return Ok(TimeBiases(None));
     }
     let Some(times) = &x.times else {
         anyhow::bail!(
@@ -132,28 +143,13 @@ pub fn bias_times(cfg: &ModelConfig, x: &Inputs) -> Result<Option<[ElementTimes;
         );
     };
     let k = cfg.kernels();
-    let [l, a, v] = [0, 1, 2].map(|m| element_times(&times[m], k[m]));
-    Ok(Some([l?, a?, v?]))
-}
-
-/// The time bias of target `t` attending to source `s` (`None` when off).
-pub fn bias_of(
-    cfg: &ModelConfig,
-    times: &Option<[ElementTimes; 3]>,
-    t: usize,
-    s: usize,
-    device: &candle_core::Device,
-) -> Result<Option<TimeBias>> {
-    match times {
-        None => Ok(None),
-        Some(et) => Ok(Some(time_bias(
-            &et[t],
-            &et[s],
-            cfg.num_heads,
-            cfg.time_bias,
-            device,
-        )?)),
-    }
+    let et = (0..3)
+        .map(|m| element_times(&times[m], k[m]))
+        .collect::<Result<Vec<_>>>()?;
+    let all = (0..9)
+        .map(|i| time_bias(&et[i / 3], &et[i % 3], cfg.num_heads, cfg.time_bias, device))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(TimeBiases(Some(all)))
 }
 
 /// Modality `m`'s entry of optional per-modality positional embeddings.

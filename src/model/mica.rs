@@ -10,7 +10,7 @@
 use super::config::{GateBias, KvSource, ModelConfig};
 use super::ctx::Ctx;
 use super::encoder::{embed, embed_with, Encoder, EncoderLayer};
-use super::front_end::{bias_of, bias_times, pe_of, time_pe, FrontEnd, Head};
+use super::front_end::{pe_of, time_biases, time_pe, FrontEnd, Head};
 use super::io::{
     check_inputs, valid_masks, BlockTrace, ForwardOpts, ForwardOutput, Inputs, MOD_SHORT,
 };
@@ -167,8 +167,7 @@ impl Mica {
                 None => embed(ctx, p, cfg.d, cfg.embed_dropout),
             })
             .collect::<Result<_>>()?;
-        let times = bias_times(cfg, x)?;
-        let dev = proj[0].device();
+        let biases = time_biases(cfg, x, proj[0].device())?;
         let mut z = z0.clone();
         let mut traces = Vec::new();
         for (i, (layer_blocks, layer_gates)) in self.blocks.iter().zip(&self.gates).enumerate() {
@@ -190,7 +189,7 @@ impl Mica {
                         cfg.attn_mask,
                         &d,
                         want_trace,
-                        bias_of(cfg, &times, t, s, dev)?.as_ref(),
+                        biases.get(t, s),
                     )?;
                     if let Some(mut attn) = tr {
                         if opts.probs {
@@ -226,7 +225,7 @@ impl Mica {
                     None,
                     false,
                     [pe_of(&pe, t), None],
-                    bias_of(cfg, &times, t, t, dev)?.as_ref(),
+                    biases.get(t, t),
                 )?
                 .out;
             let len = h.dim(1)?;

@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 
 // Transitional re-exports: these moved to `model::io` and `model::front_end`; code written
 // against `model::mult::{Inputs, ..}` (other branches) keeps building until it is updated.
-pub use super::front_end::{bias_of, bias_times, pe_of, time_pe, FrontEnd, Head};
+use super::front_end::time_biases;
+pub use super::front_end::{pe_of, time_pe, FrontEnd, Head};
 pub use super::io::{
     check_inputs, check_shapes, valid_masks, BlockTrace, ForwardOpts, ForwardOutput, Inputs,
     MOD_SHORT,
@@ -95,8 +96,7 @@ impl Mult {
         let pe = time_pe(&self.cfg, x, self.cfg.d)?;
         // The memory encoders run at width 2d.
         let pe_mem = time_pe(&self.cfg, x, 2 * self.cfg.d)?;
-        let times = bias_times(&self.cfg, x)?;
-        let dev = z[0].device();
+        let biases = time_biases(&self.cfg, x, z[0].device())?;
         if opts.intermediates {
             for m in 0..3 {
                 inter.insert(format!("proj_{}", MOD_SHORT[m]), z[m].clone());
@@ -116,7 +116,7 @@ impl Mult {
                     Some(&z[s]),
                     opts.trace || opts.probs,
                     [pe_of(&pe, t), pe_of(&pe, s)],
-                    bias_of(&self.cfg, &times, t, s, dev)?.as_ref(),
+                    biases.get(t, s),
                 )?;
                 if opts.intermediates {
                     record(
@@ -140,7 +140,6 @@ impl Mult {
                 halves.push(o.out);
             }
             let h = Tensor::cat(&halves, 2)?;
-            let mem_bias = bias_of(&self.cfg, &times, t, t, dev)?;
             let o = self.mem[t].forward(
                 ctx,
                 kernel,
@@ -148,7 +147,7 @@ impl Mult {
                 None,
                 false,
                 [pe_of(&pe_mem, t), None],
-                mem_bias.as_ref(),
+                biases.get(t, t),
             )?;
             if opts.intermediates {
                 record(
