@@ -127,8 +127,17 @@ fn mfm_and_gmfn_train_on_aligned_data_and_refuse_unaligned() {
     let dir = tempfile::tempdir().unwrap();
     let synth = |out: &Path, more: &[&str]| {
         let mut args = vec![
-            "synth", "--size", "small", "--seed", "5", "--n-train", "12", "--n-valid", "4",
-            "--n-test", "4",
+            "synth",
+            "--size",
+            "small",
+            "--seed",
+            "5",
+            "--n-train",
+            "12",
+            "--n-valid",
+            "4",
+            "--n-test",
+            "4",
         ];
         args.extend(more);
         let o = mica(&args, &[("--out", out)]);
@@ -199,7 +208,10 @@ fn mfm_and_gmfn_train_on_aligned_data_and_refuse_unaligned() {
                 &[
                     ("--checkpoint", &run.join("best")),
                     ("--data", data),
-                    ("--out", &dir.path().join(format!("{variant}-{tag}-eval.json"))),
+                    (
+                        "--out",
+                        &dir.path().join(format!("{variant}-{tag}-eval.json")),
+                    ),
                 ],
             );
             assert!(o.status.success(), "{variant} eval: {}", stderr(&o));
@@ -266,5 +278,8 @@ fn mfm_and_gmfn_train_on_aligned_data_and_refuse_unaligned() {
     let o = mica(&args, &[("--data", &aligned), ("--out", &out)]);
     assert!(o.status.success(), "ablate: {}", stderr(&o));
     let table = std::fs::read_to_string(out.join("ablation.md")).unwrap();
-    assert!(table.contains("| mfm |") && table.contains("| gmfn |"), "{table}");
+    assert!(
+        table.contains("| mfm |") && table.contains("| gmfn |"),
+        "{table}"
+    );
 }

@@ -131,7 +131,9 @@ impl Dfg {
                 .iter()
                 .enumerate()
                 .map(|(j, &s)| {
-                    let x = out[s as usize].as_ref().expect("vertex computed before use");
+                    let x = out[s as usize]
+                        .as_ref()
+                        .expect("vertex computed before use");
                     Ok(x.broadcast_mul(&eff.narrow(1, at + j, 1)?)?)
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -160,7 +162,11 @@ mod tests {
         assert_eq!(proper_subsets(0b011), vec![1, 2]);
         assert_eq!(proper_subsets(0b110), vec![2, 4]);
         assert_eq!(proper_subsets(0b111), vec![1, 2, 4, 3, 5, 6]);
-        let n: usize = MULTI.iter().map(|&k| proper_subsets(k).len()).sum::<usize>() + 7;
+        let n: usize = MULTI
+            .iter()
+            .map(|&k| proper_subsets(k).len())
+            .sum::<usize>()
+            + 7;
         assert_eq!(n, N_EFFICACIES);
     }
 }

@@ -102,7 +102,14 @@ impl Mfm {
         let gen: [Generative; 3] = gen.try_into().expect("three modalities");
         let mfn = Mfn::new(p, "mfn_encoder.", dims, MfnSizes::of(b), None)?;
         let to_zy = Linear::torch_default(p, "last_to_zy_fc1", mfn.out_width(), b.mfm_zy)?;
-        let zy_to_fy = Mlp2::new(p, "zy_to_fy", b.mfm_zy, b.mfm_fy, b.mfm_fy, b.mfm_zy_dropout)?;
+        let zy_to_fy = Mlp2::new(
+            p,
+            "zy_to_fy",
+            b.mfm_zy,
+            b.mfm_fy,
+            b.mfm_fy,
+            b.mfm_zy_dropout,
+        )?;
         let fy_to_y = Mlp2::new(
             p,
             "fy_to_y",

@@ -55,7 +55,8 @@ impl Baseline {
     /// Whether `cfg` is built by this module (RAVEN, MCTN, MFM, Graph-MFN, or an LSTM
     /// with `--align ctc`).
     pub fn handles(cfg: &ModelConfig) -> bool {
-        is_aligned_lstm(cfg) || matches!(cfg.arch, Arch::Raven | Arch::Mctn | Arch::Mfm | Arch::Gmfn)
+        is_aligned_lstm(cfg)
+            || matches!(cfg.arch, Arch::Raven | Arch::Mctn | Arch::Mfm | Arch::Gmfn)
     }
 
     /// Builds the model `cfg` describes.

@@ -263,14 +263,23 @@ fn config_keys_presets_and_defaults() {
     assert_eq!(p(Variant::Mctn).train.lr, 1e-4);
     assert_eq!(p(Variant::EfLstm).model.baselines.align, SeqAlign::Nearest);
     // MFM and Graph-MFN read word-aligned data as given; MFM's official Adam lr.
-    let mfm = Config::preset(Preset::Mosi, Variant::Mfm, Task::Mosi, [300, 5, 20], [50; 3]);
+    let mfm = Config::preset(
+        Preset::Mosi,
+        Variant::Mfm,
+        Task::Mosi,
+        [300, 5, 20],
+        [50; 3],
+    );
     assert_eq!(mfm.model.baselines.align, SeqAlign::None);
     assert_eq!(mfm.train.lr, 1e-3);
     mfm.validate().unwrap();
     let mut g = mfm.clone();
     g.set("model.baselines.mfm_recon_a=0.5").unwrap();
     g.set("model.baselines.gmfn_node=7").unwrap();
-    assert_eq!((g.model.baselines.mfm_recon_a, g.model.baselines.gmfn_node), (0.5, 7));
+    assert_eq!(
+        (g.model.baselines.mfm_recon_a, g.model.baselines.gmfn_node),
+        (0.5, 7)
+    );
     g.set("model.baselines.mfn_att_dropout=1.0").unwrap();
     let e = g.validate().unwrap_err().to_string();
     assert!(e.contains("baselines.mfn_att_dropout"), "{e}");
@@ -353,7 +362,10 @@ fn mfm_mmd_is_small_for_normal_codes_and_large_for_shifted_ones() {
     let dev = Device::Cpu;
     let ctx = Ctx::train(9);
     let z = mfm::normal_draws(&Ctx::train(123), 64, 4, &dev).unwrap();
-    let near = mfm::mmd_to_normal(&ctx, &z).unwrap().to_scalar::<f32>().unwrap();
+    let near = mfm::mmd_to_normal(&ctx, &z)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     let far = mfm::mmd_to_normal(&ctx, &(z + 3.0).unwrap())
         .unwrap()
         .to_scalar::<f32>()
