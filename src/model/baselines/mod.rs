@@ -36,8 +36,10 @@ use candle_core::Tensor;
 pub use config::SeqAlign;
 use ctc::CtcPair;
 
-/// A model of this module, behind one `forward`.
+/// A model of this module, behind one `forward`. (One model exists per run, boxed once in
+/// `Model`, so the size gap between the variants costs nothing worth a box.)
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Baseline {
     /// EF-/LF-LSTM on CTC-aligned input.
     Aligned(AlignedLstm),

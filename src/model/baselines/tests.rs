@@ -370,7 +370,7 @@ fn mfm_mmd_is_small_for_normal_codes_and_large_for_shifted_ones() {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    assert!(near >= -1e-6 && near < 0.05, "{near}");
+    assert!((-1e-6..0.05).contains(&near), "{near}");
     assert!(far > 5.0 * near.max(0.01), "{near} vs {far}");
     // The draws are standard normal: mean ≈ 0, variance ≈ 1.
     let g: Vec<f32> = mfm::normal_draws(&ctx, 500, 4, &dev)
