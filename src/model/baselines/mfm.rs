@@ -130,7 +130,9 @@ impl Mfm {
     }
 
     /// The forward pass; intermediates always hold [`AUX_LOSS`] (reconstruction + MMD +
-    /// CTC), and with `intermediates` also `zy`, `recon_l|a|v` (`[B, T, D_m]`) and `mmd`.
+    /// CTC; in evaluation mode without `intermediates` only the CTC loss, the generative
+    /// path being skipped), and with `intermediates` also `zy`, `recon_l|a|v`
+    /// (`[B, T, D_m]`) and `mmd`.
     pub fn forward(&self, ctx: &Ctx, x: &Inputs, opts: ForwardOpts) -> Result<ForwardOutput> {
         check_shapes(&self.cfg, x)?;
         let (audio, vision, ctc) = onto_text_grid(&self.cfg, self.ctc.as_ref(), x)?;
@@ -141,12 +143,25 @@ impl Mfm {
         let b = &self.cfg.baselines;
         let zy = self.to_zy.forward(&self.mfn.forward(ctx, xs, &mask)?)?;
         let fy = relu(&self.zy_to_fy.forward(ctx, &zy)?)?;
-        let mut mmd = mmd_to_normal(ctx, &zy)?;
+        let output = self.fy_to_y.forward(ctx, &fy)?;
         let mut inter = BTreeMap::new();
         let mut aux = match ctc {
             Some(l) => l,
             None => Tensor::zeros((), x.text.dtype(), x.text.device())?,
         };
+        if !ctx.train && !opts.intermediates {
+            // Evaluation reads the prediction only: the generative path (the auxiliary
+            // loss's) is skipped; the prediction depends on f_y alone.
+            inter.insert(AUX_LOSS.to_string(), aux);
+            return Ok(ForwardOutput {
+                output,
+                last_hs: fy,
+                blocks: Vec::new(),
+                valid: raw_valid(x)?,
+                intermediates: inter,
+            });
+        }
+        let mut mmd = mmd_to_normal(ctx, &zy)?;
         let weights = [b.mfm_recon_l, b.mfm_recon_a, b.mfm_recon_v];
         for (m, (g, tag)) in self.gen.iter().zip(["l", "a", "v"]).enumerate() {
             let zm = g.enc_fc.forward(&g.enc.forward(xs[m], Some(&mask))?)?;
@@ -160,7 +175,6 @@ impl Mfm {
             }
         }
         aux = (aux + (&mmd * b.mfm_mmd_weight)?)?;
-        let output = self.fy_to_y.forward(ctx, &fy)?;
         inter.insert(AUX_LOSS.to_string(), aux);
         if opts.intermediates {
             inter.insert("zy".into(), zy);

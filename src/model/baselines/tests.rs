@@ -70,9 +70,12 @@ fn build(cfg: &Config, seed: u64) -> (Model, crate::model::params::ParamStore) {
 }
 
 fn run(model: &Model, x: &Inputs) -> (Vec<f32>, f32) {
-    let o = model
-        .forward(&Ctx::eval(), x, ForwardOpts::default())
-        .unwrap();
+    // With intermediates: MFM's auxiliary loss is computed in evaluation mode too.
+    let opts = ForwardOpts {
+        intermediates: true,
+        ..Default::default()
+    };
+    let o = model.forward(&Ctx::eval(), x, opts).unwrap();
     let aux = o.intermediates[AUX_LOSS].to_scalar::<f32>().unwrap();
     (o.output.flatten_all().unwrap().to_vec1().unwrap(), aux)
 }
@@ -190,9 +193,12 @@ fn pseudo_alignment_is_a_soft_assignment_onto_real_text_steps() {
 /// Total training objective (task-free): a fixed read-out of the output plus the
 /// auxiliary loss, so both paths' gradients are checked.
 fn objective(model: &Model, x: &Inputs) -> Tensor {
-    let o = model
-        .forward(&Ctx::eval(), x, ForwardOpts::default())
-        .unwrap();
+    // With intermediates: MFM's generative path runs in evaluation mode too.
+    let opts = ForwardOpts {
+        intermediates: true,
+        ..Default::default()
+    };
+    let o = model.forward(&Ctx::eval(), x, opts).unwrap();
     let w = Tensor::new(&[[0.7f32], [-1.3]], x.text.device()).unwrap();
     (o.output * w)
         .unwrap()
