@@ -330,7 +330,11 @@ impl ModelConfig {
             "model option `lstm_mod_hidden` must be positive"
         );
         self.baselines.validate()?;
-        if matches!(self.arch, Arch::Mfm | Arch::Gmfn | Arch::Raven | Arch::Mctn) {
+        // `align = none` (the data as given) needs one grid; LF-LSTM has none to share.
+        if matches!(
+            self.arch,
+            Arch::Mfm | Arch::Gmfn | Arch::Raven | Arch::Mctn | Arch::EfLstm
+        ) {
             super::baselines::config::check_aligned(
                 self.arch.name(),
                 self.baselines.align,

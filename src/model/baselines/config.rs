@@ -22,8 +22,10 @@ pub enum SeqAlign {
     /// (`baselines::ctc`).
     Ctc,
     /// None: the data is already word-aligned (text, audio and vision of one padded
-    /// length, step `t` of each describing word `t`); audio and vision are used as given.
-    /// Refused on unaligned data ([`check_aligned`]). MFM's and Graph-MFN's default.
+    /// length, step `t` of each describing word `t`); audio and vision are used as given
+    /// (EF-LSTM still resamples by real lengths, the identity on such data). Refused on
+    /// unaligned data ([`check_aligned`]) for every row but LF-LSTM. MFM's and Graph-MFN's
+    /// default.
     None,
 }
 

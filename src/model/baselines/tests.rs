@@ -361,6 +361,19 @@ fn mfm_and_gmfn_read_aligned_data_and_refuse_unaligned() {
         u.set("model.baselines.align=nearest").unwrap();
         u.validate().unwrap();
     }
+    // `--align none` means "as given" for every row that reads one grid.
+    for variant in [Variant::EfLstm, Variant::Raven, Variant::Mctn] {
+        let mut u = tiny_cfg(variant, SeqAlign::Nearest);
+        u.model.baselines.align = SeqAlign::None;
+        let e = u.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("--variant {} needs word-aligned", variant.name())),
+            "{e}"
+        );
+    }
+    let mut lf = tiny_cfg(Variant::LfLstm, SeqAlign::Nearest);
+    lf.model.baselines.align = SeqAlign::None;
+    lf.validate().unwrap();
 }
 
 #[test]
