@@ -11,8 +11,14 @@ MulT's default dropouts, output dim 1, L1 loss, Adam lr 1e-3, clip 0.8.
 One training step = forward + L1 loss + backward + clip_grad_norm_ + Adam step.
 Timing: one untimed warm-up, then the median of --steps timed repetitions.
 
+Any configuration, with the flags of `mica bench` (defaults: the bench shape above):
+  --preset bench|mosi|mosei|iemocap|mult-official (d, heads, layers, conv kernels of
+  mica's preset), --d --heads --layers --kernels L,A,V, --lens L,A,V --dims L,A,V --batch B;
+  the JSON's `config` names what ran.
+
 Usage:
   python scripts/bench_pytorch.py --model official|lean --steps 3 --threads 2 [--json]
+  python scripts/bench_pytorch.py --model official --preset mult-official --lens 30,120,150 --dims 300,5,20
   python scripts/bench_pytorch.py --check        # lean == official (same weights, eval)
 
 The official code is NOT shipped: copy modules/*.py and src/models.py of
@@ -20,7 +26,7 @@ yaohungt/Multimodal-Transformer (commit a670936) into --official-dir (default
 /tmp/mult_official, laid out as the repo: src/models.py, modules/...). The official
 model hard-codes d = 30 and Conv1d kernel_size = 1; to match mica's preset the loader
 below rewrites exactly those two things in models.py at import time (asserted), and
-nothing else.
+nothing else (the kernels per modality, proj_l/proj_a/proj_v).
 """
 import argparse
 import json
@@ -47,7 +53,35 @@ P.add_argument("--profile", action="store_true",
 P.add_argument("--check", action="store_true",
                help="load the official weights into the lean model and compare outputs")
 P.add_argument("--official-dir", default="/tmp/mult_official")
+# The configuration, as `mica bench` takes it: --preset picks d, heads, layers and conv
+# kernels (mica's presets, src/config.rs); --lens/--dims the input shapes; the flags after
+# it override single values. Batch: --batch (default 24, as mica bench).
+PRESETS = {  # d, heads, layers, kernels L,A,V
+    "bench": (40, 8, 4, (3, 3, 3)),
+    "mosi": (40, 8, 4, (3, 3, 3)),
+    "mosei": (40, 10, 6, (3, 3, 3)),
+    "iemocap": (40, 10, 4, (3, 5, 3)),
+    "mult-official": (30, 5, 5, (1, 1, 1)),
+}
+P.add_argument("--preset", choices=sorted(PRESETS), default="bench",
+               help="hyper-parameters of mica's preset of that name (default: the bench shape's)")
+P.add_argument("--d", type=int, help="model width (overrides the preset)")
+P.add_argument("--heads", type=int, help="attention heads (overrides the preset)")
+P.add_argument("--layers", type=int, help="crossmodal layers (overrides the preset)")
+P.add_argument("--kernels", help="conv kernels L,A,V (overrides the preset)")
+P.add_argument("--lens", default="50,375,500", help="input lengths L,A,V")
+P.add_argument("--dims", default="300,74,35", help="input feature dims L,A,V")
 ARGS = P.parse_args()
+
+
+def _lav(name, text):
+    try:
+        vals = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3 or min(vals) < 1:
+        P.error(f"--{name} {text!r}: expected three positive integers L,A,V")
+    return vals
 
 # Thread counts must be fixed before torch starts its pools.
 for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -59,9 +93,12 @@ import torch.nn.functional as F  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
 
-DIMS = dict(l=300, a=74, v=35)
-LENS = dict(l=50, a=375, v=500)
-HP = dict(d=40, num_heads=8, layers=4, kernel=3, attn_dropout=ARGS.attn_dropout,
+_d, _h, _layers, _k = PRESETS[ARGS.preset]
+_k = _lav("kernels", ARGS.kernels) if ARGS.kernels else _k
+DIMS = dict(zip("lav", _lav("dims", ARGS.dims)))
+LENS = dict(zip("lav", _lav("lens", ARGS.lens)))
+HP = dict(d=ARGS.d or _d, num_heads=ARGS.heads or _h, layers=ARGS.layers or _layers,
+          kernels=dict(zip("lav", _k)), attn_dropout=ARGS.attn_dropout,
           attn_dropout_a=0.0, attn_dropout_v=0.0, relu_dropout=0.1, res_dropout=0.1,
           embed_dropout=0.25, out_dropout=0.0, attn_mask=True, output_dim=1,
           lr=1e-3, clip=0.8)
@@ -96,7 +133,9 @@ def _exec_patched(name, rel, patches):
     src = open(path).read()
     for old, new, count in patches:
         assert src.count(old) == count, f"unexpected official {rel}: {old!r}"
-        src = src.replace(old, new)
+        # A list of replacements: one per occurrence, in order.
+        for rep in (new if isinstance(new, list) else [new] * count):
+            src = src.replace(old, rep, 1)
     mod = types.ModuleType(name)
     mod.__file__ = path
     sys.modules[name] = mod
@@ -115,13 +154,17 @@ def load_official():
     # the small int64 index tensor is the standard fix (no effect on the float work).
     _exec_patched("modules.position_embedding", "modules/position_embedding.py",
                   [("positions.view(-1)", "positions.reshape(-1)", 1)])
-    # The two hard-coded values that differ from mica's preset (d = 40, kernels 3).
+    # The two hard-coded values a preset may change (d, and the conv kernels: proj_l,
+    # proj_a, proj_v in this order in models.py).
     mod = _exec_patched("mult_official_models", "src/models.py", [
         ("self.d_l, self.d_a, self.d_v = 30, 30, 30",
          "self.d_l, self.d_a, self.d_v = hyp_params.d, hyp_params.d, hyp_params.d", 1),
-        ("kernel_size=1, padding=0", "kernel_size=hyp_params.kernel, padding=0", 3)])
+        ("kernel_size=1, padding=0",
+         [f"kernel_size=hyp_params.kernel_{m}, padding=0" for m in "lav"], 3)])
+    hp = {k: v for k, v in HP.items() if k != "kernels"}
     hyp = argparse.Namespace(orig_d_l=DIMS["l"], orig_d_a=DIMS["a"], orig_d_v=DIMS["v"],
-                             lonly=True, aonly=True, vonly=True, **HP)
+                             lonly=True, aonly=True, vonly=True,
+                             **{f"kernel_{m}": HP["kernels"][m] for m in "lav"}, **hp)
     return mod.MULTModel(hyp)
 
 
@@ -233,10 +276,10 @@ class LeanMulT(nn.Module):
 
     def __init__(self):
         super().__init__()
-        d, h, L, k = HP["d"], HP["num_heads"], HP["layers"], HP["kernel"]
-        self.proj_l = nn.Conv1d(DIMS["l"], d, k, bias=False)
-        self.proj_a = nn.Conv1d(DIMS["a"], d, k, bias=False)
-        self.proj_v = nn.Conv1d(DIMS["v"], d, k, bias=False)
+        d, h, L, k = HP["d"], HP["num_heads"], HP["layers"], HP["kernels"]
+        self.proj_l = nn.Conv1d(DIMS["l"], d, k["l"], bias=False)
+        self.proj_a = nn.Conv1d(DIMS["a"], d, k["a"], bias=False)
+        self.proj_v = nn.Conv1d(DIMS["v"], d, k["v"], bias=False)
         p, pa, pv = HP["attn_dropout"], HP["attn_dropout_a"], HP["attn_dropout_v"]
         # Official: the source's dropout for crossmodal blocks, attn_dropout for the mems.
         for name, ap in [("l_with_a", pa), ("l_with_v", pv), ("a_with_l", p),
@@ -373,6 +416,10 @@ def main():
               "peak_rss_mb": round(rss_peak, 1), "threads": torch.get_num_threads(),
               "model": ARGS.model, "torch": torch.__version__, "params": n_params,
               "steps": ARGS.steps, "batch": ARGS.batch,
+              "config": {"preset": ARGS.preset, "d": HP["d"], "heads": HP["num_heads"],
+                         "layers": HP["layers"], "kernels": [HP["kernels"][m] for m in "lav"],
+                         "lens": [LENS[m] for m in "lav"], "dims": [DIMS[m] for m in "lav"],
+                         "batch": ARGS.batch},
               "rss_after_setup_mb": round(rss_setup, 1), "peak_rss_train_mb": round(rss_train, 1),
               "train_ms_all": [round(t, 1) for t in train_all],
               "eval_ms_all": [round(t, 1) for t in eval_all],

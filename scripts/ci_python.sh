@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # CI step for the Python package (python/): a venv under target/, the wheel built by
 # maturin and installed, then pytest python/tests against the `mica` binary that
-# `cargo test` built. The wheel is built with the dev profile (MICA_PY_PROFILE), so it
-# reuses every dependency `cargo test` compiled just before (the core's Cargo.toml
-# enables the features the bindings need, so both builds resolve alike); users run
-# `pip install ./python` (release).
+# `cargo test --release` built. The wheel is built with the release profile
+# (MICA_PY_PROFILE), so it reuses every dependency `cargo test --release` compiled just
+# before (the core's Cargo.toml enables the features the bindings need, so both builds
+# resolve alike); users run `pip install ./python` (release) too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-profile="${MICA_PY_PROFILE:-dev}"
+profile="${MICA_PY_PROFILE:-release}"
 bindir=$([ "$profile" = dev ] && echo debug || echo "$profile")
 venv=target/py-venv
 python3 -m venv "$venv"

@@ -126,8 +126,13 @@ fn time_positions_refuse_data_without_element_times() {
     assert!(!o.status.success());
     let e = text(&o.stderr);
     assert!(
-        e.contains("`positions = time` needs element times") && e.contains("positions = index"),
+        e.contains("split `train` has no element times")
+            && e.contains("`--positions time` needs them: use `--positions index`"),
         "{e}"
+    );
+    assert!(
+        !dir.path().join("run").exists(),
+        "refused before anything is written"
     );
 }
 
@@ -264,9 +269,38 @@ fn time_bias_refuses_data_without_element_times_and_bad_values() {
     assert!(!o.status.success());
     let e = text(&o.stderr);
     assert!(
-        e.contains("`time_bias` needs element times") && e.contains("time_bias = 0"),
+        e.contains("split `train` has no element times")
+            && e.contains("model option `time_bias` = 0.1 needs them")
+            && e.contains("add `--set model.time_bias=0`"),
         "{e}"
     );
+    assert!(
+        !dir.path().join("run").exists(),
+        "refused before anything is written"
+    );
+    // The synth-small preset turns the time bias on: on data without times it is refused
+    // the same way, naming the preset; switching it off trains.
+    let o = train(
+        &pkl,
+        &dir.path().join("preset"),
+        &["--variant", "mult", "--preset", "synth-small"],
+    );
+    assert!(!o.status.success());
+    let e = text(&o.stderr);
+    assert!(e.contains("the preset `synth-small` sets 0.1"), "{e}");
+    let o = train(
+        &pkl,
+        &dir.path().join("preset-off"),
+        &[
+            "--variant",
+            "mult",
+            "--preset",
+            "synth-small",
+            "--set",
+            "model.time_bias=0",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
     let data = tiny(dir.path(), &[]);
     let o = train(
         &data,

@@ -262,27 +262,46 @@ pub fn bench_config(
 }
 
 /// Seeded random inputs `[B, T, D]` with left padding (0 to a third of `T` zero frames
-/// per sample and modality) and sentiment labels `[B, 1]`.
+/// per sample and modality) and sentiment labels `[B, 1]`. When the model needs element
+/// times (`time_bias`, `positions = time`), each sample's real elements are spread evenly
+/// over one clip of 2–6 s shared by the three modalities (padding: NaN, as loaded data).
 pub fn random_batch(cfg: &Config, batch: usize, seed: u64, device: &Device) -> Result<Batch> {
+    use crate::model::config::Positions;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let m = &cfg.model;
+    let dur: Vec<f32> = (0..batch).map(|_| rng.gen_range(2.0..6.0)).collect();
+    let mut times = Vec::with_capacity(3);
     let mut modality = |t: usize, d: usize| -> Result<Tensor> {
         let mut v = vec![0f32; batch * t * d];
+        let mut tv = vec![f32::NAN; batch * t];
         for b in 0..batch {
             let pad = rng.gen_range(0..=t / 3);
+            let step = dur[b] / (t - pad) as f32;
             for s in pad..t {
+                tv[b * t + s] = (s - pad) as f32 * step + 0.5 * step;
                 for x in &mut v[(b * t + s) * d..(b * t + s + 1) * d] {
                     *x = rng.gen_range(-1.0..1.0);
                 }
             }
         }
+        times.push(Tensor::from_vec(tv, (batch, t), device)?);
         Ok(Tensor::from_vec(v, (batch, t, d), device)?)
     };
+    let (text, audio, vision) = (
+        modality(m.l_len, m.orig_d_l)?,
+        modality(m.a_len, m.orig_d_a)?,
+        modality(m.v_len, m.orig_d_v)?,
+    );
+    let wants_times = m.time_bias > 0.0 || m.positions == Positions::Time;
+    let times = match wants_times {
+        true => Some(<[Tensor; 3]>::try_from(times).expect("three modalities")),
+        false => None,
+    };
     let inputs = Inputs {
-        text: modality(m.l_len, m.orig_d_l)?,
-        audio: modality(m.a_len, m.orig_d_a)?,
-        vision: modality(m.v_len, m.orig_d_v)?,
-        times: None,
+        text,
+        audio,
+        vision,
+        times,
     };
     let labels: Vec<f32> = (0..batch).map(|_| rng.gen_range(-3.0..3.0)).collect();
     Ok(Batch {

@@ -14,6 +14,7 @@ use crate::data::batch::{chunks, labels_f64, make_batch, Batch};
 use crate::data::{Dataset, Labels, Split};
 use crate::eval::{evaluate, Metrics};
 use crate::kernels::rng::mix64;
+use crate::model::config::{Arch, Positions};
 use crate::model::ctx::Ctx;
 use crate::model::io::ForwardOpts;
 use crate::model::params::{Initializer, ParamStore};
@@ -233,11 +234,36 @@ pub fn check_split(cfg: &Config, split: &Split, name: &str) -> Result<()> {
             mo.t
         );
     }
+    check_element_times(cfg, split, name)?;
     match (&split.labels, cfg.task) {
         (Labels::Emotion(_), Task::Iemocap) | (Labels::Sentiment(_), Task::Mosi | Task::Mosei) => Ok(()),
         (Labels::Emotion(_), t) => bail!("split `{name}` has IEMOCAP emotion labels (N, 4) but the task is `{t}`: use --task iemocap"),
         (Labels::Sentiment(_), _) => bail!("split `{name}` has sentiment labels (N, 1) but the task is `iemocap`: use --task mosi or mosei"),
     }
+}
+
+/// Refuses, before anything is trained or written, attention options that need element
+/// times (`time_bias`, `positions = time`) on a split that has none (a MulT/MMSA pickle),
+/// naming the option and how to switch it off. The recurrent baselines ignore both.
+fn check_element_times(cfg: &Config, split: &Split, name: &str) -> Result<()> {
+    let m = &cfg.model;
+    if split.intervals.is_some() || !matches!(m.arch, Arch::Mult | Arch::Mica) {
+        return Ok(());
+    }
+    ensure!(
+        m.time_bias == 0.0,
+        "split `{name}` has no element times (data without element intervals, e.g. a MulT/MMSA \
+         pickle), and model option `time_bias` = {} needs them (the preset `synth-small` sets \
+         0.1): add `--set model.time_bias=0` or use data with times (the built-in benchmark, \
+         `mica import-csd`)",
+        m.time_bias
+    );
+    ensure!(
+        m.positions != Positions::Time,
+        "split `{name}` has no element times (data without element intervals, e.g. a MulT/MMSA \
+         pickle), and `--positions time` needs them: use `--positions index`"
+    );
+    Ok(())
 }
 
 /// Eval-mode predictions of a split (flattened `[N * output_dim]`) and its mean task loss.
