@@ -81,6 +81,10 @@ pub enum Variant {
     Raven,
     /// MCTN baseline (paper Tables 2-4; audio/vision CTC-aligned onto the text grid).
     Mctn,
+    /// MFM baseline (paper Tables 2-4, †: needs word-aligned data, or `--align`).
+    Mfm,
+    /// Graph-MFN baseline (paper Tables 2-4, †: needs word-aligned data, or `--align`).
+    Gmfn,
 }
 
 impl Variant {
@@ -92,6 +96,8 @@ impl Variant {
             Variant::LfLstm => Arch::LfLstm,
             Variant::Raven => Arch::Raven,
             Variant::Mctn => Arch::Mctn,
+            Variant::Mfm => Arch::Mfm,
+            Variant::Gmfn => Arch::Gmfn,
             Variant::Backbone | Variant::Mmd | Variant::Mica | Variant::MicaNopropagate => {
                 Arch::Mica
             }
@@ -100,11 +106,13 @@ impl Variant {
     /// The recurrent baselines of the paper's Tables 2-4 (no crossmodal attention).
     pub const BASELINES: [Variant; 2] = [Variant::EfLstm, Variant::LfLstm];
     /// The classic rows added with the CTC module (paper Tables 2-4).
-    pub const CLASSIC: [Variant; 2] = [Variant::Raven, Variant::Mctn];
+    pub const CLASSIC: [Variant; 4] = [Variant::Mfm, Variant::Gmfn, Variant::Raven, Variant::Mctn];
     /// Every variant: the LSTM baselines, the classic rows, then the ablation.
-    pub const ALL: [Variant; 9] = [
+    pub const ALL: [Variant; 11] = [
         Variant::EfLstm,
         Variant::LfLstm,
+        Variant::Mfm,
+        Variant::Gmfn,
         Variant::Raven,
         Variant::Mctn,
         Variant::Mult,
@@ -137,6 +145,8 @@ impl Variant {
             Variant::LfLstm => "lf-lstm",
             Variant::Raven => "raven",
             Variant::Mctn => "mctn",
+            Variant::Mfm => "mfm",
+            Variant::Gmfn => "gmfn",
         }
     }
 }
@@ -409,6 +419,14 @@ impl Config {
                     self.train.lr = 1e-4;
                 }
             }
+            // Word-aligned data as given (refused on unaligned data, naming `--align`);
+            // the official MFM code trains with Adam's default lr 1e-3.
+            Variant::Mfm | Variant::Gmfn => {
+                b.align = SeqAlign::None;
+                if preset != Preset::SynthSmall {
+                    self.train.lr = 1e-3;
+                }
+            }
             _ => {}
         }
     }
@@ -426,7 +444,7 @@ impl Config {
                 self.align.alpha = 0.0;
                 self.align.beta = 0.0;
             }
-            Variant::Raven | Variant::Mctn => {
+            Variant::Raven | Variant::Mctn | Variant::Mfm | Variant::Gmfn => {
                 self.align.alpha = 0.0;
                 self.align.beta = 0.0;
             }

@@ -140,6 +140,27 @@ fn word_aligned_import_has_one_length() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    // The aligned-only rows (MFM, Graph-MFN) read it as given.
+    for variant in ["mfm", "gmfn"] {
+        let run = dir.path().join(variant);
+        let train = [
+            "train",
+            "--variant",
+            variant,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--set",
+            "model.baselines.mfn_hidden_l=4",
+            "--set",
+            "model.baselines.mfn_mem=4",
+            "--quiet",
+            "--threads=1",
+        ];
+        let o = mica(&train, &[("--data", &data), ("--out", &run)]);
+        assert!(o.status.success(), "{variant}: {}", stderr(&o));
+    }
 }
 
 #[test]

@@ -304,8 +304,10 @@ def train(
     (MulT / MMSA pickle, mica directory) or a dict of splits of numpy arrays (as
     :func:`read_dataset` / :func:`synth` return; ``train``, ``valid`` and ``test``).
     ``variant``: ``mult``, ``backbone``, ``mmd``, ``mica``, ``mica-nopropagate``,
-    ``ef-lstm``, ``lf-lstm`` (default ``mica``). ``preset``: ``mosi``, ``mosei``,
-    ``iemocap``, ``synth-small``, ``mult-official`` (default from the data).
+    ``ef-lstm``, ``lf-lstm``, ``mfm``, ``gmfn``, ``raven``, ``mctn`` (default ``mica``;
+    ``mfm`` and ``gmfn`` need word-aligned data or ``align="nearest"``). ``preset``:
+    ``mosi``, ``mosei``, ``iemocap``, ``synth-small``, ``mult-official`` (default from
+    the data).
     ``out``: run directory (several seeds: one ``seed-S`` directory each plus
     ``summary.json``); default ``runs/<data>-<variant>-<time>``.
     ``options``: every ``mica train`` flag, underscores for dashes, e.g. ``epochs=2,

@@ -64,7 +64,9 @@ pub fn row_config_args(base: &ConfigArgs, v: Variant) -> ConfigArgs {
         | Variant::EfLstm
         | Variant::LfLstm
         | Variant::Raven
-        | Variant::Mctn => {
+        | Variant::Mctn
+        | Variant::Mfm
+        | Variant::Gmfn => {
             c.alpha = None;
             c.beta = None;
         }

@@ -73,7 +73,8 @@ impl DataArgs {
 pub struct ConfigArgs {
     /// Model + losses: mult, backbone, mmd, mica, mica-nopropagate, or the LSTM baselines
     /// ef-lstm, lf-lstm (sizes: --set model.lstm_hidden=64, model.lstm_mod_hidden=32,
-    /// model.lstm_dropout=0.1).
+    /// model.lstm_dropout=0.1), or the classic rows mfm, gmfn, raven, mctn (options:
+    /// --set model.baselines.KEY=VALUE).
     #[arg(long, value_enum)]
     pub variant: Option<Variant>,
     /// Hyper-parameter preset (paper Table 1): mosi, mosei, iemocap, synth-small, or
@@ -139,9 +140,11 @@ pub struct ConfigArgs {
     /// element's real time; needs data with element times, e.g. the built-in benchmark).
     #[arg(long, value_enum)]
     pub positions: Option<Positions>,
-    /// How EF-/LF-LSTM, RAVEN and MCTN bring audio and vision onto the text grid:
-    /// `nearest` (resampling; the LSTMs' default) or `ctc` (MulT's CTC module; RAVEN's and
-    /// MCTN's default). Same as `--set model.baselines.align=...`.
+    /// How EF-/LF-LSTM, RAVEN, MCTN, MFM and Graph-MFN bring audio and vision onto the
+    /// text grid: `nearest` (resampling; the LSTMs' default), `ctc` (MulT's CTC module;
+    /// RAVEN's and MCTN's default) or `none` (the data is already word-aligned; MFM's and
+    /// Graph-MFN's default, refused on unaligned data). Same as
+    /// `--set model.baselines.align=...`.
     #[arg(long, value_enum)]
     pub align: Option<crate::model::baselines::SeqAlign>,
     /// Any other option as section.key=value (e.g. model.relu_dropout=0.2,
@@ -334,7 +337,12 @@ impl ConfigArgs {
             Variant::Backbone if explicit(self.alpha) || explicit(self.beta) => {
                 anyhow::bail!("--variant backbone trains without alignment: drop --alpha/--beta or use --variant mmd/mica")
             }
-            Variant::EfLstm | Variant::LfLstm | Variant::Raven | Variant::Mctn
+            Variant::EfLstm
+            | Variant::LfLstm
+            | Variant::Raven
+            | Variant::Mctn
+            | Variant::Mfm
+            | Variant::Gmfn
                 if explicit(self.alpha) || explicit(self.beta) =>
             {
                 anyhow::bail!(

@@ -82,6 +82,12 @@ pub struct SynthArgs {
     /// file against (`scripts/check_mult_pkl.py FILE SUMS`).
     #[arg(long)]
     pub sums: Option<PathBuf>,
+    /// Word-aligned output (what MFM and Graph-MFN read): every word takes the mean of the
+    /// acoustic / visual frames that truly co-occur with it (the ground-truth intervals),
+    /// so all three modalities have the text's length. The probes (`--probe`) are fitted
+    /// on the unaligned data.
+    #[arg(long)]
+    pub aligned: bool,
     /// Also fit the two closed-form probes and print their test Pearson r: the aligned
     /// oracle (knows the rule's form and the TRUE alignment) and the pooled baseline
     /// (ridge on mean/max-pooled features): the bounds a model should land between.
@@ -114,10 +120,12 @@ impl SynthArgs {
 }
 
 /// Where a `mult-pkl` output goes: `out` itself, or `out/synth_<size>_data_noalign.pkl`
-/// when `out` is an existing directory.
-pub fn mult_pkl_path(out: &Path, size: SynthSize) -> PathBuf {
+/// (`synth_<size>_data.pkl` when `aligned`, MulT's names) when `out` is an existing
+/// directory.
+pub fn mult_pkl_path(out: &Path, size: SynthSize, aligned: bool) -> PathBuf {
     if out.is_dir() {
-        out.join(format!("synth_{}_data_noalign.pkl", size.name()))
+        let tail = if aligned { "" } else { "_noalign" };
+        out.join(format!("synth_{}_data{tail}.pkl", size.name()))
     } else {
         out.to_path_buf()
     }
@@ -191,6 +199,12 @@ pub fn run(args: &SynthArgs) -> Result<()> {
     let start = std::time::Instant::now();
     let ds = generate_with_progress(&cfg, &mut |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
+    let probe_ds = args.probe.then(|| ds.clone());
+    let ds = if args.aligned {
+        crate::data::word_align::average_onto_words(&ds)?
+    } else {
+        ds
+    };
     eprintln!(
         "generated synth-{} (seed {}): {}/{}/{} samples in {:.1} s",
         cfg.size.name(),
@@ -206,7 +220,7 @@ pub fn run(args: &SynthArgs) -> Result<()> {
             args.out.clone()
         }
         SynthFormat::MultPkl => {
-            let path = mult_pkl_path(&args.out, cfg.size);
+            let path = mult_pkl_path(&args.out, cfg.size, args.aligned);
             write_mult_pickle(&ds, &path)?;
             path
         }
@@ -219,7 +233,7 @@ pub fn run(args: &SynthArgs) -> Result<()> {
         )?;
         eprintln!("wrote {}", path.display());
     }
-    if args.probe {
+    if let Some(ds) = probe_ds {
         let r = crate::data::synth::probe::probe(&ds)?;
         println!(
             "probes (test Pearson r): aligned oracle {:.3}, pooled baseline {:.3}",

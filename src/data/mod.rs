@@ -22,6 +22,7 @@ pub use pickle::numpy as pickle_numpy;
 pub use pickle::write as pickle_write;
 pub mod source;
 pub mod synth;
+pub mod word_align;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

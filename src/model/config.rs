@@ -27,9 +27,29 @@ pub enum Arch {
     /// MCTN (Pham et al., AAAI 2019): hierarchical cyclic seq2seq translation from text
     /// (`baselines::mctn`).
     Mctn,
+    /// MFM (Tsai et al., ICLR 2019): factorized multimodal representations, MFN encoder
+    /// of the discriminative factor, LSTM decoders (`baselines::mfm`). Word-aligned input.
+    Mfm,
+    /// Graph-MFN (Zadeh et al., ACL 2018): MFN with the Dynamic Fusion Graph
+    /// (`baselines::gmfn`). Word-aligned input.
+    Gmfn,
 }
 
 impl Arch {
+    /// The name in configs and on the command line (`ef-lstm`, `mfm`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Mult => "mult",
+            Arch::Mica => "mica",
+            Arch::EfLstm => "ef-lstm",
+            Arch::LfLstm => "lf-lstm",
+            Arch::Raven => "raven",
+            Arch::Mctn => "mctn",
+            Arch::Mfm => "mfm",
+            Arch::Gmfn => "gmfn",
+        }
+    }
+
     /// True for the recurrent baselines (no crossmodal attention, no conv front end).
     pub fn is_lstm(self) -> bool {
         matches!(self, Arch::EfLstm | Arch::LfLstm)
@@ -310,6 +330,17 @@ impl ModelConfig {
             "model option `lstm_mod_hidden` must be positive"
         );
         self.baselines.validate()?;
+        // `align = none` (the data as given) needs one grid; LF-LSTM has none to share.
+        if matches!(
+            self.arch,
+            Arch::Mfm | Arch::Gmfn | Arch::Raven | Arch::Mctn | Arch::EfLstm
+        ) {
+            super::baselines::config::check_aligned(
+                self.arch.name(),
+                self.baselines.align,
+                self.lens(),
+            )?;
+        }
         // The parameters must fit in memory (an absurd d or layer count, also from a
         // checkpoint's config.json, is refused here instead of aborting an allocation).
         super::memory::ensure_fits(self, None)

@@ -71,14 +71,14 @@ impl Lstm {
     }
 
     /// The input projection of every step at once: `x W_ih^T + b_ih + b_hh`, `[B, T, 4H]`.
-    fn input_gates(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn input_gates(&self, x: &Tensor) -> Result<Tensor> {
         let bias = (&self.bias_ih + &self.bias_hh)?;
         super::layers::linear(x, &self.weight_ih, Some(&bias))
     }
 
     /// One step from precomputed input gates `xg` `[B, 4H]` and state `(h, c)` `[B, H]`:
     /// returns the new `(h, c)`.
-    fn step(&self, xg: &Tensor, h: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn step(&self, xg: &Tensor, h: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
         let hs = self.hidden;
         let gates = (xg + h.matmul(&self.weight_hh.t()?)?)?;
         let i = sigmoid(&gates.narrow(D::Minus1, 0, hs)?)?;

@@ -56,6 +56,12 @@ pub fn param_count(cfg: &ModelConfig) -> u128 {
             // Three bidirectional encoders and three decoders of width h.
             6 * 8 * h * h + 3 * 4 * h * h
         }
+        Arch::Mfm | Arch::Gmfn => {
+            let b = &cfg.baselines;
+            let hs = [b.mfn_hidden_l, b.mfn_hidden_a, b.mfn_hidden_v].map(|x| x as u128);
+            // The MFN's three LSTHMs (the rest is smaller than a bound needs).
+            (0..3).map(|m| 4 * hs[m] * (hs[m] + dims[m] + 2)).sum()
+        }
         Arch::Mult | Arch::Mica => {
             // Six crossmodal stacks of `layers` layers (attention 4d², FFN 8d²), three
             // memory encoders of max(layers, 3) layers (width 2d in MulT, d in MICA).
@@ -77,6 +83,7 @@ fn activation_floats(cfg: &ModelConfig, batch: usize) -> u128 {
         Arch::LfLstm => cfg.lstm_mod_hidden as u128,
         Arch::Raven => cfg.baselines.raven_word_hidden as u128,
         Arch::Mctn => cfg.baselines.mctn_hidden as u128 * 8,
+        Arch::Mfm | Arch::Gmfn => cfg.baselines.mfn_mem as u128,
         Arch::Mult | Arch::Mica => cfg.d as u128 * cfg.layers as u128 * 2,
     };
     b * t * width

@@ -35,7 +35,7 @@ pub enum Model {
     EfLstm(lstm::EfLstm),
     /// The late-fusion LSTM baseline.
     LfLstm(lstm::LfLstm),
-    /// The classic baselines of issue 20 (CTC-aligned LSTMs, RAVEN, MCTN).
+    /// The classic baselines of issue 20 (CTC-aligned LSTMs, RAVEN, MCTN, MFM, Graph-MFN).
     Baseline(Box<baselines::Baseline>),
 }
 
@@ -50,7 +50,7 @@ impl Model {
             Arch::Mica => Model::Mica(mica::Mica::new(p, cfg)?),
             Arch::EfLstm => Model::EfLstm(lstm::EfLstm::new(p, cfg)?),
             Arch::LfLstm => Model::LfLstm(lstm::LfLstm::new(p, cfg)?),
-            Arch::Raven | Arch::Mctn => {
+            Arch::Raven | Arch::Mctn | Arch::Mfm | Arch::Gmfn => {
                 anyhow::bail!("{:?} is built by baselines::Baseline", cfg.arch)
             }
         })

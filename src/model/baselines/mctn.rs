@@ -187,7 +187,7 @@ impl Mctn {
         let dims = cfg.orig_dims();
         let ctc = match b.align {
             SeqAlign::Ctc => Some(CtcPair::new(p, dims, cfg.l_len)?),
-            SeqAlign::Nearest => None,
+            SeqAlign::Nearest | SeqAlign::None => None,
         };
         let (h, r) = (b.mctn_hidden, b.mctn_reg_hidden);
         Ok(Mctn {

@@ -1,6 +1,14 @@
 //! The paper's remaining baseline rows (Tables 2–4) and MulT's CTC alignment module:
-//! EF-/LF-LSTM on CTC-aligned input ([`AlignedLstm`]), RAVEN ([`raven`]) and MCTN
-//! ([`mctn`]). Each model's module docs cite the official sources it follows.
+//! EF-/LF-LSTM on CTC-aligned input ([`AlignedLstm`]), RAVEN ([`raven`]), MCTN
+//! ([`mctn`]), MFM ([`mfm`]) and Graph-MFN ([`gmfn`], on the MFN of [`mfn`] with the
+//! Dynamic Fusion Graph of [`dfg`]). Each model's module docs cite the official sources
+//! it follows.
+//!
+//! **Word alignment.** MFM and Graph-MFN (the paper's † rows) read word-aligned input:
+//! `baselines.align = none` (their default) uses audio and vision as given and is refused
+//! on data whose three lengths differ (`config::check_aligned`, the message names
+//! `--align nearest|ctc` and the commands that write aligned data); `nearest` and `ctc`
+//! bring unaligned audio and vision onto the words as for the other rows.
 //!
 //! **Auxiliary losses.** Models with a training objective beyond the task loss (the CTC
 //! terms, MCTN's translation and cyclic losses) put its weighted sum, a scalar with
@@ -11,7 +19,11 @@
 pub mod config;
 pub mod ctc;
 pub mod ctc_loss;
+pub mod dfg;
+pub mod gmfn;
 pub mod mctn;
+pub mod mfm;
+pub mod mfn;
 pub mod raven;
 
 use super::config::{Arch, ModelConfig};
@@ -24,8 +36,10 @@ use candle_core::Tensor;
 pub use config::SeqAlign;
 use ctc::CtcPair;
 
-/// A model of this module, behind one `forward`.
+/// A model of this module, behind one `forward`. (One model exists per run, boxed once in
+/// `Model`, so the size gap between the variants costs nothing worth a box.)
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Baseline {
     /// EF-/LF-LSTM on CTC-aligned input.
     Aligned(AlignedLstm),
@@ -33,12 +47,18 @@ pub enum Baseline {
     Raven(raven::Raven),
     /// MCTN.
     Mctn(mctn::Mctn),
+    /// MFM.
+    Mfm(mfm::Mfm),
+    /// Graph-MFN.
+    Gmfn(gmfn::Gmfn),
 }
 
 impl Baseline {
-    /// Whether `cfg` is built by this module (RAVEN, MCTN, or an LSTM with `--align ctc`).
+    /// Whether `cfg` is built by this module (RAVEN, MCTN, MFM, Graph-MFN, or an LSTM
+    /// with `--align ctc`).
     pub fn handles(cfg: &ModelConfig) -> bool {
-        is_aligned_lstm(cfg) || matches!(cfg.arch, Arch::Raven | Arch::Mctn)
+        is_aligned_lstm(cfg)
+            || matches!(cfg.arch, Arch::Raven | Arch::Mctn | Arch::Mfm | Arch::Gmfn)
     }
 
     /// Builds the model `cfg` describes.
@@ -46,6 +66,8 @@ impl Baseline {
         Ok(match cfg.arch {
             Arch::Raven => Baseline::Raven(raven::Raven::new(p, cfg)?),
             Arch::Mctn => Baseline::Mctn(mctn::Mctn::new(p, cfg)?),
+            Arch::Mfm => Baseline::Mfm(mfm::Mfm::new(p, cfg)?),
+            Arch::Gmfn => Baseline::Gmfn(gmfn::Gmfn::new(p, cfg)?),
             _ => Baseline::Aligned(AlignedLstm::new(p, cfg)?),
         })
     }
@@ -56,6 +78,8 @@ impl Baseline {
             Baseline::Aligned(m) => m.forward(ctx, x, opts),
             Baseline::Raven(m) => m.forward(ctx, x, opts),
             Baseline::Mctn(m) => m.forward(ctx, x, opts),
+            Baseline::Mfm(m) => m.forward(ctx, x, opts),
+            Baseline::Gmfn(m) => m.forward(ctx, x, opts),
         }
     }
 
@@ -65,6 +89,8 @@ impl Baseline {
             Baseline::Aligned(m) => &m.cfg,
             Baseline::Raven(m) => &m.cfg,
             Baseline::Mctn(m) => &m.cfg,
+            Baseline::Mfm(m) => &m.cfg,
+            Baseline::Gmfn(m) => &m.cfg,
         }
     }
 }
@@ -148,7 +174,8 @@ pub fn raw_valid(x: &Inputs) -> Result<[Vec<bool>; 3]> {
 }
 
 /// Audio and vision on the text grid by `cfg.baselines.align`: nearest-time resampling
-/// (no loss) or the CTC modules (with their weighted loss).
+/// (no loss), the CTC modules (with their weighted loss), or as given (`none`, data
+/// already word-aligned; other lengths are refused as [`config::check_aligned`] says).
 pub fn onto_text_grid(
     cfg: &ModelConfig,
     ctc: Option<&CtcPair>,
@@ -158,6 +185,11 @@ pub fn onto_text_grid(
         (SeqAlign::Ctc, Some(c)) => {
             let (a, v, l) = c.align(&x.text, &x.audio, &x.vision)?;
             Ok((a, v, Some((l * cfg.baselines.ctc_weight)?)))
+        }
+        (SeqAlign::None, _) => {
+            let lens = [x.text.dim(1)?, x.audio.dim(1)?, x.vision.dim(1)?];
+            config::check_aligned(cfg.arch.name(), SeqAlign::None, lens)?;
+            Ok((x.audio.clone(), x.vision.clone(), None))
         }
         _ => {
             let tl = x.text.dim(1)?;

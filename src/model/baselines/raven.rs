@@ -61,7 +61,7 @@ impl Raven {
         let dims = cfg.orig_dims();
         let ctc = match b.align {
             SeqAlign::Ctc => Some(CtcPair::new(p, dims, cfg.l_len)?),
-            SeqAlign::Nearest => None,
+            SeqAlign::Nearest | SeqAlign::None => None,
         };
         let hn = b.raven_nonverbal_hidden;
         let sub = [
