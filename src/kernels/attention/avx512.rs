@@ -229,7 +229,7 @@ pub unsafe fn forward_task<const HD: usize>(
                 m = m_new;
             }
             let mv = _mm512_set1_ps(m);
-            for (c, s) in buf[..nc].iter().enumerate() {
+            for (c, s) in buf[..nc].iter_mut().enumerate() {
                 let j0 = (c0 + c) * LANES;
                 let mut p = exp16(_mm512_sub_ps(*s, mv));
                 if j0 + LANES > jend {
@@ -239,8 +239,29 @@ pub unsafe fn forward_task<const HD: usize>(
                 if let Some(k) = &keep {
                     p = _mm512_maskz_mul_ps(k.mask(row_base + j0 as u64), p, scale);
                 }
-                for (d, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(p, load(vt, d * tkp + j0), *a);
+                if HD <= FORWARD_WIDE_HD {
+                    for (d, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(p, load(vt, d * tkp + j0), *a);
+                    }
+                } else {
+                    *s = p;
+                }
+            }
+            if HD > FORWARD_WIDE_HD {
+                // Wide heads: the probabilities of the block stay in `buf`, and the output
+                // accumulates `DIM_BLOCK` dimensions at a time over the chunks (in the same
+                // order), so its accumulators stay in registers.
+                for d0 in (0..HD).step_by(DIM_BLOCK) {
+                    let n = DIM_BLOCK.min(HD - d0);
+                    let mut a = [_mm512_setzero_ps(); DIM_BLOCK];
+                    a[..n].copy_from_slice(&acc[d0..d0 + n]);
+                    for (c, p) in buf[..nc].iter().enumerate() {
+                        let j0 = (c0 + c) * LANES;
+                        for (d, a) in a[..n].iter_mut().enumerate() {
+                            *a = _mm512_fmadd_ps(*p, load(vt, (d0 + d) * tkp + j0), *a);
+                        }
+                    }
+                    acc[d0..d0 + n].copy_from_slice(&a[..n]);
                 }
             }
             c0 += nc;
@@ -309,6 +330,21 @@ unsafe fn row_terms<const HD: usize>(
 /// rescaling (−5% forward in `cargo bench --bench attention`); 32 registers of scores on
 /// the stack.
 const FORWARD_BLOCK: usize = 2 * KEY_BLOCK;
+
+/// Head widths above this accumulate `dK`/`dV` (backward) and the output (forward)
+/// [`DIM_BLOCK`] dimensions at a time: `2·HD` accumulators no longer fit in the 32
+/// registers, and spilled ones cost a store and a reload per row.
+const WIDE_HD: usize = 12;
+
+/// Head widths above this accumulate the forward's output [`DIM_BLOCK`] dimensions at a
+/// time (the forward holds fewer other registers than the backward).
+const FORWARD_WIDE_HD: usize = 20;
+
+/// Dimensions per accumulation block of wide heads (see [`WIDE_HD`]).
+const DIM_BLOCK: usize = 8;
+
+/// Dimensions per `dQ` block: one accumulator each, plus the loaded keys.
+const DQ_BLOCK: usize = 24;
 
 thread_local! {
     /// Each thread's `dS` tile for [`backward_task`], kept between calls.
@@ -389,12 +425,33 @@ pub unsafe fn backward_task<const HD: usize>(
                     _mm512_storeu_ps(tile.as_mut_ptr().add(i * tkp + j0), ds);
                     *pz_i = pz;
                 }
-                for i in first..tq {
-                    let (qi, gi) = (&q[i * HD..(i + 1) * HD], &g[i * (HD + 1)..]);
-                    let ds = load(tile, i * tkp + j0);
-                    for d in 0..HD {
-                        dv[d] = _mm512_fmadd_ps(_mm512_set1_ps(gi[d]), pz_col[i], dv[d]);
-                        dk[d] = _mm512_fmadd_ps(_mm512_set1_ps(qi[d]), ds, dk[d]);
+                if HD <= WIDE_HD {
+                    for i in first..tq {
+                        let (qi, gi) = (&q[i * HD..(i + 1) * HD], &g[i * (HD + 1)..]);
+                        let ds = load(tile, i * tkp + j0);
+                        for d in 0..HD {
+                            dv[d] = _mm512_fmadd_ps(_mm512_set1_ps(gi[d]), pz_col[i], dv[d]);
+                            dk[d] = _mm512_fmadd_ps(_mm512_set1_ps(qi[d]), ds, dk[d]);
+                        }
+                    }
+                } else {
+                    // Wider still: `dK`, `dV` of all dimensions would not fit in the
+                    // registers either; a block of `DIM_BLOCK` dimensions at a time, each
+                    // over the rows in the same order (the same sums).
+                    for d0 in (0..HD).step_by(DIM_BLOCK) {
+                        let n = DIM_BLOCK.min(HD - d0);
+                        let mut bk = [_mm512_setzero_ps(); DIM_BLOCK];
+                        let mut bv = [_mm512_setzero_ps(); DIM_BLOCK];
+                        for (i, pz) in pz_col.iter().enumerate().skip(first) {
+                            let (qi, gi) = (&q[i * HD + d0..], &g[i * (HD + 1) + d0..]);
+                            let ds = load(tile, i * tkp + j0);
+                            for d in 0..n {
+                                bv[d] = _mm512_fmadd_ps(_mm512_set1_ps(gi[d]), *pz, bv[d]);
+                                bk[d] = _mm512_fmadd_ps(_mm512_set1_ps(qi[d]), ds, bk[d]);
+                            }
+                        }
+                        dk[d0..d0 + n].copy_from_slice(&bk[..n]);
+                        dv[d0..d0 + n].copy_from_slice(&bv[..n]);
                     }
                 }
             } else {
@@ -416,15 +473,20 @@ pub unsafe fn backward_task<const HD: usize>(
         // Pass 2, row-major: dQ_i = Σ_j dS_ij k_j over the chunks row i sees (the tile
         // entries pass 1 wrote).
         for i in 0..tq {
-            let mut acc = [_mm512_setzero_ps(); HD];
-            for j0 in (0..jend[i]).step_by(LANES) {
-                let ds = load(tile, i * tkp + j0);
-                for (d, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(ds, load(kt, d * tkp + j0), *a);
+            // A block of at most `DQ_BLOCK` dimensions at a time (all of them up to that
+            // width), so the accumulators stay in registers.
+            for d0 in (0..HD).step_by(DQ_BLOCK) {
+                let n = DQ_BLOCK.min(HD - d0);
+                let mut acc = [_mm512_setzero_ps(); DQ_BLOCK];
+                for j0 in (0..jend[i]).step_by(LANES) {
+                    let ds = load(tile, i * tkp + j0);
+                    for (d, a) in acc[..n].iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(ds, load(kt, (d0 + d) * tkp + j0), *a);
+                    }
                 }
-            }
-            for (x, a) in dq[i * HD..(i + 1) * HD].iter_mut().zip(&acc) {
-                *x = _mm512_reduce_add_ps(*a);
+                for (x, a) in dq[i * HD + d0..i * HD + d0 + n].iter_mut().zip(&acc) {
+                    *x = _mm512_reduce_add_ps(*a);
+                }
             }
         }
     });
