@@ -259,28 +259,42 @@ pub fn bench_config(
     (cfg, batch)
 }
 
+/// Seconds each sample of [`random_batch`] spans when it carries element times.
+pub const SYNTHETIC_SPAN_S: f32 = 10.0;
+
 /// Seeded random inputs `[B, T, D]` with left padding (0 to a third of `T` zero frames
-/// per sample and modality) and sentiment labels `[B, 1]`.
+/// per sample and modality) and sentiment labels `[B, 1]`. With `model.time_bias > 0`
+/// (which needs element times) each modality's real elements get synthetic times, evenly
+/// spread over [`SYNTHETIC_SPAN_S`] seconds per sample (NaN for padding).
 pub fn random_batch(cfg: &Config, batch: usize, seed: u64, device: &Device) -> Result<Batch> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let m = &cfg.model;
-    let mut modality = |t: usize, d: usize| -> Result<Tensor> {
+    let mut modality = |t: usize, d: usize| -> Result<(Tensor, Tensor)> {
         let mut v = vec![0f32; batch * t * d];
+        let mut times = vec![f32::NAN; batch * t];
         for b in 0..batch {
             let pad = rng.gen_range(0..=t / 3);
             for s in pad..t {
                 for x in &mut v[(b * t + s) * d..(b * t + s + 1) * d] {
                     *x = rng.gen_range(-1.0..1.0);
                 }
+                let at = (s - pad) as f32 + 0.5;
+                times[b * t + s] = at * SYNTHETIC_SPAN_S / (t - pad) as f32;
             }
         }
-        Ok(Tensor::from_vec(v, (batch, t, d), device)?)
+        Ok((
+            Tensor::from_vec(v, (batch, t, d), device)?,
+            Tensor::from_vec(times, (batch, t), device)?,
+        ))
     };
+    let (text, tl) = modality(m.l_len, m.orig_d_l)?;
+    let (audio, ta) = modality(m.a_len, m.orig_d_a)?;
+    let (vision, tv) = modality(m.v_len, m.orig_d_v)?;
     let inputs = Inputs {
-        text: modality(m.l_len, m.orig_d_l)?,
-        audio: modality(m.a_len, m.orig_d_a)?,
-        vision: modality(m.v_len, m.orig_d_v)?,
-        times: None,
+        text,
+        audio,
+        vision,
+        times: (m.time_bias > 0.0).then_some([tl, ta, tv]),
     };
     let labels: Vec<f32> = (0..batch).map(|_| rng.gen_range(-3.0..3.0)).collect();
     Ok(Batch {
@@ -400,6 +414,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             fwd / r.eval_batch_ms / 1e6
         );
         println!("peak RSS: {:.0} MiB", r.peak_rss_mb);
+    }
+    if resolve(args)?.0.model.time_bias > 0.0 {
+        eprintln!(
+            "note: model.time_bias needs element times; the bench inputs carry synthetic ones \
+             (each sample's real elements evenly spread over {SYNTHETIC_SPAN_S} s)"
+        );
     }
     Ok(())
 }

@@ -68,10 +68,15 @@ pub(super) unsafe fn run_task(
     let kt = transpose(t.k, tk, hd);
     SCRATCH.with_borrow_mut(|s| {
         let probs = at_least(&mut s.probs, tq * tk);
-        task_probs(Simd::Avx512, t.dims, t.causal, t.q, &kt, t.lse, probs);
-        // `task_probs` leaves the keys past a row's causal end alone: zero them.
-        for i in 0..tq {
-            probs[i * tk + t.dims.key_end(i, t.causal)..(i + 1) * tk].fill(0.0);
+        if t.tau > 0.0 {
+            task_probs(Simd::Avx512, t.dims, t.causal, t.q, &kt, t.lse, probs);
+            // `task_probs` leaves the keys past a row's causal end alone: zero them.
+            for i in 0..tq {
+                probs[i * tk + t.dims.key_end(i, t.causal)..(i + 1) * tk].fill(0.0);
+            }
+        } else {
+            // Nothing to select (only the propagated mask): no probabilities needed.
+            probs.fill(0.0);
         }
         let vkb = key_bits(t.vk);
         let gamma = threshold(t, probs, &vkb, &mut s.a, &mut s.b);
