@@ -301,20 +301,34 @@ unsafe fn row_terms<const HD: usize>(
     vc: &[__m512; HD],
     scale: __m512,
 ) -> (__m512, __m512) {
-    let mut s2 = [
-        _mm512_mul_ps(_mm512_set1_ps(r.q[0]), kc[0]),
-        _mm512_setzero_ps(),
-    ];
-    let mut dp2 = [
-        _mm512_mul_ps(_mm512_set1_ps(r.g[0]), vc[0]),
-        _mm512_setzero_ps(),
-    ];
-    for d in 1..HD {
+    let (s, dp) = row_dots::<HD>(r, kc, vc, 0..HD, _mm512_setzero_ps(), _mm512_setzero_ps());
+    row_finish(r, s, dp, scale)
+}
+
+/// `q_i·k_j` and `dO_i·v_j` of one row and chunk over the dimensions `dims`, added to
+/// `s0` and `dp0`, in two chains (even and odd dimensions).
+#[inline(always)]
+unsafe fn row_dots<const HD: usize>(
+    r: &RowTerms,
+    kc: &[__m512; HD],
+    vc: &[__m512; HD],
+    dims: std::ops::Range<usize>,
+    s0: __m512,
+    dp0: __m512,
+) -> (__m512, __m512) {
+    let mut s2 = [s0, _mm512_setzero_ps()];
+    let mut dp2 = [dp0, _mm512_setzero_ps()];
+    for d in dims {
         s2[d % 2] = _mm512_fmadd_ps(_mm512_set1_ps(r.q[d]), kc[d], s2[d % 2]);
         dp2[d % 2] = _mm512_fmadd_ps(_mm512_set1_ps(r.g[d]), vc[d], dp2[d % 2]);
     }
-    let s = _mm512_add_ps(s2[0], s2[1]);
-    let mut dp = _mm512_add_ps(dp2[0], dp2[1]);
+    (_mm512_add_ps(s2[0], s2[1]), _mm512_add_ps(dp2[0], dp2[1]))
+}
+
+/// [`row_terms`] from the row's scores `s` and `dO_i·v_j` `dp`.
+#[inline(always)]
+unsafe fn row_finish(r: &RowTerms, s: __m512, dp: __m512, scale: __m512) -> (__m512, __m512) {
+    let mut dp = dp;
     let p = _mm512_maskz_mov_ps(r.visible, exp16(_mm512_sub_ps(s, _mm512_set1_ps(r.lse))));
     let mut pz = p;
     if let Some(kept) = r.kept {
@@ -323,6 +337,50 @@ unsafe fn row_terms<const HD: usize>(
     }
     let ds = _mm512_mul_ps(p, _mm512_sub_ps(dp, _mm512_set1_ps(r.dd)));
     (ds, pz)
+}
+
+/// What [`dot_pass`] needs besides the rows: the first row that sees the chunk, the `dS`
+/// tile (`T_q × tkp`), the chunk's first key and the dropout scale.
+struct PassIn<'a> {
+    first: usize,
+    tile: &'a mut [f32],
+    tkp: usize,
+    j0: usize,
+    scale: __m512,
+}
+
+/// One pass of the wide backward over the rows that see a chunk: adds the dimensions
+/// `dims` to each row's partial `q_i·k_j` (parked in the tile) and `dO_i·v_j` (in
+/// `col`), starting from zero when `dims` starts at 0; the `last` pass turns them into
+/// `dS` (tile) and `p·z` (column) as [`row_terms`]. Returns its input for the next pass.
+#[inline(always)]
+unsafe fn dot_pass<'a, const HD: usize>(
+    p: PassIn<'a>,
+    col: &mut [__m512],
+    row: &impl Fn(usize) -> RowTerms<'a>,
+    kc: &[__m512; HD],
+    vc: &[__m512; HD],
+    dims: std::ops::Range<usize>,
+    last: bool,
+) -> PassIn<'a> {
+    let zero = _mm512_setzero_ps();
+    for (i, c) in col.iter_mut().enumerate().skip(p.first) {
+        let r = row(i);
+        let at = i * p.tkp + p.j0;
+        let (s0, dp0) = match dims.start {
+            0 => (zero, zero),
+            _ => (load(p.tile, at), *c),
+        };
+        let (s, dp) = row_dots::<HD>(&r, kc, vc, dims.clone(), s0, dp0);
+        let (s, dp) = if last {
+            row_finish(&r, s, dp, p.scale)
+        } else {
+            (s, dp)
+        };
+        _mm512_storeu_ps(p.tile.as_mut_ptr().add(at), s);
+        *c = dp;
+    }
+    p
 }
 
 /// Keys per online-softmax block of [`forward_task`]: twice the portable kernels'
@@ -339,6 +397,13 @@ const WIDE_HD: usize = 12;
 /// Head widths above this accumulate the forward's output [`DIM_BLOCK`] dimensions at a
 /// time (the forward holds fewer other registers than the backward).
 const FORWARD_WIDE_HD: usize = 20;
+
+/// Head widths above this compute a row's dot products in two passes over the rows (see
+/// [`backward_task`]): `kc` and `vc` of all dimensions take `2·HD` registers.
+const SPLIT_HD: usize = 15;
+
+/// Head widths above this take three such passes instead of two.
+const SPLIT3_HD: usize = 24;
 
 /// Dimensions per accumulation block of wide heads (see [`WIDE_HD`]).
 const DIM_BLOCK: usize = 8;
@@ -420,10 +485,37 @@ pub unsafe fn backward_task<const HD: usize>(
                 // LLVM would spill the accumulators (a store and a reload per row). So
                 // first `dS` and `p·z` of every row (into the tile and a column), then
                 // the accumulation from there, in the same row order.
-                for (i, pz_i) in pz_col.iter_mut().enumerate().skip(first) {
-                    let (ds, pz) = row_terms::<HD>(&row(i), &kc, &vc, scale);
-                    _mm512_storeu_ps(tile.as_mut_ptr().add(i * tkp + j0), ds);
-                    *pz_i = pz;
+                if HD <= SPLIT_HD {
+                    for (i, pz_i) in pz_col.iter_mut().enumerate().skip(first) {
+                        let (ds, pz) = row_terms::<HD>(&row(i), &kc, &vc, scale);
+                        _mm512_storeu_ps(tile.as_mut_ptr().add(i * tkp + j0), ds);
+                        *pz_i = pz;
+                    }
+                } else {
+                    // Wider: `kc` and `vc` alone would spill, and every row would reload
+                    // them. The dot products go in two or three passes over the rows, a
+                    // part of the dimensions each (the partial sums parked in the tile and
+                    // the column).
+                    let three = HD > SPLIT3_HD;
+                    let cut = if three {
+                        [HD / 3, 2 * HD / 3]
+                    } else {
+                        [HD / 2, HD / 2]
+                    };
+                    let pass = PassIn {
+                        first,
+                        tile: &mut *tile,
+                        tkp,
+                        j0,
+                        scale,
+                    };
+                    let pass = dot_pass::<HD>(pass, &mut pz_col, &row, &kc, &vc, 0..cut[0], false);
+                    let pass = if three {
+                        dot_pass::<HD>(pass, &mut pz_col, &row, &kc, &vc, cut[0]..cut[1], false)
+                    } else {
+                        pass
+                    };
+                    dot_pass::<HD>(pass, &mut pz_col, &row, &kc, &vc, cut[1]..HD, true);
                 }
                 if HD <= WIDE_HD {
                     for i in first..tq {
