@@ -7,8 +7,9 @@
 //!   [`candle_core::utils::get_num_threads`] groups on the current rayon pool. A task owns its rows of the
 //!   output and its `dK`/`dV` accumulators, so no reduction across threads is needed.
 //! - Keys and values of a task are transposed to keys-major `[hd, T_k]` so every inner
-//!   loop runs over keys (contiguous, vectorised 16 at a time); `hd` (5–10) is the short
-//!   outer loop.
+//!   loop runs over keys (contiguous, vectorised 16 at a time); `hd` is the short outer
+//!   loop, a compile-time constant for every width up to [`MAX_FAST_HD`] (the
+//!   chunk-major builds, instantiated by one macro, `by_hd!`).
 //! - Forward per query row: keys in blocks of [`KEY_BLOCK`], online softmax (running
 //!   max `m`, running sum `l`, rescaling the accumulator when `m` grows), the causal-offset
 //!   mask as an index bound (`j ≤ i + |T_k − T_q|`, so masked keys are never touched) and
