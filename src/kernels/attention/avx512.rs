@@ -1,5 +1,5 @@
 //! The AVX-512 build of the fused attention's chunk-major kernels (head widths up to
-//! [`super::MAX_FAST_HD`]), written with `std::arch` intrinsics.
+//! [`crate::kernels::attention::MAX_FAST_HD`]), written with `std::arch` intrinsics.
 //!
 //! The portable kernels of [`super`] are loops over 16-lane arrays that the compiler
 //! vectorises; with AVX-512 it splits many of them into 256-bit halves, gathers and

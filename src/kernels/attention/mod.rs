@@ -259,7 +259,7 @@ impl CustomOp3 for FusedAttention {
     }
 }
 
-/// Widest head with a chunk-major build ([`portable::forward_task_hd`]): every width
+/// Widest head with a chunk-major build (`portable::forward_task_hd`): every width
 /// `1..=MAX_FAST_HD` has one (MulT's heads 4–12, the memory encoders' 2× widths and
 /// the time bias's two extra columns on top); wider heads take the generic kernels.
 pub const MAX_FAST_HD: usize = 34;
