@@ -5,7 +5,9 @@ pub mod mmd;
 pub mod pea;
 
 use crate::config::{AlignConfig, LeReduction, LeScale, MmdEstimator};
-use crate::kernels::pea::{distance_tensor, pea_block, MaskBits, PeaBlock, PeaParams};
+use crate::kernels::pea::{
+    distance_tensor, masked_distance, pea_block, MaskBits, PeaBlock, PeaParams,
+};
 use crate::kernels::rng::mix64;
 use crate::model::io::{BlockTrace, ForwardOutput};
 use anyhow::{Context, Result};
@@ -222,19 +224,14 @@ pub fn pea_loss(out: &ForwardOutput, cfg: &AlignConfig) -> Result<Tensor> {
         let h = heads.qh.dim(1)?;
         // With a time bias the per-head traces carry its two constant columns (see
         // `model::time_bias`): they select the pairs, but the distance is that of the
-        // queries and keys themselves, so it goes the composed way.
-        let biased = heads.qh.dim(3)? * h != block.attn.q.dim(2)?;
+        // queries and keys themselves: the same kernel on the heads' own columns, with
+        // the selected mask.
+        let hd = block.attn.q.dim(2)? / h;
+        let biased = heads.qh.dim(3)? != hd;
         let d = if biased {
-            let md = pb.mask.dims;
-            let bits: Vec<f32> = pb
-                .mask
-                .to_bools()
-                .into_iter()
-                .map(|x| f32::from(u8::from(x)))
-                .collect();
-            let mask = Tensor::from_vec(bits, (md.b, md.h, md.tq, md.tk), heads.qh.device())?
-                .to_dtype(block.attn.q.dtype())?;
-            pea::masked_sq_distance(&block.attn.q, &block.attn.k, &mask, h)?
+            let (qh, kh) = (heads.qh.narrow(3, 0, hd)?, heads.kh.narrow(3, 0, hd)?);
+            let own = masked_distance(&qh, &kh, &pb.mask)?;
+            distance_tensor(&qh, &kh, own)?
         } else {
             distance_tensor(&heads.qh, &heads.kh, pb)?
         };
@@ -330,6 +327,73 @@ mod tests {
                 "dq[{idx}]: {} vs {fd}",
                 g[idx]
             );
+        }
+    }
+
+    /// The fused distance of a given mask (the time-biased L_e: pairs selected on the
+    /// extended heads, distance of the heads' own columns) is the composed
+    /// [`pea::masked_sq_distance`] on the unsplit, unscaled projections, value and
+    /// gradients.
+    #[test]
+    fn masked_distance_matches_the_composed_distance() {
+        use crate::kernels::attention::Dims;
+        let (b, h, tq, tk, hd) = (2, 3, 6, 9, 5);
+        let e = h * hd;
+        let val = |i: usize| ((i * 53 % 31) as f32 - 15.0) / 9.0;
+        let dev = Device::Cpu;
+        let q = Var::from_vec((0..b * tq * e).map(val).collect(), (b, tq, e), &dev).unwrap();
+        let kv: Vec<f32> = (0..b * tk * e).map(|i| val(i + 7) * 0.7).collect();
+        let k = Var::from_vec(kv, (b, tk, e), &dev).unwrap();
+        let heads = |x: &Tensor, t: usize| {
+            x.reshape((b, t, h, hd))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let scale = (hd as f64).powf(-0.5);
+        let qh = (heads(q.as_tensor(), tq) * scale).unwrap();
+        let kh = heads(k.as_tensor(), tk);
+        // A mask of the extended heads' maps (width hd + 2), about a third set.
+        let dims = Dims {
+            b,
+            h,
+            tq,
+            tk,
+            hd: hd + 2,
+        };
+        let mut mask = MaskBits::empty(dims);
+        let mut bools = Vec::new();
+        for t in 0..b * h {
+            for i in 0..tq {
+                for j in 0..tk {
+                    let on = (t * 7 + i * 5 + j * 3) % 3 == 0;
+                    if on {
+                        mask.bits[(t * tq + i) * mask.words + j / 64] |= 1 << (j % 64);
+                    }
+                    bools.push(f32::from(u8::from(on)));
+                }
+            }
+        }
+        let own = masked_distance(&qh, &kh, &mask).unwrap();
+        assert_eq!(own.selected, mask.count());
+        let fused = distance_tensor(&qh, &kh, own).unwrap();
+        let m = Tensor::from_vec(bools, (b, h, tq, tk), &dev).unwrap();
+        let composed = pea::masked_sq_distance(q.as_tensor(), k.as_tensor(), &m, h).unwrap();
+        let (f, c) = (
+            fused.to_scalar::<f32>().unwrap(),
+            composed.to_scalar::<f32>().unwrap(),
+        );
+        assert!((f - c).abs() <= 1e-5 * c.abs(), "{f} vs {c}");
+        let (gf, gc) = (fused.backward().unwrap(), composed.backward().unwrap());
+        for x in [&q, &k] {
+            let a: Vec<f32> = gf.get(x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let b: Vec<f32> = gc.get(x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let top = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (u, v) in a.iter().zip(&b) {
+                assert!((u - v).abs() <= 1e-5 * top, "gradient {u} vs {v}");
+            }
         }
     }
 }

@@ -232,9 +232,7 @@ pub fn forward_flops(cfg: &crate::model::config::ModelConfig, batch: usize) -> f
             let c = 3.0 * d;
             f += mm(b, c, c) * 2.0 + mm(b, c, cfg.output_dim as f64);
         }
-        Arch::EfLstm | Arch::LfLstm | Arch::Raven | Arch::Mctn | Arch::Mfm | Arch::Gmfn => {
-            return f64::NAN
-        }
+        Arch::EfLstm | Arch::LfLstm | Arch::Raven | Arch::Mctn => return f64::NAN,
     }
     f
 }
@@ -261,47 +259,43 @@ pub fn bench_config(
     (cfg, batch)
 }
 
+/// Seconds each sample of [`random_batch`] spans when it carries element times.
+pub const SYNTHETIC_SPAN_S: f32 = 10.0;
+
 /// Seeded random inputs `[B, T, D]` with left padding (0 to a third of `T` zero frames
 /// per sample and modality) and sentiment labels `[B, 1]`. When the model needs element
-/// times (`time_bias`, `positions = time`), each sample's real elements are spread evenly
-/// over one clip of 2–6 s shared by the three modalities (padding: NaN, as loaded data).
+/// times (`time_bias > 0`, `positions = time`) each modality's real elements get synthetic times, evenly
+/// spread over [`SYNTHETIC_SPAN_S`] seconds per sample (NaN for padding).
 pub fn random_batch(cfg: &Config, batch: usize, seed: u64, device: &Device) -> Result<Batch> {
     use crate::model::config::Positions;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let m = &cfg.model;
-    let dur: Vec<f32> = (0..batch).map(|_| rng.gen_range(2.0..6.0)).collect();
-    let mut times = Vec::with_capacity(3);
-    let mut modality = |t: usize, d: usize| -> Result<Tensor> {
+    let mut modality = |t: usize, d: usize| -> Result<(Tensor, Tensor)> {
         let mut v = vec![0f32; batch * t * d];
-        let mut tv = vec![f32::NAN; batch * t];
+        let mut times = vec![f32::NAN; batch * t];
         for b in 0..batch {
             let pad = rng.gen_range(0..=t / 3);
-            let step = dur[b] / (t - pad) as f32;
             for s in pad..t {
-                tv[b * t + s] = (s - pad) as f32 * step + 0.5 * step;
                 for x in &mut v[(b * t + s) * d..(b * t + s + 1) * d] {
                     *x = rng.gen_range(-1.0..1.0);
                 }
+                let at = (s - pad) as f32 + 0.5;
+                times[b * t + s] = at * SYNTHETIC_SPAN_S / (t - pad) as f32;
             }
         }
-        times.push(Tensor::from_vec(tv, (batch, t), device)?);
-        Ok(Tensor::from_vec(v, (batch, t, d), device)?)
+        Ok((
+            Tensor::from_vec(v, (batch, t, d), device)?,
+            Tensor::from_vec(times, (batch, t), device)?,
+        ))
     };
-    let (text, audio, vision) = (
-        modality(m.l_len, m.orig_d_l)?,
-        modality(m.a_len, m.orig_d_a)?,
-        modality(m.v_len, m.orig_d_v)?,
-    );
-    let wants_times = m.time_bias > 0.0 || m.positions == Positions::Time;
-    let times = match wants_times {
-        true => Some(<[Tensor; 3]>::try_from(times).expect("three modalities")),
-        false => None,
-    };
+    let (text, tl) = modality(m.l_len, m.orig_d_l)?;
+    let (audio, ta) = modality(m.a_len, m.orig_d_a)?;
+    let (vision, tv) = modality(m.v_len, m.orig_d_v)?;
     let inputs = Inputs {
         text,
         audio,
         vision,
-        times,
+        times: (m.time_bias > 0.0 || m.positions == Positions::Time).then_some([tl, ta, tv]),
     };
     let labels: Vec<f32> = (0..batch).map(|_| rng.gen_range(-3.0..3.0)).collect();
     Ok(Batch {
@@ -421,6 +415,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             fwd / r.eval_batch_ms / 1e6
         );
         println!("peak RSS: {:.0} MiB", r.peak_rss_mb);
+    }
+    if resolve(args)?.0.model.time_bias > 0.0 {
+        eprintln!(
+            "note: model.time_bias needs element times; the bench inputs carry synthetic ones \
+             (each sample's real elements evenly spread over {SYNTHETIC_SPAN_S} s)"
+        );
     }
     Ok(())
 }

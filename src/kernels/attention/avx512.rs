@@ -1,5 +1,5 @@
-//! The AVX-512 build of the fused attention's chunk-major kernels (head widths
-//! [`super`]'s `FAST_HD`), written with `std::arch` intrinsics.
+//! The AVX-512 build of the fused attention's chunk-major kernels (head widths up to
+//! [`crate::kernels::attention::MAX_FAST_HD`]), written with `std::arch` intrinsics.
 //!
 //! The portable kernels of [`super`] are loops over 16-lane arrays that the compiler
 //! vectorises; with AVX-512 it splits many of them into 256-bit halves, gathers and
@@ -229,7 +229,7 @@ pub unsafe fn forward_task<const HD: usize>(
                 m = m_new;
             }
             let mv = _mm512_set1_ps(m);
-            for (c, s) in buf[..nc].iter().enumerate() {
+            for (c, s) in buf[..nc].iter_mut().enumerate() {
                 let j0 = (c0 + c) * LANES;
                 let mut p = exp16(_mm512_sub_ps(*s, mv));
                 if j0 + LANES > jend {
@@ -239,8 +239,29 @@ pub unsafe fn forward_task<const HD: usize>(
                 if let Some(k) = &keep {
                     p = _mm512_maskz_mul_ps(k.mask(row_base + j0 as u64), p, scale);
                 }
-                for (d, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(p, load(vt, d * tkp + j0), *a);
+                if HD <= FORWARD_WIDE_HD {
+                    for (d, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(p, load(vt, d * tkp + j0), *a);
+                    }
+                } else {
+                    *s = p;
+                }
+            }
+            if HD > FORWARD_WIDE_HD {
+                // Wide heads: the probabilities of the block stay in `buf`, and the output
+                // accumulates `DIM_BLOCK` dimensions at a time over the chunks (in the same
+                // order), so its accumulators stay in registers.
+                for d0 in (0..HD).step_by(DIM_BLOCK) {
+                    let n = DIM_BLOCK.min(HD - d0);
+                    let mut a = [_mm512_setzero_ps(); DIM_BLOCK];
+                    a[..n].copy_from_slice(&acc[d0..d0 + n]);
+                    for (c, p) in buf[..nc].iter().enumerate() {
+                        let j0 = (c0 + c) * LANES;
+                        for (d, a) in a[..n].iter_mut().enumerate() {
+                            *a = _mm512_fmadd_ps(*p, load(vt, (d0 + d) * tkp + j0), *a);
+                        }
+                    }
+                    acc[d0..d0 + n].copy_from_slice(&a[..n]);
                 }
             }
             c0 += nc;
@@ -280,20 +301,34 @@ unsafe fn row_terms<const HD: usize>(
     vc: &[__m512; HD],
     scale: __m512,
 ) -> (__m512, __m512) {
-    let mut s2 = [
-        _mm512_mul_ps(_mm512_set1_ps(r.q[0]), kc[0]),
-        _mm512_setzero_ps(),
-    ];
-    let mut dp2 = [
-        _mm512_mul_ps(_mm512_set1_ps(r.g[0]), vc[0]),
-        _mm512_setzero_ps(),
-    ];
-    for d in 1..HD {
+    let (s, dp) = row_dots::<HD>(r, kc, vc, 0..HD, _mm512_setzero_ps(), _mm512_setzero_ps());
+    row_finish(r, s, dp, scale)
+}
+
+/// `q_i·k_j` and `dO_i·v_j` of one row and chunk over the dimensions `dims`, added to
+/// `s0` and `dp0`, in two chains (even and odd dimensions).
+#[inline(always)]
+unsafe fn row_dots<const HD: usize>(
+    r: &RowTerms,
+    kc: &[__m512; HD],
+    vc: &[__m512; HD],
+    dims: std::ops::Range<usize>,
+    s0: __m512,
+    dp0: __m512,
+) -> (__m512, __m512) {
+    let mut s2 = [s0, _mm512_setzero_ps()];
+    let mut dp2 = [dp0, _mm512_setzero_ps()];
+    for d in dims {
         s2[d % 2] = _mm512_fmadd_ps(_mm512_set1_ps(r.q[d]), kc[d], s2[d % 2]);
         dp2[d % 2] = _mm512_fmadd_ps(_mm512_set1_ps(r.g[d]), vc[d], dp2[d % 2]);
     }
-    let s = _mm512_add_ps(s2[0], s2[1]);
-    let mut dp = _mm512_add_ps(dp2[0], dp2[1]);
+    (_mm512_add_ps(s2[0], s2[1]), _mm512_add_ps(dp2[0], dp2[1]))
+}
+
+/// [`row_terms`] from the row's scores `s` and `dO_i·v_j` `dp`.
+#[inline(always)]
+unsafe fn row_finish(r: &RowTerms, s: __m512, dp: __m512, scale: __m512) -> (__m512, __m512) {
+    let mut dp = dp;
     let p = _mm512_maskz_mov_ps(r.visible, exp16(_mm512_sub_ps(s, _mm512_set1_ps(r.lse))));
     let mut pz = p;
     if let Some(kept) = r.kept {
@@ -304,11 +339,77 @@ unsafe fn row_terms<const HD: usize>(
     (ds, pz)
 }
 
+/// What [`dot_pass`] needs besides the rows: the first row that sees the chunk, the `dS`
+/// tile (`T_q × tkp`), the chunk's first key and the dropout scale.
+struct PassIn<'a> {
+    first: usize,
+    tile: &'a mut [f32],
+    tkp: usize,
+    j0: usize,
+    scale: __m512,
+}
+
+/// One pass of the wide backward over the rows that see a chunk: adds the dimensions
+/// `dims` to each row's partial `q_i·k_j` (parked in the tile) and `dO_i·v_j` (in
+/// `col`), starting from zero when `dims` starts at 0; the `last` pass turns them into
+/// `dS` (tile) and `p·z` (column) as [`row_terms`]. Returns its input for the next pass.
+#[inline(always)]
+unsafe fn dot_pass<'a, const HD: usize>(
+    p: PassIn<'a>,
+    col: &mut [__m512],
+    row: &impl Fn(usize) -> RowTerms<'a>,
+    kc: &[__m512; HD],
+    vc: &[__m512; HD],
+    dims: std::ops::Range<usize>,
+    last: bool,
+) -> PassIn<'a> {
+    let zero = _mm512_setzero_ps();
+    for (i, c) in col.iter_mut().enumerate().skip(p.first) {
+        let r = row(i);
+        let at = i * p.tkp + p.j0;
+        let (s0, dp0) = match dims.start {
+            0 => (zero, zero),
+            _ => (load(p.tile, at), *c),
+        };
+        let (s, dp) = row_dots::<HD>(&r, kc, vc, dims.clone(), s0, dp0);
+        let (s, dp) = if last {
+            row_finish(&r, s, dp, p.scale)
+        } else {
+            (s, dp)
+        };
+        _mm512_storeu_ps(p.tile.as_mut_ptr().add(at), s);
+        *c = dp;
+    }
+    p
+}
+
 /// Keys per online-softmax block of [`forward_task`]: twice the portable kernels'
 /// [`KEY_BLOCK`], so every row of the bench shape (≤ 500 keys) is one block, with no
 /// rescaling (−5% forward in `cargo bench --bench attention`); 32 registers of scores on
 /// the stack.
 const FORWARD_BLOCK: usize = 2 * KEY_BLOCK;
+
+/// Head widths above this accumulate `dK`/`dV` (backward) and the output (forward)
+/// [`DIM_BLOCK`] dimensions at a time: `2·HD` accumulators no longer fit in the 32
+/// registers, and spilled ones cost a store and a reload per row.
+const WIDE_HD: usize = 12;
+
+/// Head widths above this accumulate the forward's output [`DIM_BLOCK`] dimensions at a
+/// time (the forward holds fewer other registers than the backward).
+const FORWARD_WIDE_HD: usize = 20;
+
+/// Head widths above this compute a row's dot products in two passes over the rows (see
+/// [`backward_task`]): `kc` and `vc` of all dimensions take `2·HD` registers.
+const SPLIT_HD: usize = 15;
+
+/// Head widths above this take three such passes instead of two.
+const SPLIT3_HD: usize = 24;
+
+/// Dimensions per accumulation block of wide heads (see [`WIDE_HD`]).
+const DIM_BLOCK: usize = 8;
+
+/// Dimensions per `dQ` block: one accumulator each, plus the loaded keys.
+const DQ_BLOCK: usize = 24;
 
 thread_local! {
     /// Each thread's `dS` tile for [`backward_task`], kept between calls.
@@ -384,17 +485,65 @@ pub unsafe fn backward_task<const HD: usize>(
                 // LLVM would spill the accumulators (a store and a reload per row). So
                 // first `dS` and `p·z` of every row (into the tile and a column), then
                 // the accumulation from there, in the same row order.
-                for (i, pz_i) in pz_col.iter_mut().enumerate().skip(first) {
-                    let (ds, pz) = row_terms::<HD>(&row(i), &kc, &vc, scale);
-                    _mm512_storeu_ps(tile.as_mut_ptr().add(i * tkp + j0), ds);
-                    *pz_i = pz;
+                if HD <= SPLIT_HD {
+                    for (i, pz_i) in pz_col.iter_mut().enumerate().skip(first) {
+                        let (ds, pz) = row_terms::<HD>(&row(i), &kc, &vc, scale);
+                        _mm512_storeu_ps(tile.as_mut_ptr().add(i * tkp + j0), ds);
+                        *pz_i = pz;
+                    }
+                } else {
+                    // Wider: `kc` and `vc` alone would spill, and every row would reload
+                    // them. The dot products go in two or three passes over the rows, a
+                    // part of the dimensions each (the partial sums parked in the tile and
+                    // the column).
+                    let three = HD > SPLIT3_HD;
+                    let cut = if three {
+                        [HD / 3, 2 * HD / 3]
+                    } else {
+                        [HD / 2, HD / 2]
+                    };
+                    let pass = PassIn {
+                        first,
+                        tile: &mut *tile,
+                        tkp,
+                        j0,
+                        scale,
+                    };
+                    let pass = dot_pass::<HD>(pass, &mut pz_col, &row, &kc, &vc, 0..cut[0], false);
+                    let pass = if three {
+                        dot_pass::<HD>(pass, &mut pz_col, &row, &kc, &vc, cut[0]..cut[1], false)
+                    } else {
+                        pass
+                    };
+                    dot_pass::<HD>(pass, &mut pz_col, &row, &kc, &vc, cut[1]..HD, true);
                 }
-                for i in first..tq {
-                    let (qi, gi) = (&q[i * HD..(i + 1) * HD], &g[i * (HD + 1)..]);
-                    let ds = load(tile, i * tkp + j0);
-                    for d in 0..HD {
-                        dv[d] = _mm512_fmadd_ps(_mm512_set1_ps(gi[d]), pz_col[i], dv[d]);
-                        dk[d] = _mm512_fmadd_ps(_mm512_set1_ps(qi[d]), ds, dk[d]);
+                if HD <= WIDE_HD {
+                    for i in first..tq {
+                        let (qi, gi) = (&q[i * HD..(i + 1) * HD], &g[i * (HD + 1)..]);
+                        let ds = load(tile, i * tkp + j0);
+                        for d in 0..HD {
+                            dv[d] = _mm512_fmadd_ps(_mm512_set1_ps(gi[d]), pz_col[i], dv[d]);
+                            dk[d] = _mm512_fmadd_ps(_mm512_set1_ps(qi[d]), ds, dk[d]);
+                        }
+                    }
+                } else {
+                    // Wider still: `dK`, `dV` of all dimensions would not fit in the
+                    // registers either; a block of `DIM_BLOCK` dimensions at a time, each
+                    // over the rows in the same order (the same sums).
+                    for d0 in (0..HD).step_by(DIM_BLOCK) {
+                        let n = DIM_BLOCK.min(HD - d0);
+                        let mut bk = [_mm512_setzero_ps(); DIM_BLOCK];
+                        let mut bv = [_mm512_setzero_ps(); DIM_BLOCK];
+                        for (i, pz) in pz_col.iter().enumerate().skip(first) {
+                            let (qi, gi) = (&q[i * HD + d0..], &g[i * (HD + 1) + d0..]);
+                            let ds = load(tile, i * tkp + j0);
+                            for d in 0..n {
+                                bv[d] = _mm512_fmadd_ps(_mm512_set1_ps(gi[d]), *pz, bv[d]);
+                                bk[d] = _mm512_fmadd_ps(_mm512_set1_ps(qi[d]), ds, bk[d]);
+                            }
+                        }
+                        dk[d0..d0 + n].copy_from_slice(&bk[..n]);
+                        dv[d0..d0 + n].copy_from_slice(&bv[..n]);
                     }
                 }
             } else {
@@ -416,15 +565,20 @@ pub unsafe fn backward_task<const HD: usize>(
         // Pass 2, row-major: dQ_i = Σ_j dS_ij k_j over the chunks row i sees (the tile
         // entries pass 1 wrote).
         for i in 0..tq {
-            let mut acc = [_mm512_setzero_ps(); HD];
-            for j0 in (0..jend[i]).step_by(LANES) {
-                let ds = load(tile, i * tkp + j0);
-                for (d, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(ds, load(kt, d * tkp + j0), *a);
+            // A block of at most `DQ_BLOCK` dimensions at a time (all of them up to that
+            // width), so the accumulators stay in registers.
+            for d0 in (0..HD).step_by(DQ_BLOCK) {
+                let n = DQ_BLOCK.min(HD - d0);
+                let mut acc = [_mm512_setzero_ps(); DQ_BLOCK];
+                for j0 in (0..jend[i]).step_by(LANES) {
+                    let ds = load(tile, i * tkp + j0);
+                    for (d, a) in acc[..n].iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(ds, load(kt, (d0 + d) * tkp + j0), *a);
+                    }
                 }
-            }
-            for (x, a) in dq[i * HD..(i + 1) * HD].iter_mut().zip(&acc) {
-                *x = _mm512_reduce_add_ps(*a);
+                for (x, a) in dq[i * HD + d0..i * HD + d0 + n].iter_mut().zip(&acc) {
+                    *x = _mm512_reduce_add_ps(*a);
+                }
             }
         }
     });

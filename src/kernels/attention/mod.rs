@@ -7,8 +7,9 @@
 //!   [`candle_core::utils::get_num_threads`] groups on the current rayon pool. A task owns its rows of the
 //!   output and its `dK`/`dV` accumulators, so no reduction across threads is needed.
 //! - Keys and values of a task are transposed to keys-major `[hd, T_k]` so every inner
-//!   loop runs over keys (contiguous, vectorised 16 at a time); `hd` (5–10) is the short
-//!   outer loop.
+//!   loop runs over keys (contiguous, vectorised 16 at a time); `hd` is the short outer
+//!   loop, a compile-time constant for every width up to [`MAX_FAST_HD`] (the
+//!   chunk-major builds, instantiated by one macro, `by_hd!`).
 //! - Forward per query row: keys in blocks of [`KEY_BLOCK`], online softmax (running
 //!   max `m`, running sum `l`, rescaling the accumulator when `m` grows), the causal-offset
 //!   mask as an index bound (`j ≤ i + |T_k − T_q|`, so masked keys are never touched) and
@@ -258,33 +259,44 @@ impl CustomOp3 for FusedAttention {
     }
 }
 
-/// Head widths with a chunk-major build ([`portable::forward_task_hd`]); others take the
-/// generic kernels.
-const FAST_HD: [usize; 4] = [4, 5, 8, 10];
+/// Widest head with a chunk-major build (`portable::forward_task_hd`): every width
+/// `1..=MAX_FAST_HD` has one (MulT's heads 4–12, the memory encoders' 2× widths and
+/// the time bias's two extra columns on top); wider heads take the generic kernels.
+pub const MAX_FAST_HD: usize = 34;
 
-/// Calls `$f::<HD>($args)` for the head widths of [`FAST_HD`].
+/// Whether head width `hd` has a chunk-major build.
+#[inline]
+pub fn fast_hd(hd: usize) -> bool {
+    (1..=MAX_FAST_HD).contains(&hd)
+}
+
+/// Calls `$f::<HD>($args)` for `HD = $hd`, one arm per width `1..=`[`MAX_FAST_HD`]: the
+/// single list of instantiated widths (also used by PEA's sweep).
 macro_rules! by_hd {
-    ($hd:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
+    ($hd:expr, $f:ident $args:tt) => {
+        $crate::kernels::attention::by_hd!(@arms $hd, $f, $args;
+            1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29
+            30 31 32 33 34)
+    };
+    (@arms $hd:expr, $f:ident, $args:tt; $($n:literal)*) => {
         match $hd {
-            4 => $f::<4>($($arg),*),
-            5 => $f::<5>($($arg),*),
-            8 => $f::<8>($($arg),*),
-            10 => $f::<10>($($arg),*),
+            $($n => $f::<$n> $args,)*
             other => unreachable!("no chunk-major build for head width {other}"),
         }
     };
 }
+pub(crate) use by_hd;
 
 /// `[rows, cols]` row-major to `[cols, stride]` (zero padded to `stride ≥ rows`).
 fn transpose_padded(x: &[f32], rows: usize, cols: usize, stride: usize) -> Vec<f32> {
-    if FAST_HD.contains(&cols) && stride.is_multiple_of(16) && stride >= rows {
+    if fast_hd(cols) && stride.is_multiple_of(16) && stride >= rows {
         return by_hd!(cols, transpose_padded_hd(x, rows, stride));
     }
     let mut t = vec![0f32; cols * stride];
     if rows == 0 || cols == 0 {
         return t;
     }
-    // Column-major order: each output row is written contiguously (`cols` is 4–10).
+    // Column-major order: each output row is written contiguously.
     for (c, dst) in t.chunks_exact_mut(stride).enumerate() {
         for (d, src) in dst[..rows].iter_mut().zip(x[c..].iter().step_by(cols)) {
             *d = *src;
@@ -293,7 +305,7 @@ fn transpose_padded(x: &[f32], rows: usize, cols: usize, stride: usize) -> Vec<f
     t
 }
 
-/// [`transpose_padded`] for a head width `HD` of [`FAST_HD`] (`stride` a multiple of 16):
+/// [`transpose_padded`] for a head width `HD` with a chunk-major build (`stride` a multiple of 16):
 /// 16 rows at a time through a `[HD][16]` block, so every output store is 16 wide.
 fn transpose_padded_hd<const HD: usize>(x: &[f32], rows: usize, stride: usize) -> Vec<f32> {
     let mut t = vec![0f32; HD * stride];
@@ -393,7 +405,7 @@ fn forward_all(
     let mut out = vec![0f32; dims.tasks() * tq * (hd + 1)];
     let items: Vec<_> = out.chunks_mut(tq * (hd + 1)).enumerate().collect();
     let level = simd::current();
-    let fast = FAST_HD.contains(&hd);
+    let fast = fast_hd(hd);
     let tkp = tk.next_multiple_of(16);
     for_each_task(threads, items, |(t, dst)| {
         let (k, v) = (
@@ -440,7 +452,7 @@ fn backward_all(
         .enumerate()
         .collect();
     let level = simd::current();
-    let fast = FAST_HD.contains(&hd);
+    let fast = fast_hd(hd);
     let tkp = if fast { tk.next_multiple_of(16) } else { tk };
     for_each_task(threads, items, |(t, ((dq, dk), dv))| {
         let (ks, vs) = (

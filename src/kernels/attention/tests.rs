@@ -213,14 +213,40 @@ fn every_simd_build_computes_the_same_attention() {
 
 #[test]
 fn matches_plain_for_every_head_width() {
-    for hd in 1..=10 {
-        for causal in [false, true] {
+    // Every chunk-major width, and wider ones (the generic kernels), values and
+    // gradients, with and without the causal offset and dropout.
+    for hd in (1..=MAX_FAST_HD).chain([MAX_FAST_HD + 1, 40]) {
+        for (causal, dropout) in [(false, 0.0), (true, 0.0), (true, 0.3), (false, 0.2)] {
             compare(Case {
-                dims: dims(2, 2, 6, 11, hd),
+                dims: dims(1, 2, 6, 19, hd),
                 causal,
-                dropout: 0.0,
-                scale: 1.5,
+                dropout,
+                scale: 1.0,
             });
+        }
+    }
+}
+
+#[test]
+fn every_simd_build_agrees_at_odd_and_wide_head_widths() {
+    use crate::kernels::simd::{best, with_simd, Simd};
+    for hd in [1, 3, 6, 7, 12, 13, 18, 33, 34, 40] {
+        let case = Case {
+            dims: dims(2, 1, 21, 37, hd),
+            causal: true,
+            dropout: 0.2,
+            scale: 1.0,
+        };
+        let reference = with_simd(Simd::Portable, || run(case, AttentionKernel::Fused, 5));
+        for level in [Simd::Avx2, Simd::Avx512]
+            .into_iter()
+            .filter(|&l| l <= best())
+        {
+            let got = with_simd(level, || run(case, AttentionKernel::Fused, 5));
+            for (g, r) in got.iter().zip(&reference) {
+                let e = rel_err(g, r);
+                assert!(e < 1e-5, "hd {hd} {level:?}: relative error {e:.3e}");
+            }
         }
     }
 }

@@ -17,7 +17,7 @@
 //!   over that 0/1 tile instead of a read-modify-write of `T_s`-long rows per query.
 
 use super::{keep_count, key_terms, sweep as portable_sweep, TaskIn};
-use crate::kernels::attention::{task_probs, Dims};
+use crate::kernels::attention::{by_hd, fast_hd, task_probs, Dims};
 use crate::kernels::gemm;
 use crate::kernels::par::transpose;
 use crate::kernels::simd::lanes_below;
@@ -68,19 +68,22 @@ pub(super) unsafe fn run_task(
     let kt = transpose(t.k, tk, hd);
     SCRATCH.with_borrow_mut(|s| {
         let probs = at_least(&mut s.probs, tq * tk);
-        task_probs(Simd::Avx512, t.dims, t.causal, t.q, &kt, t.lse, probs);
-        // `task_probs` leaves the keys past a row's causal end alone: zero them.
-        for i in 0..tq {
-            probs[i * tk + t.dims.key_end(i, t.causal)..(i + 1) * tk].fill(0.0);
+        if t.tau > 0.0 {
+            task_probs(Simd::Avx512, t.dims, t.causal, t.q, &kt, t.lse, probs);
+            // `task_probs` leaves the keys past a row's causal end alone: zero them.
+            for i in 0..tq {
+                probs[i * tk + t.dims.key_end(i, t.causal)..(i + 1) * tk].fill(0.0);
+            }
+        } else {
+            // Nothing to select (only the propagated mask): no probabilities needed.
+            probs.fill(0.0);
         }
         let vkb = key_bits(t.vk);
         let gamma = threshold(t, probs, &vkb, &mut s.a, &mut s.b);
-        match hd {
-            4 => sweep::<4>(t, &kt, probs, gamma, &vkb, bits, dq, dk),
-            5 => sweep::<5>(t, &kt, probs, gamma, &vkb, bits, dq, dk),
-            8 => sweep::<8>(t, &kt, probs, gamma, &vkb, bits, dq, dk),
-            10 => sweep::<10>(t, &kt, probs, gamma, &vkb, bits, dq, dk),
-            _ => portable_sweep(t, &kt, probs, gamma, bits, dq, dk),
+        if fast_hd(hd) {
+            by_hd!(hd, sweep(t, &kt, probs, gamma, &vkb, bits, dq, dk))
+        } else {
+            portable_sweep(t, &kt, probs, gamma, bits, dq, dk)
         }
     })
 }

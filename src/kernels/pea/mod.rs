@@ -187,6 +187,44 @@ pub fn pea_block(qh: &Tensor, kh: &Tensor, lse: &Tensor, p: PeaParams) -> Result
     })
 }
 
+/// The distance and gradients of [`pea_block`] for a GIVEN mask instead of a selection:
+/// `Σ mask_ij |q̃_i − k_j|²` over samples and heads, from the scaled queries `qh`
+/// `[B, h, T_t, hd]` and keys `kh` `[B, h, T_s, hd]`. `mask` may come from maps of
+/// another head width (the time bias's extended heads select the pairs, the distance is
+/// that of the heads' own columns, see `align::pea_loss`); its sample, head and map
+/// shape must be those of `qh` and `kh`. No probabilities are computed.
+pub fn masked_distance(qh: &Tensor, kh: &Tensor, mask: &MaskBits) -> Result<PeaBlock> {
+    let (b, h, tq, hd) = qh.dims4()?;
+    let tk = kh.dim(2)?;
+    let md = mask.dims;
+    ensure!(
+        (md.b, md.h, md.tq, md.tk) == (b, h, tq, tk),
+        "PEA: a mask of maps {:?} for queries {:?} and keys {:?}",
+        (md.b, md.h, md.tq, md.tk),
+        qh.dims(),
+        kh.dims()
+    );
+    let mask = MaskBits {
+        dims: Dims { hd, ..md },
+        words: mask.words,
+        bits: mask.bits.clone(),
+    };
+    let lse = Tensor::zeros((b, h, tq), candle_core::DType::F32, qh.device())?;
+    let all = |n: usize| vec![true; n];
+    pea_block(
+        qh,
+        kh,
+        &lse,
+        PeaParams {
+            causal: false,
+            valid_q: &all(b * tq),
+            valid_k: &all(b * tk),
+            tau: 0.0,
+            prev: Some(&mask),
+        },
+    )
+}
+
 /// The distance of a [`PeaBlock`] as a scalar tensor whose gradient w.r.t. `qh` and `kh`
 /// is the one computed in the sweep (times the incoming gradient).
 pub fn distance_tensor(qh: &Tensor, kh: &Tensor, block: PeaBlock) -> Result<Tensor> {
@@ -240,7 +278,9 @@ fn run_task(
     let Dims { tq, tk, hd, .. } = t.dims;
     let kt = transpose(t.k, tk, hd);
     let mut probs = vec![0f32; tq * tk];
-    task_probs(level, t.dims, t.causal, t.q, &kt, t.lse, &mut probs);
+    if t.tau > 0.0 {
+        task_probs(level, t.dims, t.causal, t.q, &kt, t.lse, &mut probs);
+    }
     simd_dispatch!(level, sweeps, sweep(t, &kt, &probs, bits, dq, dk))
 }
 
