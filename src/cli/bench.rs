@@ -232,7 +232,9 @@ pub fn forward_flops(cfg: &crate::model::config::ModelConfig, batch: usize) -> f
             let c = 3.0 * d;
             f += mm(b, c, c) * 2.0 + mm(b, c, cfg.output_dim as f64);
         }
-        Arch::EfLstm | Arch::LfLstm | Arch::Raven | Arch::Mctn => return f64::NAN,
+        Arch::EfLstm | Arch::LfLstm | Arch::Raven | Arch::Mctn | Arch::Mfm | Arch::Gmfn => {
+            return f64::NAN
+        }
     }
     f
 }
