@@ -112,6 +112,18 @@ pub struct CtcPair {
 }
 
 impl CtcPair {
+    /// The pair when the config aligns with the CTC module (`baselines.align = ctc`), else
+    /// none: the one place every classic baseline builds it from.
+    pub fn for_config(
+        p: &mut dyn ParamSource,
+        cfg: &crate::model::config::ModelConfig,
+    ) -> Result<Option<Self>> {
+        match cfg.baselines.align {
+            super::SeqAlign::Ctc => Ok(Some(CtcPair::new(p, cfg.orig_dims(), cfg.l_len)?)),
+            super::SeqAlign::Nearest | super::SeqAlign::None => Ok(None),
+        }
+    }
+
     /// Builds `ctc_a.*` and `ctc_v.*` for text length `l_len`.
     pub fn new(p: &mut dyn ParamSource, dims: [usize; 3], l_len: usize) -> Result<Self> {
         Ok(CtcPair {

@@ -17,7 +17,7 @@
 
 use super::ctc::CtcPair;
 use super::mfn::{Mfn, MfnSizes, Mlp2};
-use super::{onto_text_grid, raw_valid, SeqAlign, AUX_LOSS};
+use super::{onto_text_grid, raw_valid, AUX_LOSS};
 use crate::model::config::ModelConfig;
 use crate::model::ctx::Ctx;
 use crate::model::lstm::{length_mask, real_lengths};
@@ -46,10 +46,7 @@ impl Gmfn {
         cfg.validate()?;
         let b = &cfg.baselines;
         let dims = cfg.orig_dims();
-        let ctc = match b.align {
-            SeqAlign::Ctc => Some(CtcPair::new(p, dims, cfg.l_len)?),
-            SeqAlign::Nearest | SeqAlign::None => None,
-        };
+        let ctc = CtcPair::for_config(p, cfg)?;
         let mfn = Mfn::new(
             p,
             "",

@@ -30,7 +30,7 @@
 //! translation and cyclic losses plus the CTC loss.
 
 use super::ctc::CtcPair;
-use super::{onto_text_grid, raw_valid, SeqAlign, AUX_LOSS};
+use super::{onto_text_grid, raw_valid, AUX_LOSS};
 use crate::model::config::ModelConfig;
 use crate::model::ctx::Ctx;
 use crate::model::layers::Linear;
@@ -185,10 +185,7 @@ impl Mctn {
         cfg.validate()?;
         let b = &cfg.baselines;
         let dims = cfg.orig_dims();
-        let ctc = match b.align {
-            SeqAlign::Ctc => Some(CtcPair::new(p, dims, cfg.l_len)?),
-            SeqAlign::Nearest | SeqAlign::None => None,
-        };
+        let ctc = CtcPair::for_config(p, cfg)?;
         let (h, r) = (b.mctn_hidden, b.mctn_reg_hidden);
         Ok(Mctn {
             cfg: cfg.clone(),

@@ -29,7 +29,7 @@
 
 use super::ctc::CtcPair;
 use super::mfn::{Mfn, MfnSizes, Mlp2};
-use super::{onto_text_grid, raw_valid, SeqAlign, AUX_LOSS};
+use super::{onto_text_grid, raw_valid, AUX_LOSS};
 use crate::kernels::rng::uniform01;
 use crate::model::config::ModelConfig;
 use crate::model::ctx::Ctx;
@@ -81,10 +81,7 @@ impl Mfm {
         cfg.validate()?;
         let b = &cfg.baselines;
         let dims = cfg.orig_dims();
-        let ctc = match b.align {
-            SeqAlign::Ctc => Some(CtcPair::new(p, dims, cfg.l_len)?),
-            SeqAlign::Nearest | SeqAlign::None => None,
-        };
+        let ctc = CtcPair::for_config(p, cfg)?;
         let z = [b.mfm_zl, b.mfm_za, b.mfm_zv];
         let f = [b.mfm_fl, b.mfm_fa, b.mfm_fv];
         let drop = [b.mfm_zl_dropout, b.mfm_za_dropout, b.mfm_zv_dropout];

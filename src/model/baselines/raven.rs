@@ -20,7 +20,7 @@
 //! The CTC loss (times `ctc_weight`) is the auxiliary loss ([`super::AUX_LOSS`]).
 
 use super::ctc::CtcPair;
-use super::{onto_text_grid, raw_valid, SeqAlign, AUX_LOSS};
+use super::{onto_text_grid, raw_valid, AUX_LOSS};
 use crate::model::config::ModelConfig;
 use crate::model::ctx::Ctx;
 use crate::model::layers::Linear;
@@ -59,10 +59,7 @@ impl Raven {
         cfg.validate()?;
         let b = &cfg.baselines;
         let dims = cfg.orig_dims();
-        let ctc = match b.align {
-            SeqAlign::Ctc => Some(CtcPair::new(p, dims, cfg.l_len)?),
-            SeqAlign::Nearest | SeqAlign::None => None,
-        };
+        let ctc = CtcPair::for_config(p, cfg)?;
         let hn = b.raven_nonverbal_hidden;
         let sub = [
             Lstm::new(p, "sub_a", dims[1], hn)?,
